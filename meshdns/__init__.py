@@ -1,0 +1,1 @@
+"""The mesh's authoritative DNS (dnslib), served by the signal server process."""

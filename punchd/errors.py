@@ -1,0 +1,112 @@
+"""The one exception tree for the whole project.
+
+Every error the project raises on purpose derives from :class:`PunchdError`.
+Errors from libraries are translated at the boundary with ``raise ... from exc``
+(``OSError``/``NetlinkError`` -> :class:`WireGuardError`, ``httpx.HTTPError`` ->
+:class:`ServerUnreachable`, ``msgspec.ValidationError`` -> :class:`ConfigError` or a
+codec error), so callers catch ours and never a library's::
+
+    PunchdError
+    ├── CodecError                 untrusted bytes that do not parse
+    │   ├── StunParseError
+    │   ├── ProbeParseError
+    │   └── TokenError             a join token that does not decode
+    ├── ConfigError                bad configuration or state files; names the field
+    ├── WireGuardError             a WireGuard backend failed
+    │   └── BackendUnavailable     the chosen backend cannot run on this machine
+    ├── ServerError                talking to the signal server
+    │   ├── ServerUnreachable      transport-level failure (retry with backoff)
+    │   └── APIError               the server answered 4xx/5xx with a reason
+    ├── ControlError               punchctl <-> punchd control socket
+    └── ServiceError               the signal server's own domain errors
+        ├── NotFound               (API: 404)
+        ├── Conflict               (API: 409)
+        ├── Invalid                (API: 400/422, names the field)
+        └── Unauthorized           (API: 401/403)
+
+Packages add leaf classes under these branches in their own ``errors``/codec modules;
+no other roots.
+"""
+
+from __future__ import annotations
+
+
+class PunchdError(Exception):
+    """Root of every error punchd, the signal server and meshdns raise on purpose."""
+
+
+class CodecError(PunchdError, ValueError):
+    """Untrusted bytes that do not parse. Codecs raise only this family."""
+
+
+class StunParseError(CodecError):
+    """A datagram that is not a well-formed STUN message."""
+
+
+class ProbeParseError(CodecError):
+    """A datagram that is not a well-formed, authentic punch probe."""
+
+
+class TokenError(CodecError):
+    """A join token that does not decode."""
+
+
+class ConfigError(PunchdError):
+    """Bad configuration or state; the message names the field."""
+
+
+class WireGuardError(PunchdError):
+    """A WireGuard backend operation failed."""
+
+
+class BackendUnavailable(WireGuardError):
+    """The requested WireGuard backend cannot run on this machine."""
+
+
+class ServerError(PunchdError):
+    """Talking to the signal server failed."""
+
+
+class ServerUnreachable(ServerError):
+    """The signal server could not be reached (transport failure)."""
+
+
+class APIError(ServerError):
+    """The signal server refused a request; carries the HTTP status and reason."""
+
+    def __init__(self, status: int, reason: str, field: str | None = None) -> None:
+        super().__init__(f"{status}: {reason}" + (f" (field {field!r})" if field else ""))
+        self.status = status
+        self.reason = reason
+        self.field = field
+
+
+class ControlError(PunchdError):
+    """A punchctl request to the daemon failed; the message is one user-facing line."""
+
+
+class ServiceError(PunchdError):
+    """A domain error inside the signal server, mapped to an HTTP status."""
+
+    status = 400
+
+    def __init__(self, reason: str, field: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.field = field
+
+
+class NotFound(ServiceError):
+    status = 404
+
+
+class Conflict(ServiceError):
+    status = 409
+
+
+class Invalid(ServiceError):
+    status = 422
+
+
+class Unauthorized(ServiceError):
+    status = 401

@@ -1,0 +1,1 @@
+"""The punchd signal server: control plane, rendezvous, STUN, relay and mesh DNS."""

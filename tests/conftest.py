@@ -1,0 +1,1 @@
+"""Fast tests: no root, no real sleeping, no network beyond loopback."""
