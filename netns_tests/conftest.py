@@ -14,3 +14,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "netns_tests" in str(item.fspath):
             item.add_marker(skip)
+
+
+@pytest.fixture
+def lab(tmp_path):  # type: ignore[no-untyped-def]
+    """A fresh lab (inet + server); the test adds sites. Always torn down."""
+    from netns_tests.lab import Lab
+
+    with Lab(log_dir=tmp_path / "lab") as the_lab:
+        yield the_lab
