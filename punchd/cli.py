@@ -1,0 +1,191 @@
+"""``punchctl``: talks to punchd's control socket. Tables for people, ``--json`` for scripts.
+
+Every failure is one line on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from punchd.daemon.control import call
+from punchd.errors import PunchdError, TokenError
+from punchd.wire.token import decode_token
+
+DEFAULT_SOCKET = Path("/run/punchd.sock")
+UNIT_NAME = "punchd.service"
+
+
+def _age(seconds: Any) -> str:
+    if seconds is None:
+        return "never"
+    s = float(seconds)
+    return f"{s:.0f}s ago" if s < 120 else f"{s / 60:.0f}m ago"
+
+
+def _bytes(n: Any) -> str:
+    value = float(n or 0)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
+        value /= 1024
+    return str(n)
+
+
+def print_status(status: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=140)
+    if not status["networks"]:
+        console.print("not joined to any network (punchctl join --token T)")
+    for net in status["networks"]:
+        nat = net.get("nat") or {}
+        nat_text = (f"mapping {nat.get('mapping')}, filtering {nat.get('filtering')}"
+                    if nat.get("mapping") else "not measured")
+        console.print(
+            f"[bold]{net['name']}[/bold]  node {net.get('node')}  interface {net['interface']}"
+            f"  address {net['address']}  port {net.get('listen_port')}\n"
+            f"  server {net.get('server')} ({'connected' if net.get('server_connected') else 'disconnected'})"
+            f"  NAT: {nat_text}" + (f"\n  last error: {net['last_error']}" if net.get("last_error") else "")
+        )
+        table = Table(box=None, pad_edge=False)
+        for col in ("peer", "address", "endpoint", "path", "rtt", "handshake", "rx", "tx"):
+            table.add_column(col)
+        for p in net["peers"]:
+            table.add_row(p["name"], p["address"] or "-", p["endpoint"] or "-", p["path"],
+                          f"{p['rtt_ms']:.1f}ms" if p.get("rtt_ms") is not None else "-",
+                          _age(p.get("last_handshake_age_s")), _bytes(p.get("rx_bytes")),
+                          _bytes(p.get("tx_bytes")))
+        console.print(table)
+
+
+def print_list(networks: list[dict[str, Any]]) -> None:
+    if not networks:
+        print("not joined to any network")
+        return
+    for n in networks:
+        state = "connected" if n["server_connected"] else "disconnected"
+        print(f"{n['name']:16} {n['interface']:15} {n['address'] or '-':16} "
+              f"{n['peers']} peer(s)  server {state}")
+
+
+def unit_source() -> str:
+    return resources.files("punchd").joinpath("systemd", UNIT_NAME).read_text()
+
+
+def install(unit_dir: Path, *, start: bool) -> str:
+    unit_dir.mkdir(parents=True, exist_ok=True)
+    target = unit_dir / UNIT_NAME
+    text = unit_source()
+    exe = shutil.which("punchd") or str(Path(sys.executable).parent / "punchd")
+    target.write_text(text.replace("/usr/local/bin/punchd", exe))
+    if start and shutil.which("systemctl"):
+        subprocess.run(["systemctl", "daemon-reload"], check=False)
+        subprocess.run(["systemctl", "enable", "--now", UNIT_NAME], check=False)
+    return str(target)
+
+
+async def uninstall(socket: Path, unit_dir: Path) -> list[str]:
+    left: list[str] = []
+    try:
+        for net in await call(socket, "list"):
+            await call(socket, "leave", {"network": net["name"]})
+            left.append(net["name"])
+    except PunchdError as exc:
+        if "not running" not in str(exc):
+            raise
+    if shutil.which("systemctl") and (unit_dir / UNIT_NAME).exists():
+        await trio.run_process(["systemctl", "disable", "--now", UNIT_NAME], check=False)
+    (unit_dir / UNIT_NAME).unlink(missing_ok=True)
+    return left
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="punchctl", description="control punchd")
+    parser.add_argument("--socket", type=Path, default=DEFAULT_SOCKET)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("join", help="join a network with a token")
+    p.add_argument("--token", required=True)
+    p.add_argument("--name")
+    p.add_argument("--ifname")
+    sub.add_parser("leave", help="leave a network").add_argument("network")
+    for name in ("list", "status", "netcheck"):
+        q = sub.add_parser(name)
+        q.add_argument("--json", action="store_true")
+        if name != "list":
+            q.add_argument("--network")
+    p = sub.add_parser("ping", help="probe a peer and show each probe's path and RTT")
+    p.add_argument("peer")
+    p.add_argument("--network")
+    for name in ("pull", "push"):
+        sub.add_parser(name).add_argument("--network")
+    for name in ("install", "uninstall"):
+        q = sub.add_parser(name)
+        q.add_argument("--unit-dir", type=Path, default=Path("/etc/systemd/system"))
+        if name == "install":
+            q.add_argument("--no-start", action="store_true")
+    return parser
+
+
+async def run(args: argparse.Namespace) -> int:
+    sock: Path = args.socket
+    cmd = args.command
+    if cmd == "join":
+        try:
+            decode_token(args.token)
+        except TokenError as exc:
+            raise PunchdError(f"bad token: {exc}") from exc
+        res = await call(sock, "join", {"token": args.token, "name": args.name,
+                                        "ifname": args.ifname})
+        pending = "" if res["approved"] else " (pending approval)"
+        print(f"joined {res['network']} as {res['node']}: {res['address']} on "
+              f"{res['interface']}{pending}")
+    elif cmd == "leave":
+        await call(sock, "leave", {"network": args.network})
+        print(f"left {args.network}")
+    elif cmd == "list":
+        res = await call(sock, "list")
+        print(json.dumps(res, indent=2)) if args.json else print_list(res)
+    elif cmd == "status":
+        res = await call(sock, "status", {"network": args.network} if args.network else {})
+        print(json.dumps(res, indent=2)) if args.json else print_status(res)
+    elif cmd == "netcheck":
+        res = await call(sock, "netcheck", {"network": args.network} if args.network else {})
+        print(json.dumps(res, indent=2))
+    elif cmd == "ping":
+        args_ = {"peer": args.peer} | ({"network": args.network} if args.network else {})
+        res = await call(sock, "ping", args_)
+        print(json.dumps(res, indent=2))
+    elif cmd in ("pull", "push"):
+        res = await call(sock, cmd, {"network": args.network} if args.network else {})
+        print(f"{cmd}: {', '.join(res[cmd + 'ed']) or 'no networks'}")
+    elif cmd == "install":
+        print(f"installed {install(args.unit_dir, start=not args.no_start)}")
+    elif cmd == "uninstall":
+        left = await uninstall(sock, args.unit_dir)
+        print(f"left {', '.join(left) or 'no networks'}; removed {args.unit_dir / UNIT_NAME}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return trio.run(run, args)
+    except PunchdError as exc:
+        print(f"punchctl: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

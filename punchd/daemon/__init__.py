@@ -1,0 +1,1 @@
+"""The punchd node daemon."""

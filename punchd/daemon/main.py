@@ -1,0 +1,217 @@
+"""``punchd``: the node daemon. One trio nursery tree, owned by :class:`Daemon`.
+
+    punchd --state-dir DIR --socket PATH [--wg-backend auto|kernel|userspace]
+
+SIGTERM/SIGINT stop it within a second or two; WireGuard interfaces and peers stay
+as they are, so traffic keeps flowing across a daemon restart (``leave`` is what
+removes an interface).
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from punchd.errors import ConfigError, ControlError, PunchdError
+from punchd.serverapi import ServerClient
+from punchd.wg import BackendKind, WireGuardBackend, open_backend, public_key
+from punchd.wire.signing import b64
+from punchd.wire.token import decode_token
+
+from . import hostaddrs, sdnotify
+from .control import ControlServer, Request
+from .network import NetworkAgent
+from .paths import host_candidates
+from .state import NetworkConfig, StateDir
+
+log = logging.getLogger("punchd")
+SHUTDOWN_GRACE_S = 1.5
+
+
+def default_ifname(network: str) -> str:
+    return f"pd-{network}"[:15]
+
+
+class Daemon:
+    def __init__(self, state_dir: Path, socket_path: Path, backend: WireGuardBackend) -> None:
+        self.state = StateDir(state_dir)
+        self.socket_path = socket_path
+        self.backend = backend
+        self.agents: dict[str, NetworkAgent] = {}
+        self._nursery: trio.Nursery | None = None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.state.ensure()
+        configs = [self.state.load_config(name) for name in self.state.list_networks()]
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            for config in configs:
+                await self._start_agent(config)
+            await nursery.start(ControlServer(self.socket_path, self.handle).run)
+            await nursery.start(sdnotify.run_watchdog)
+            sdnotify.notify("READY=1")
+            log.info("punchd ready: %d network(s), control socket %s, backend %s",
+                     len(self.agents), self.socket_path, self.backend.kind)
+            task_status.started()
+
+    async def _start_agent(self, config: NetworkConfig) -> NetworkAgent:
+        assert self._nursery is not None
+        keys = self.state.load_keys(config.name)
+        others = {a.config.interface for a in self.agents.values()}
+        agent = NetworkAgent(config, keys, self.backend, self.state, exclude_ifnames=others)
+        self.agents[config.name] = agent
+        try:
+            await self._nursery.start(agent.run)
+        except PunchdError:
+            del self.agents[config.name]
+            raise
+        return agent
+
+    def _agent(self, network: str | None) -> NetworkAgent:
+        if network is None:
+            if len(self.agents) == 1:
+                return next(iter(self.agents.values()))
+            raise ControlError("name the network (punchd has joined "
+                               f"{len(self.agents)}: {', '.join(sorted(self.agents)) or 'none'})")
+        try:
+            return self.agents[network]
+        except KeyError:
+            raise ControlError(f"not joined to a network named {network!r}") from None
+
+    # -- control requests ------------------------------------------------------------------
+
+    async def handle(self, req: Request) -> Any:
+        handler = getattr(self, f"cmd_{req.cmd}", None)
+        if handler is None:
+            raise ControlError(f"unknown command {req.cmd!r}")
+        try:
+            inspect.signature(handler).bind(**req.args)
+        except TypeError as exc:
+            raise ControlError(f"bad arguments for {req.cmd!r}: {exc}") from exc
+        return await handler(**req.args)
+
+    async def cmd_join(self, token: str, name: str | None = None,
+                       ifname: str | None = None) -> dict[str, Any]:
+        tok = decode_token(token)
+        if tok.network in self.agents:
+            raise ControlError(f"already joined to {tok.network!r}")
+        ifname = ifname or default_ifname(tok.network)
+        if any(a.config.interface == ifname for a in self.agents.values()):
+            raise ControlError(f"interface {ifname} is used by another network")
+        keys = self.state.create_keys(tok.network)
+        client = ServerClient(tok.server, keys.signing)
+        try:
+            used_ports = {a.config.listen_port for a in self.agents.values()}
+            listen_port = 51820
+            while listen_port in used_ports:
+                listen_port += 1
+            exclude = {a.config.interface for a in self.agents.values()} | {ifname}
+            addresses = await hostaddrs.local_addresses(exclude)
+            joined = await client.join(
+                tok, name=name, wg_public_key=public_key(keys.wireguard),
+                probe_public_key=b64(bytes(keys.probe.public_key)), listen_port=listen_port,
+                candidates=host_candidates(addresses, listen_port),
+            )
+        except PunchdError:
+            self.state.remove(tok.network)
+            raise
+        finally:
+            await client.aclose()
+        config = NetworkConfig(name=tok.network, server=tok.server, interface=ifname,
+                               node_id=joined.node.id, node_name=joined.node.name,
+                               listen_port=listen_port)
+        self.state.save_config(config)
+        await self._start_agent(config)
+        return {"network": tok.network, "node": joined.node.name, "interface": ifname,
+                "address": joined.node.ipv4, "address6": joined.node.ipv6,
+                "approved": joined.node.approved}
+
+    async def cmd_leave(self, network: str) -> dict[str, Any]:
+        agent = self._agent(network)
+        await agent.leave()
+        del self.agents[network]
+        return {"left": network}
+
+    async def cmd_list(self) -> list[dict[str, Any]]:
+        return [{"name": a.name, "interface": a.config.interface, "node": a.config.node_name,
+                 "address": a.model.node.ipv4.split("/")[0] if a.model.node and a.model.node.ipv4
+                 else None, "server": a.config.server, "server_connected": a.server_connected,
+                 "peers": len(a.model.peers)} for a in self.agents.values()]
+
+    async def cmd_status(self, network: str | None = None) -> dict[str, Any]:
+        agents = [self._agent(network)] if network else list(self.agents.values())
+        return {"networks": [await a.status() for a in agents]}
+
+    async def cmd_pull(self, network: str | None = None) -> dict[str, Any]:
+        agents = [self._agent(network)] if network else list(self.agents.values())
+        for agent in agents:
+            await agent.pull()
+            await agent.reconcile_once()
+        return {"pulled": [a.name for a in agents]}
+
+    async def cmd_push(self, network: str | None = None) -> dict[str, Any]:
+        agents = [self._agent(network)] if network else list(self.agents.values())
+        for agent in agents:
+            await agent.publish_candidates(force=True)
+        return {"pushed": [a.name for a in agents]}
+
+    async def cmd_netcheck(self, network: str | None = None) -> dict[str, Any]:
+        raise ControlError("netcheck is not available yet: STUN discovery on the WireGuard "
+                           "port is not built into this punchd")
+
+    async def cmd_ping(self, peer: str, network: str | None = None) -> dict[str, Any]:
+        raise ControlError("ping is not available yet: authenticated probes are not built "
+                           "into this punchd")
+
+
+async def run_daemon(state_dir: Path, socket_path: Path, backend_kind: BackendKind) -> None:
+    backend = open_backend(backend_kind)
+    daemon = Daemon(state_dir, socket_path, backend)
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(daemon.run)
+            async for signum in signals:
+                log.info("punchd: %s, shutting down (interfaces and peers stay)",
+                         signal.Signals(signum).name)
+                sdnotify.notify("STOPPING=1")
+                nursery.cancel_scope.cancel()
+                break
+    await backend.aclose()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="punchd", description="punchd node daemon")
+    parser.add_argument("--state-dir", type=Path, default=Path("/var/lib/punchd"))
+    parser.add_argument("--socket", type=Path, default=Path("/run/punchd.sock"))
+    parser.add_argument("--wg-backend", default="auto",
+                        choices=["auto", "kernel", "userspace", "fake"],
+                        help="WireGuard backend (fake: in memory, for tests)")
+    parser.add_argument("--log-level", default="info",
+                        choices=["debug", "info", "warning", "error"])
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # One line per HTTP request drowns what matters; httpx errors still surface as ours.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    try:
+        trio.run(run_daemon, args.state_dir, args.socket, args.wg_backend)
+    except ConfigError as exc:
+        print(f"punchd: bad configuration: {exc}", file=sys.stderr)
+        return 2
+    except PunchdError as exc:
+        print(f"punchd: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,314 @@
+"""One joined network: its WireGuard interface, its server connection, its peers.
+
+Theory of operation. The agent keeps a model of the network (the server's view:
+network settings, this node, the peers) and path decisions per peer. Three tasks
+change or use it:
+
+* the *stream* task holds the server's event stream, applies snapshots and deltas
+  to the model, and reconnects with capped, jittered backoff when the server is
+  away — the WireGuard interface is left untouched meanwhile, so tunnels keep
+  working without the control plane;
+* the *reconcile* task computes the desired WireGuard device from the model and
+  applies the diff (:mod:`punchd.daemon.reconcile`), on every model change and every
+  few seconds, which also repairs drift and a restarted wireguard-go;
+* the *publish* task sends this node's candidates to the server when they change.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import random
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import msgspec
+import trio
+
+from punchd.errors import APIError, PunchdError, ServerUnreachable, WireGuardError
+from punchd.serverapi import ServerClient
+from punchd.wg.base import LinkConfig, WgDeviceState, WgPeer, WireGuardBackend, public_key
+from punchd.wire import api
+
+from . import hostaddrs
+from .paths import PathDecision, choose_endpoint, host_candidates, path_kind
+from .reconcile import DesiredDevice, RemovePeer, SetDevice, SetPeer, plan
+from .state import NetworkConfig, NetworkKeys, StateDir
+
+log = logging.getLogger("punchd.network")
+
+RECONCILE_INTERVAL_S = 2.0
+CANDIDATE_INTERVAL_S = 25.0
+BACKOFF_MIN_S = 0.5
+BACKOFF_MAX_S = 30.0
+
+
+@dataclass
+class NetworkModel:
+    network: api.Network | None = None
+    node: api.Node | None = None
+    peers: dict[str, api.Node] = field(default_factory=dict)  # by node id
+    seq: int | None = None
+
+    def apply(self, event: api.Event) -> None:
+        if isinstance(event, api.Snapshot):
+            self.network = event.network
+            self.peers = {}
+            for node in event.peers:
+                self._upsert(node)
+        elif isinstance(event, api.PeerAdded | api.PeerChanged):
+            self._upsert(event.peer)
+        elif isinstance(event, api.PeerRemoved):
+            self.peers.pop(event.node_id, None)
+        elif isinstance(event, api.NetworkChanged):
+            self.network = event.network
+        self.seq = event.seq
+
+    def _upsert(self, node: api.Node) -> None:
+        if self.node is not None and node.id == self.node.id:
+            self.node = node
+        else:
+            self.peers[node.id] = node
+
+    def apply_snapshot(self, snap: api.NetworkSnapshot) -> None:
+        self.network = snap.network
+        self.node = snap.node
+        self.peers = {p.id: p for p in snap.peers}
+        self.seq = snap.seq
+
+
+class NetworkAgent:
+    def __init__(self, config: NetworkConfig, keys: NetworkKeys, backend: WireGuardBackend,
+                 state: StateDir, *, exclude_ifnames: Iterable[str] = ()) -> None:
+        self.config = config
+        self.keys = keys
+        self.backend = backend
+        self.state = state
+        self.client = ServerClient(config.server, keys.signing)
+        self.model = NetworkModel()
+        self.paths: dict[str, PathDecision] = {}  # by peer node id
+        self.changed = trio.Event()
+        self.server_connected = False
+        self.removed = False
+        self.last_error: str | None = None
+        self._exclude = set(exclude_ifnames) | {config.interface}
+        self._published: tuple[api.Candidate, ...] | None = None
+        self._local_networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        self._rng = random.Random()
+        self.cancel_scope = trio.CancelScope()
+        self._link_applied: LinkConfig | None = None
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def poke(self) -> None:
+        self.changed.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with self.cancel_scope:
+            try:
+                await self.ensure_interface()
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._stream_loop)
+                    nursery.start_soon(self._reconcile_loop)
+                    nursery.start_soon(self._publish_loop)
+                    task_status.started()
+            finally:
+                with trio.CancelScope(shield=True):
+                    await self.client.aclose()
+
+    # -- interface and reconciliation ------------------------------------------------------
+
+    async def ensure_interface(self) -> None:
+        ifname = self.config.interface
+        await self.backend.ensure_interface(ifname)
+        await self.backend.set_device(ifname, private_key=self.keys.wireguard,
+                                      listen_port=self.config.listen_port)
+
+    def desired(self) -> DesiredDevice:
+        network = self.model.network
+        keepalive = network.keepalive if network else 25
+        peers = []
+        for peer in self.model.peers.values():
+            if not peer.approved:
+                continue
+            allowed = tuple(
+                str(ipaddress.ip_interface(a).ip) + ("/32" if ":" not in a else "/128")
+                for a in (peer.ipv4, peer.ipv6) if a
+            )
+            decision = self.paths.get(peer.id)
+            peers.append(WgPeer(public_key=peer.wg_public_key,
+                                endpoint=decision.endpoint if decision else None,
+                                allowed_ips=allowed, persistent_keepalive=keepalive))
+        return DesiredDevice(private_key_public=public_key(self.keys.wireguard),
+                             listen_port=self.config.listen_port,
+                             peers=tuple(sorted(peers, key=lambda p: p.public_key)))
+
+    def link_config(self) -> LinkConfig | None:
+        node, network = self.model.node, self.model.network
+        if node is None or network is None:
+            return None
+        return LinkConfig(addresses=tuple(a for a in (node.ipv4, node.ipv6) if a),
+                          mtu=network.mtu)
+
+    def decide_paths(self) -> None:
+        local_only = bool(self.model.network and self.model.network.local_only)
+        for peer in self.model.peers.values():
+            current = self.paths.get(peer.id)
+            if current is not None and current.kind == "direct" and current.endpoint and \
+                    any(c.address == current.endpoint for c in peer.candidates):
+                continue  # keep a chosen endpoint while the peer still offers it
+            endpoint = choose_endpoint(peer, self._local_networks, local_only=local_only)
+            self.paths[peer.id] = PathDecision(endpoint=endpoint, kind="direct")
+        for gone in set(self.paths) - set(self.model.peers):
+            del self.paths[gone]
+
+    async def reconcile_once(self) -> int:
+        """One pass: returns the number of operations applied."""
+        ifname = self.config.interface
+        if not await self.backend.interface_exists(ifname):
+            log.warning("%s: interface missing (wireguard-go died?), recreating", ifname)
+            await self.ensure_interface()
+            self._link_applied = None
+        link = self.link_config()
+        if link is not None and link != self._link_applied:
+            await self.backend.set_link(ifname, link)
+            self._link_applied = link
+        self.decide_paths()
+        actual = await self.backend.get_device(ifname)
+        ops = plan(self.desired(), actual, time.time())
+        for op in ops:
+            if isinstance(op, SetDevice):
+                await self.backend.set_device(
+                    ifname, private_key=self.keys.wireguard if op.private_key else None,
+                    listen_port=op.listen_port)
+            elif isinstance(op, SetPeer):
+                await self.backend.set_peer(ifname, op.peer)
+            elif isinstance(op, RemovePeer):
+                await self.backend.remove_peer(ifname, op.public_key)
+        if ops:
+            log.info("%s: applied %d change(s)", ifname, len(ops))
+        return len(ops)
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            self.changed = trio.Event()
+            try:
+                await self.reconcile_once()
+            except WireGuardError as exc:
+                self.last_error = str(exc)
+                log.warning("%s: reconcile failed: %s", self.config.interface, exc)
+            with trio.move_on_after(RECONCILE_INTERVAL_S):
+                await self.changed.wait()
+
+    # -- server ------------------------------------------------------------------------------
+
+    async def pull(self) -> None:
+        """Resync the whole model from the server now."""
+        snap = await self.client.get_state()
+        self.model.apply_snapshot(snap)
+        self.poke()
+
+    async def _stream_loop(self) -> None:
+        backoff = BACKOFF_MIN_S
+        while not self.removed:
+            try:
+                if self.model.node is None:
+                    await self.pull()
+                async with self.client.events(since=self.model.seq) as stream:
+                    self.server_connected = True
+                    backoff = BACKOFF_MIN_S
+                    async for event in stream:
+                        if isinstance(event, api.PeerRemoved) and self.model.node is not None \
+                                and event.node_id == self.model.node.id:
+                            self.removed = True
+                            log.warning("%s: this node was deleted on the server", self.name)
+                        self.model.apply(event)
+                        self.poke()
+            except (ServerUnreachable, APIError) as exc:
+                self.last_error = str(exc)
+                if isinstance(exc, APIError) and exc.status in (401, 403, 404):
+                    log.warning("%s: server refused us: %s", self.name, exc)
+            finally:
+                self.server_connected = False
+            # Capped exponential backoff with full jitter: many nodes must not
+            # return to a restarted server in lockstep.
+            await trio.sleep(self._rng.uniform(0, backoff))
+            backoff = min(BACKOFF_MAX_S, backoff * 2)
+
+    async def _publish_loop(self) -> None:
+        while not self.removed:
+            try:
+                await self.publish_candidates()
+            except (ServerUnreachable, APIError) as exc:
+                self.last_error = str(exc)
+            await trio.sleep(CANDIDATE_INTERVAL_S * self._rng.uniform(0.8, 1.2) if
+                             self._published is not None else 1.0)
+
+    async def publish_candidates(self, *, force: bool = False) -> None:
+        addresses = await hostaddrs.local_addresses(self._exclude)
+        self._local_networks = [ipaddress.ip_interface(a).network for a in addresses]
+        candidates = host_candidates(addresses, self.config.listen_port)
+        if candidates != self._published or force:
+            await self.client.update_self(api.NodeUpdate(candidates=candidates))
+            self._published = candidates
+
+    # -- status --------------------------------------------------------------------------------
+
+    async def status(self) -> dict[str, object]:
+        now = time.time()
+        try:
+            device: WgDeviceState | None = await self.backend.get_device(self.config.interface)
+        except WireGuardError:
+            device = None
+        by_key = {p.public_key: p for p in device.peers} if device else {}
+        peers = []
+        for peer in sorted(self.model.peers.values(), key=lambda p: p.name):
+            wg = by_key.get(peer.wg_public_key)
+            decision = self.paths.get(peer.id)
+            hs = wg.last_handshake if wg else None
+            peers.append({
+                "name": peer.name,
+                "address": peer.ipv4.split("/")[0] if peer.ipv4 else None,
+                "address6": peer.ipv6.split("/")[0] if peer.ipv6 else None,
+                "public_key": peer.wg_public_key,
+                "endpoint": wg.endpoint if wg else None,
+                "path": path_kind(decision, hs, now),
+                "rtt_ms": decision.rtt_ms if decision else None,
+                "last_handshake_age_s": round(now - hs, 1) if hs else None,
+                "rx_bytes": wg.rx_bytes if wg else 0,
+                "tx_bytes": wg.tx_bytes if wg else 0,
+                "in_wireguard": wg is not None,
+                "nat": msgspec.to_builtins(peer.nat),
+            })
+        node = self.model.node
+        return {
+            "name": self.name,
+            "interface": self.config.interface,
+            "node": self.config.node_name,
+            "address": node.ipv4.split("/")[0] if node and node.ipv4 else None,
+            "address6": node.ipv6.split("/")[0] if node and node.ipv6 else None,
+            "public_key": public_key(self.keys.wireguard),
+            "listen_port": device.listen_port if device else None,
+            "interface_up": device is not None,
+            "server": self.config.server,
+            "server_connected": self.server_connected,
+            "nat": msgspec.to_builtins(node.nat) if node else None,
+            "last_error": self.last_error,
+            "peers": peers,
+        }
+
+    async def leave(self) -> None:
+        """Deregister, then remove the interface and the state."""
+        try:
+            await self.client.leave()
+        except APIError as exc:
+            if exc.status not in (401, 404):
+                raise
+        except ServerUnreachable as exc:
+            raise PunchdError(f"cannot reach the server to leave {self.name}: {exc}") from exc
+        self.cancel_scope.cancel()
+        await self.backend.delete_interface(self.config.interface)
+        self.state.remove(self.name)

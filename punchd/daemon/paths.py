@@ -1,0 +1,83 @@
+"""Path decisions: which endpoint WireGuard should use for each peer, and what kind it is.
+
+This is where discovery, punching and the relay plug in: they record what they
+learn here, and reconciliation programs WireGuard from it. Without them, the
+endpoint comes from the peer's published candidates, which is enough wherever a
+peer's address is directly reachable (routed networks, same LAN).
+
+Preference order: host candidates on a subnet this node is on (same LAN), then
+server-reflexive and port-mapped, then any other host candidate.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Sequence
+from typing import Literal
+
+import msgspec
+
+from punchd.wire import api
+
+PathKind = Literal["direct", "relay", "none"]
+# WireGuard considers a session dead after 180 s without a handshake (REJECT_AFTER_TIME).
+HANDSHAKE_ALIVE_S = 180.0
+
+
+class PathDecision(msgspec.Struct, frozen=True):
+    endpoint: str | None
+    kind: PathKind  # what the endpoint is when it works: "direct" or "relay"
+    rtt_ms: float | None = None
+
+
+def _split(address: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int] | None:
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        return None
+    try:
+        return ipaddress.ip_address(host.strip("[]")), int(port)
+    except ValueError:
+        return None
+
+
+def choose_endpoint(peer: api.Node, local_networks: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network],
+                    *, local_only: bool = False) -> str | None:
+    """The candidate most likely to work, by the preference order above."""
+    same_lan: list[tuple[int, str]] = []
+    reflexive: list[tuple[int, str]] = []
+    other_host: list[tuple[int, str]] = []
+    for cand in peer.candidates:
+        parsed = _split(cand.address)
+        if parsed is None:
+            continue
+        ip, _ = parsed
+        if cand.kind == "host":
+            if any(ip in net for net in local_networks):
+                same_lan.append((-cand.priority, cand.address))
+            elif not local_only:
+                other_host.append((-cand.priority, cand.address))
+        elif cand.kind in ("srflx", "portmap", "prflx") and not local_only:
+            reflexive.append((-cand.priority, cand.address))
+    for group in (same_lan, reflexive, other_host):
+        if group:
+            return sorted(group)[0][1]
+    return None
+
+
+def host_candidates(addresses: Iterable[str], port: int) -> tuple[api.Candidate, ...]:
+    """Candidates for this node's own addresses ("ip/len"), RFC 8445 host priority."""
+    out = []
+    for i, cidr in enumerate(addresses):
+        iface = ipaddress.ip_interface(cidr)
+        host = f"[{iface.ip}]" if iface.version == 6 else str(iface.ip)
+        # RFC 8445 §5.1.2.1: type preference 126 for host, local preference by order.
+        priority = (126 << 24) + ((65535 - i) << 8) + 255
+        out.append(api.Candidate(kind="host", address=f"{host}:{port}", priority=priority))
+    return tuple(out)
+
+
+def path_kind(decision: PathDecision | None, last_handshake: float | None, now: float) -> PathKind:
+    """What ``punchctl status`` shows: a path exists only if WireGuard proves it."""
+    if last_handshake is None or now - last_handshake > HANDSHAKE_ALIVE_S:
+        return "none"
+    return decision.kind if decision is not None else "direct"

@@ -1,0 +1,128 @@
+"""The state directory: per joined network its config (TOML) and its three keys.
+
+Layout (all files 0600, written atomically: temp file, fsync, rename)::
+
+    STATE_DIR/networks/NAME/config.toml   NetworkConfig
+    STATE_DIR/networks/NAME/wireguard.key WireGuard private key (base64)
+    STATE_DIR/networks/NAME/probe.key     X25519 probe key (base64)
+    STATE_DIR/networks/NAME/node.key      Ed25519 signing key seed (base64)
+
+A config that does not decode refuses to start and names the file and field.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import tomllib
+from pathlib import Path
+from typing import Annotated
+
+import msgspec
+import tomli_w
+from msgspec import Meta
+from nacl.public import PrivateKey
+from nacl.signing import SigningKey
+
+from punchd.errors import ConfigError
+
+IfName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]{1,15}$")]
+
+
+class NetworkConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    name: str
+    server: str
+    interface: IfName
+    node_id: str
+    node_name: str
+    listen_port: Annotated[int, Meta(ge=1, le=65535)]
+    last_seq: int = 0
+
+
+class NetworkKeys(msgspec.Struct, frozen=True):
+    wireguard: str  # base64 private key
+    probe: PrivateKey
+    signing: SigningKey
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Atomically replace ``path`` with ``data``, readable by root only."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+class StateDir:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.networks_dir = root / "networks"
+
+    def ensure(self) -> None:
+        self.networks_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o700)
+
+    def network_dir(self, name: str) -> Path:
+        return self.networks_dir / name
+
+    def list_networks(self) -> list[str]:
+        if not self.networks_dir.is_dir():
+            return []
+        return sorted(p.name for p in self.networks_dir.iterdir()
+                      if (p / "config.toml").is_file())
+
+    def load_config(self, name: str) -> NetworkConfig:
+        path = self.network_dir(name) / "config.toml"
+        try:
+            raw = tomllib.loads(path.read_text())
+            return msgspec.convert(raw, type=NetworkConfig)
+        except OSError as exc:
+            raise ConfigError(f"{path}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+        except msgspec.ValidationError as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+
+    def save_config(self, config: NetworkConfig) -> None:
+        directory = self.network_dir(config.name)
+        directory.mkdir(parents=True, exist_ok=True)
+        os.chmod(directory, 0o700)
+        write_private(directory / "config.toml",
+                      tomli_w.dumps(msgspec.to_builtins(config)).encode())
+
+    def create_keys(self, name: str) -> NetworkKeys:
+        directory = self.network_dir(name)
+        directory.mkdir(parents=True, exist_ok=True)
+        os.chmod(directory, 0o700)
+        keys = NetworkKeys(
+            wireguard=base64.b64encode(bytes(PrivateKey.generate())).decode(),
+            probe=PrivateKey.generate(),
+            signing=SigningKey.generate(),
+        )
+        write_private(directory / "wireguard.key", keys.wireguard.encode() + b"\n")
+        write_private(directory / "probe.key", base64.b64encode(bytes(keys.probe)) + b"\n")
+        write_private(directory / "node.key", base64.b64encode(bytes(keys.signing)) + b"\n")
+        return keys
+
+    def load_keys(self, name: str) -> NetworkKeys:
+        directory = self.network_dir(name)
+        try:
+            wg = (directory / "wireguard.key").read_text().strip()
+            probe = base64.b64decode((directory / "probe.key").read_text().strip(), validate=True)
+            seed = base64.b64decode((directory / "node.key").read_text().strip(), validate=True)
+            return NetworkKeys(wireguard=wg, probe=PrivateKey(probe), signing=SigningKey(seed))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{directory}: keys unreadable: {exc}") from exc
+
+    def remove(self, name: str) -> None:
+        shutil.rmtree(self.network_dir(name), ignore_errors=True)

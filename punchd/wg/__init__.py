@@ -1,0 +1,42 @@
+"""WireGuard backends behind one interface (see :mod:`punchd.wg.base`)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from punchd.errors import BackendUnavailable
+
+from .base import (
+    LinkConfig,
+    WgDeviceState,
+    WgPeer,
+    WgPeerState,
+    WireGuardBackend,
+    generate_private_key,
+    public_key,
+)
+
+BackendKind = Literal["auto", "kernel", "userspace", "fake"]
+
+
+def open_backend(kind: BackendKind) -> WireGuardBackend:
+    """``auto`` picks the kernel when it has WireGuard, else wireguard-go."""
+    if kind == "fake":
+        from .fake import FakeBackend
+
+        return FakeBackend()
+    if kind in ("kernel", "auto"):
+        from .netlink import KernelBackend
+
+        try:
+            return KernelBackend()
+        except BackendUnavailable:
+            if kind == "kernel":
+                raise
+    from .uapi import UserspaceBackend
+
+    return UserspaceBackend()
+
+
+__all__ = ["BackendKind", "LinkConfig", "WgDeviceState", "WgPeer", "WgPeerState",
+           "WireGuardBackend", "generate_private_key", "open_backend", "public_key"]

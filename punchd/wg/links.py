@@ -1,0 +1,83 @@
+"""Addresses, MTU, state and routes of an interface, through pyroute2 netlink.
+
+Shared by the kernel and userspace backends (wireguard-go's TUN is an ordinary
+netdev). pyroute2 is blocking, so every call runs in a worker thread.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import trio
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from punchd.errors import WireGuardError
+
+from .base import LinkConfig
+
+T = TypeVar("T")
+
+
+async def _in_thread(fn: Callable[[IPRoute], T], what: str) -> T:
+    def run() -> T:
+        with IPRoute() as ipr:
+            return fn(ipr)
+
+    try:
+        return await trio.to_thread.run_sync(run)
+    except (NetlinkError, OSError) as exc:
+        raise WireGuardError(f"{what}: {exc}") from exc
+
+
+def _index(ipr: Any, ifname: str) -> int:
+    found = ipr.link_lookup(ifname=ifname)
+    if not found:
+        raise WireGuardError(f"no interface {ifname}")
+    return int(found[0])
+
+
+async def link_exists(ifname: str) -> bool:
+    return await _in_thread(lambda ipr: bool(ipr.link_lookup(ifname=ifname)), f"lookup {ifname}")
+
+
+async def delete_link(ifname: str) -> None:
+    def run(ipr: Any) -> None:
+        found = ipr.link_lookup(ifname=ifname)
+        if found:
+            ipr.link("del", index=found[0])
+
+    await _in_thread(run, f"delete {ifname}")
+
+
+async def configure(ifname: str, link: LinkConfig) -> None:
+    """Make the interface's addresses and routes exactly ``link``'s, set MTU, bring it up."""
+
+    def run(ipr: Any) -> None:
+        idx = _index(ipr, ifname)
+        want = {ipaddress.ip_interface(a) for a in link.addresses}
+        have = set()
+        for msg in ipr.get_addr(index=idx):
+            addr = msg.get_attr("IFA_ADDRESS")
+            if addr and not addr.startswith("fe80"):
+                have.add(ipaddress.ip_interface(f"{addr}/{msg['prefixlen']}"))
+        for iface in have - want:
+            ipr.addr("del", index=idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+        for iface in want - have:
+            ipr.addr("add", index=idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+        ipr.link("set", index=idx, mtu=link.mtu, state="up")
+        want_routes = {ipaddress.ip_network(r, strict=False) for r in link.routes}
+        have_routes = set()
+        for family in (2, 10):
+            for msg in ipr.get_routes(family=family, oif=idx, table=254):
+                dst = msg.get_attr("RTA_DST")
+                if dst and msg.get("proto") == 4:  # RTPROT_STATIC: ours, not the kernel's
+                    have_routes.add(ipaddress.ip_network(f"{dst}/{msg['dst_len']}"))
+        for net in have_routes - want_routes:
+            ipr.route("del", dst=str(net), oif=idx)
+        for net in want_routes - have_routes:
+            ipr.route("add", dst=str(net), oif=idx, proto=4)
+
+    await _in_thread(run, f"configure {ifname}")

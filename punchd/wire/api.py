@@ -1,0 +1,216 @@
+"""The one schema: the signal server's API, its events and its stored records.
+
+Every request and response body of ``/api/v1`` and every event on the stream is a
+msgspec Struct defined here; the server and punchd's client import the same
+definitions, so they cannot drift. Request bodies forbid unknown fields (a typo is
+a 422 naming the field, never silently ignored); new fields always get defaults so
+older peers keep decoding newer messages.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+# A DNS label: nodes and networks are named in the mesh's DNS (<node>.<network>.mesh).
+Name = Annotated[str, Meta(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", max_length=63)]
+Port = Annotated[int, Meta(ge=1, le=65535)]
+# A 32-byte key in standard base64 (WireGuard's own notation): 43 chars + "=".
+Key = Annotated[str, Meta(pattern=r"^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$")]
+Seconds = Annotated[int, Meta(ge=0)]
+
+CandidateKind = Literal["host", "srflx", "prflx", "portmap", "predicted", "relay"]
+Behaviour = Literal["endpoint-independent", "address-dependent", "address-and-port-dependent"]
+
+
+class Candidate(Struct, frozen=True, forbid_unknown_fields=True):
+    """One address a node may be reached at (ICE terms, RFC 8445 §5.1.1)."""
+
+    kind: CandidateKind
+    address: str  # "ip:port" or "[v6]:port"
+    priority: int = 0
+
+
+class NatReport(Struct, frozen=True, forbid_unknown_fields=True):
+    """What discovery learnt about this node's NAT (RFC 5780 classification)."""
+
+    public_endpoint: str | None = None
+    mapping: Behaviour | None = None
+    filtering: Behaviour | None = None
+    port_preserved: bool | None = None
+    port_deltas: tuple[int, ...] = ()
+
+
+class Network(Struct, frozen=True):
+    name: str
+    ipv4_cidr: str
+    ipv6_cidr: str | None = None
+    local_only: bool = False
+    hole_punching: bool = True
+    require_approval: bool = False
+    listen_port: int = 51820
+    keepalive: int = 25
+    mtu: int = 1420
+    created_at: float = 0.0
+
+
+class NetworkCreate(Struct, frozen=True, forbid_unknown_fields=True):
+    name: Name
+    ipv4_cidr: str
+    ipv6_cidr: str | None = None
+    local_only: bool = False
+    hole_punching: bool = True
+    require_approval: bool = False
+    listen_port: Port = 51820
+    keepalive: Annotated[int, Meta(ge=0, le=3600)] = 25
+    mtu: Annotated[int, Meta(ge=1280, le=9000)] = 1420
+
+
+class NetworkUpdate(Struct, frozen=True, forbid_unknown_fields=True):
+    """Only the fields given change; a new ``ipv4_cidr`` renumbers every node."""
+
+    ipv4_cidr: str | None = None
+    ipv6_cidr: str | None = None
+    local_only: bool | None = None
+    hole_punching: bool | None = None
+    require_approval: bool | None = None
+    listen_port: Port | None = None
+    keepalive: Annotated[int, Meta(ge=0, le=3600)] | None = None
+    mtu: Annotated[int, Meta(ge=1280, le=9000)] | None = None
+
+
+class AccessKey(Struct, frozen=True):
+    id: str
+    network: str
+    uses_left: int | None  # None: unlimited
+    expires_at: float | None
+    created_at: float
+
+
+class AccessKeyCreate(Struct, frozen=True, forbid_unknown_fields=True):
+    uses: Annotated[int, Meta(ge=1)] | None = None
+    expires_in: Annotated[int, Meta(ge=1)] | None = None  # seconds
+
+
+class AccessKeyCreated(Struct, frozen=True):
+    """Answer to a key creation: the only time the secret (inside ``token``) is shown."""
+
+    key: AccessKey
+    token: str
+
+
+class Node(Struct, frozen=True):
+    """A node as the server keeps it and as peers see it."""
+
+    id: str
+    network: str
+    name: str
+    signing_key: str  # Ed25519 public key that signs this node's requests
+    wg_public_key: str
+    probe_public_key: str  # X25519, for authenticated punching probes
+    listen_port: int
+    ipv4: str | None = None  # "198.19.0.5/24": the mesh address with the network's prefix
+    ipv6: str | None = None
+    candidates: tuple[Candidate, ...] = ()
+    nat: NatReport = NatReport()
+    approved: bool = True
+    last_seen: float = 0.0
+    expires_at: float | None = None
+    created_at: float = 0.0
+
+
+class JoinRequest(Struct, frozen=True, forbid_unknown_fields=True):
+    """Sent signed by the new node key it registers; the access key authorises it."""
+
+    access_key: str
+    signing_key: Key
+    wg_public_key: Key
+    probe_public_key: Key
+    listen_port: Port = 51820
+    name: Name | None = None
+    candidates: tuple[Candidate, ...] = ()
+
+
+class JoinResponse(Struct, frozen=True):
+    node: Node
+    network: Network
+
+
+class NodeUpdate(Struct, frozen=True, forbid_unknown_fields=True):
+    """A node's own changes; fields left out stay as they are."""
+
+    candidates: tuple[Candidate, ...] | None = None
+    nat: NatReport | None = None
+    listen_port: Port | None = None
+    wg_public_key: Key | None = None  # key rotation
+
+
+class PunchCreate(Struct, frozen=True, forbid_unknown_fields=True):
+    peer: Name
+
+
+class NetworkSnapshot(Struct, frozen=True):
+    seq: int
+    network: Network
+    node: Node  # the caller
+    peers: tuple[Node, ...]
+
+
+class DnsRecord(Struct, frozen=True, forbid_unknown_fields=True):
+    name: Annotated[str, Meta(min_length=1, max_length=253)]  # relative to the network's zone; "@" = apex
+    rtype: Literal["A", "AAAA", "CNAME", "TXT"]
+    value: Annotated[str, Meta(min_length=1, max_length=1024)]
+
+
+class ErrorBody(Struct, frozen=True):
+    error: str
+    field: str | None = None
+
+
+# -- events: the per-network stream, tagged by "kind" ---------------------------------
+
+
+class Snapshot(Struct, frozen=True, tag="snapshot", tag_field="kind"):
+    """The whole network; sent first when a stream starts fresh or is too far behind."""
+
+    seq: int
+    network: Network
+    peers: tuple[Node, ...]
+
+
+class PeerAdded(Struct, frozen=True, tag="peer_added", tag_field="kind"):
+    seq: int
+    peer: Node
+
+
+class PeerChanged(Struct, frozen=True, tag="peer_changed", tag_field="kind"):
+    seq: int
+    peer: Node
+
+
+class PeerRemoved(Struct, frozen=True, tag="peer_removed", tag_field="kind"):
+    seq: int
+    node_id: str
+    name: str
+
+
+class NetworkChanged(Struct, frozen=True, tag="network_changed", tag_field="kind"):
+    seq: int
+    network: Network
+
+
+class PunchRequest(Struct, frozen=True, tag="punch_request", tag_field="kind"):
+    """Rendezvous: both nodes get this at the same moment and probe each other."""
+
+    seq: int
+    session: str
+    nodes: tuple[str, str]  # node ids of the pair
+    start_at: float  # server's wall clock when probing should begin
+
+
+Event = Snapshot | PeerAdded | PeerChanged | PeerRemoved | NetworkChanged | PunchRequest
+
+event_encoder = msgspec.json.Encoder()
+event_decoder: msgspec.json.Decoder[Event] = msgspec.json.Decoder(Event)

@@ -1,0 +1,359 @@
+"""The HTTP API (``/api/v1``): Starlette routes over the store, run by hypercorn's trio worker.
+
+Admin calls carry ``Authorization: Bearer <admin token>``; node calls are signed with
+the node's Ed25519 key (:mod:`punchd.wire.signing`). Every body is decoded into the
+Structs of :mod:`punchd.wire.api`; a bad request gets a 4xx ``{"error", "field"}`` and
+changes nothing. Store calls run one at a time in a worker thread (SQLite is
+blocking; one writer also keeps access-key use counts exact).
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import msgspec
+import trio
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from punchd.errors import Invalid, ServiceError, Unauthorized
+from punchd.wire import api
+from punchd.wire.signing import ReplayGuard, verify_request
+from punchd.wire.token import encode_token
+
+from .store import Store
+
+T = TypeVar("T")
+HEARTBEAT_S = 10.0
+_FIELD_RE = re.compile(r"at `\$\.([A-Za-z_][\w.\[\]]*)`")
+
+
+class EventHub:
+    """Wakes every stream of a network when its event log grows."""
+
+    def __init__(self) -> None:
+        self._changed: dict[str, trio.Event] = {}
+
+    def changed(self, network: str) -> trio.Event:
+        return self._changed.setdefault(network, trio.Event())
+
+    def notify(self, network: str) -> None:
+        event = self._changed.pop(network, None)
+        if event is not None:
+            event.set()
+
+
+class Service:
+    """The store behind one worker thread, plus event fan-out and zone push hooks."""
+
+    def __init__(self, store: Store, *, public_url: str) -> None:
+        self.store = store
+        self.public_url = public_url
+        self.hub = EventHub()
+        self.guard = ReplayGuard()
+        self._limiter = trio.CapacityLimiter(1)
+        self.on_change: list[Callable[[], None]] = []
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+
+    async def write(self, network: str | None, fn: Callable[..., T], *args: Any) -> T:
+        """A changing call: afterwards wake the network's streams and the DNS."""
+        result = await self.call(fn, *args)
+        if network is not None:
+            self.hub.notify(network)
+        for hook in self.on_change:
+            hook()
+        return result
+
+
+def _json(value: Any, status: int = 200) -> Response:
+    return Response(msgspec.json.encode(value), status_code=status, media_type="application/json")
+
+
+def _error(status: int, reason: str, field: str | None) -> Response:
+    return _json(api.ErrorBody(error=reason, field=field), status)
+
+
+async def _decode(request: Request, type_: type[T]) -> T:
+    body = await request.body()
+    try:
+        return msgspec.json.decode(body, type=type_)
+    except msgspec.ValidationError as exc:
+        match = _FIELD_RE.search(str(exc))
+        raise Invalid(str(exc), match.group(1) if match else None) from exc
+    except msgspec.DecodeError as exc:
+        raise Invalid(f"malformed JSON: {exc}") from exc
+
+
+def build_app(service: Service, admin_token: str) -> Starlette:
+    store = service.store
+
+    def require_admin(request: Request) -> None:
+        auth = request.headers.get("authorization", "")
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip(), admin_token):
+            raise Unauthorized("admin token required")
+
+    async def node_signer(request: Request) -> str:
+        path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        body = await request.body()
+        return verify_request(dict(request.headers), request.method, path, body,
+                              guard=service.guard)
+
+    Handler = Callable[[Request], Awaitable[Response]]
+
+    def guarded(handler: Handler) -> Handler:
+        async def wrapper(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except ServiceError as exc:
+                return _error(exc.status, exc.reason, exc.field)
+        return wrapper
+
+    # -- admin: networks ------------------------------------------------------------------
+
+    async def networks(request: Request) -> Response:
+        require_admin(request)
+        if request.method == "GET":
+            return _json(await service.call(store.list_networks))
+        req = await _decode(request, api.NetworkCreate)
+        return _json(await service.write(req.name, store.create_network, req), 201)
+
+    async def network(request: Request) -> Response:
+        require_admin(request)
+        name = request.path_params["network"]
+        if request.method == "GET":
+            return _json(await service.call(store.get_network, name))
+        if request.method == "DELETE":
+            await service.write(name, store.delete_network, name)
+            return Response(status_code=204)
+        req = await _decode(request, api.NetworkUpdate)
+        return _json(await service.write(name, store.update_network, name, req))
+
+    async def keys(request: Request) -> Response:
+        require_admin(request)
+        name = request.path_params["network"]
+        if request.method == "GET":
+            return _json(await service.call(store.list_access_keys, name))
+        req = await _decode(request, api.AccessKeyCreate)
+        key, secret = await service.call(store.create_access_key, name, req)
+        token = encode_token(service.public_url, name, secret)
+        return _json(api.AccessKeyCreated(key=key, token=token), 201)
+
+    async def key(request: Request) -> Response:
+        require_admin(request)
+        await service.call(store.delete_access_key, request.path_params["network"],
+                           request.path_params["key"])
+        return Response(status_code=204)
+
+    async def nodes(request: Request) -> Response:
+        require_admin(request)
+        return _json(await service.call(store.list_nodes, request.path_params["network"]))
+
+    async def node_admin(request: Request) -> Response:
+        require_admin(request)
+        net, name = request.path_params["network"], request.path_params["node"]
+        if request.method == "GET":
+            return _json(await service.call(store.get_node, net, name))
+        await service.write(net, store.delete_node, net, name)
+        return Response(status_code=204)
+
+    async def node_approve(request: Request) -> Response:
+        require_admin(request)
+        net, name = request.path_params["network"], request.path_params["node"]
+        return _json(await service.write(net, store.approve_node, net, name))
+
+    async def dns_records(request: Request) -> Response:
+        require_admin(request)
+        net = request.path_params["network"]
+        if request.method == "GET":
+            return _json(await service.call(store.list_dns_records, net))
+        rec = await _decode(request, api.DnsRecord)
+        return _json(await service.write(net, store.add_dns_record, net, rec), 201)
+
+    async def dns_record(request: Request) -> Response:
+        require_admin(request)
+        p = request.path_params
+        await service.write(p["network"], store.delete_dns_record, p["network"], p["name"],
+                            p["rtype"])
+        return Response(status_code=204)
+
+    # -- nodes (signed) -------------------------------------------------------------------
+
+    async def join(request: Request) -> Response:
+        signer = await node_signer(request)
+        req = await _decode(request, api.JoinRequest)
+        resp = await service.call(store.join, req, signer)
+        service.hub.notify(resp.network.name)
+        for hook in service.on_change:
+            hook()
+        return _json(resp, 201)
+
+    async def me(request: Request) -> Response:
+        signer = await node_signer(request)
+        if request.method == "GET":
+            node = await service.call(store.touch_node, signer)
+            snap = await service.call(store.snapshot, node.network)
+            peers = tuple(p for p in snap.peers if p.id != node.id)
+            return _json(api.NetworkSnapshot(seq=snap.seq, network=snap.network, node=node,
+                                             peers=peers))
+        if request.method == "DELETE":
+            node = await service.call(store.node_by_signing_key, signer)
+            await service.write(node.network, store.delete_node, node.network, node.name)
+            return Response(status_code=204)
+        req = await _decode(request, api.NodeUpdate)
+        updated = await service.call(store.update_node, signer, req)
+        service.hub.notify(updated.network)
+        return _json(updated)
+
+    async def punch(request: Request) -> Response:
+        signer = await node_signer(request)
+        req = await _decode(request, api.PunchCreate)
+        punch_req = await service.call(store.punch, signer, req.peer)
+        node = await service.call(store.node_by_signing_key, signer)
+        service.hub.notify(node.network)
+        return _json(punch_req, 202)
+
+    async def events(request: Request) -> Response:
+        signer = await node_signer(request)
+        node = await service.call(store.touch_node, signer)
+        since_text = request.query_params.get("since")
+        try:
+            since = int(since_text) if since_text is not None else None
+        except ValueError as exc:
+            raise Invalid("since must be an integer sequence number", "since") from exc
+        return StreamingResponse(_stream(service, node, since),
+                                 media_type="text/event-stream",
+                                 headers={"cache-control": "no-store"})
+
+    async def openapi(request: Request) -> Response:
+        return _json(openapi_spec())
+
+    async def health(request: Request) -> Response:
+        return _json({"ok": True, "time": time.time()})
+
+    routes = [
+        Route("/api/v1/health", guarded(health)),
+        Route("/api/v1/openapi.json", guarded(openapi)),
+        Route("/api/v1/networks", guarded(networks), methods=["GET", "POST"]),
+        Route("/api/v1/networks/{network}", guarded(network), methods=["GET", "PATCH", "DELETE"]),
+        Route("/api/v1/networks/{network}/keys", guarded(keys), methods=["GET", "POST"]),
+        Route("/api/v1/networks/{network}/keys/{key}", guarded(key), methods=["DELETE"]),
+        Route("/api/v1/networks/{network}/nodes", guarded(nodes), methods=["GET"]),
+        Route("/api/v1/networks/{network}/nodes/{node}", guarded(node_admin),
+              methods=["GET", "DELETE"]),
+        Route("/api/v1/networks/{network}/nodes/{node}/approve", guarded(node_approve),
+              methods=["POST"]),
+        Route("/api/v1/networks/{network}/dns", guarded(dns_records), methods=["GET", "POST"]),
+        Route("/api/v1/networks/{network}/dns/{name}/{rtype}", guarded(dns_record),
+              methods=["DELETE"]),
+        Route("/api/v1/join", guarded(join), methods=["POST"]),
+        Route("/api/v1/node", guarded(me), methods=["GET", "PATCH", "DELETE"]),
+        Route("/api/v1/punch", guarded(punch), methods=["POST"]),
+        Route("/api/v1/events", guarded(events), methods=["GET"]),
+    ]
+    return Starlette(routes=routes)
+
+
+def _sse(event: api.Event) -> bytes:
+    return b"id: %d\nevent: %s\ndata: %s\n\n" % (
+        event.seq, type(event).__struct_config__.tag.encode(),  # type: ignore[union-attr]
+        api.event_encoder.encode(event),
+    )
+
+
+async def _stream(service: Service, node: api.Node, since: int | None) -> AsyncIterator[bytes]:
+    """Snapshot when starting fresh or too far behind, then the log, then live events."""
+    store, network = service.store, node.network
+    cursor = since
+    while True:
+        changed = service.hub.changed(network)
+        if cursor is None:
+            snap = await service.call(store.snapshot, network)
+            yield _sse(snap)
+            cursor = snap.seq
+            continue
+        batch = await service.call(store.events_since, network, cursor)
+        if batch is None:
+            cursor = None
+            continue
+        for event in batch:
+            yield _sse(event)
+            cursor = event.seq
+            if isinstance(event, api.PeerRemoved) and event.node_id == node.id:
+                return  # this node was deleted: the stream ends
+        if batch:
+            continue
+        with trio.move_on_after(HEARTBEAT_S):
+            await changed.wait()
+        if not changed.is_set():
+            yield b": heartbeat\n\n"
+
+
+def openapi_spec() -> dict[str, Any]:
+    """OpenAPI 3.1 generated from the Structs (the one schema)."""
+    bodies: list[Any] = [
+        api.NetworkCreate, api.NetworkUpdate, api.Network, api.AccessKeyCreate,
+        api.AccessKeyCreated, api.AccessKey, api.JoinRequest, api.JoinResponse, api.NodeUpdate,
+        api.Node, api.NetworkSnapshot, api.PunchCreate, api.DnsRecord, api.ErrorBody, api.Event,
+    ]
+    schemas, components = msgspec.json.schema_components(
+        bodies, ref_template="#/components/schemas/{name}"
+    )
+
+    def body(i: int) -> dict[str, Any]:
+        return {"content": {"application/json": {"schema": schemas[i]}}}
+
+    err = {"description": "error", **body(13)}
+    paths: dict[str, Any] = {
+        "/api/v1/networks": {
+            "get": {"summary": "list networks (admin)", "responses": {"200": {"description": "ok"}}},
+            "post": {"summary": "create a network (admin)", "requestBody": body(0),
+                     "responses": {"201": {"description": "created", **body(2)}, "4XX": err}},
+        },
+        "/api/v1/networks/{network}": {
+            "patch": {"summary": "update, renumber (admin)", "requestBody": body(1),
+                      "responses": {"200": {"description": "ok", **body(2)}, "4XX": err}},
+            "delete": {"summary": "delete (admin)", "responses": {"204": {"description": "gone"}}},
+        },
+        "/api/v1/networks/{network}/keys": {
+            "post": {"summary": "create an access key and join token (admin)",
+                     "requestBody": body(3),
+                     "responses": {"201": {"description": "created", **body(4)}, "4XX": err}},
+        },
+        "/api/v1/join": {
+            "post": {"summary": "join with an access key (signed by the new node key)",
+                     "requestBody": body(6),
+                     "responses": {"201": {"description": "joined", **body(7)}, "4XX": err}},
+        },
+        "/api/v1/node": {
+            "get": {"summary": "this node's view of its network (signed)",
+                    "responses": {"200": {"description": "ok", **body(10)}}},
+            "patch": {"summary": "update candidates / NAT report (signed)", "requestBody": body(8),
+                      "responses": {"200": {"description": "ok", **body(9)}, "4XX": err}},
+            "delete": {"summary": "leave (signed)", "responses": {"204": {"description": "gone"}}},
+        },
+        "/api/v1/punch": {
+            "post": {"summary": "rendezvous with a peer (signed)", "requestBody": body(11),
+                     "responses": {"202": {"description": "punch requests sent"}}},
+        },
+        "/api/v1/events": {
+            "get": {"summary": "server-sent events: the network's changes (signed)",
+                    "parameters": [{"name": "since", "in": "query", "schema": {"type": "integer"}}],
+                    "responses": {"200": {"description": "text/event-stream of Event",
+                                          **body(14)}}},
+        },
+        "/api/v1/networks/{network}/dns": {
+            "post": {"summary": "add a custom DNS record (admin)", "requestBody": body(12),
+                     "responses": {"201": {"description": "created"}, "4XX": err}},
+        },
+    }
+    return {"openapi": "3.1.0", "info": {"title": "punchd signal server", "version": "1"},
+            "paths": paths, "components": {"schemas": components}}

@@ -1,0 +1,247 @@
+"""``signal-server``: ``serve`` runs the control plane; ``admin ...`` drives its API.
+
+Errors are one line on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+import trio
+
+from punchd.errors import ConfigError, PunchdError
+
+from .main import ServerOptions, parse_hostport, serve_forever
+
+_DURATION = re.compile(r"^(\d+)([smhd])$")
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class CliError(PunchdError):
+    """A user-facing failure of the admin CLI."""
+
+
+def parse_duration(text: str) -> int:
+    match = _DURATION.match(text.strip())
+    if not match:
+        raise CliError(f"bad duration {text!r}: use e.g. 30m, 12h, 7d")
+    return int(match.group(1)) * _UNIT[match.group(2)]
+
+
+class Admin:
+    def __init__(self, server: str, token_file: str) -> None:
+        try:
+            token = Path(token_file).read_text().strip()
+        except OSError as exc:
+            raise CliError(f"cannot read token file {token_file}: {exc.strerror}") from exc
+        self.client = httpx.Client(base_url=server.rstrip("/"), timeout=15,
+                                   headers={"authorization": f"Bearer {token}"})
+
+    def request(self, method: str, path: str, body: Any = None) -> Any:
+        try:
+            resp = self.client.request(method, "/api/v1" + path,
+                                       content=None if body is None else msgspec.json.encode(body),
+                                       headers={"content-type": "application/json"})
+        except httpx.HTTPError as exc:
+            raise CliError(f"cannot reach the signal server: {exc}") from exc
+        if resp.status_code >= 400:
+            try:
+                err = resp.json()
+                reason = err.get("error", resp.text)
+                if err.get("field"):
+                    reason += f" (field {err['field']})"
+            except ValueError:
+                reason = resp.text
+            raise CliError(f"server refused ({resp.status_code}): {reason}")
+        return resp.json() if resp.content else None
+
+
+def _print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
+    if not rows:
+        print("(none)")
+        return
+    cells = [[("" if r.get(c) is None else str(r.get(c))) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)))
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
+
+
+def _listing(args: argparse.Namespace, rows: list[dict[str, Any]], columns: list[str]) -> None:
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        _print_table(rows, columns)
+
+
+def run_admin(args: argparse.Namespace) -> int:
+    admin = Admin(args.server, args.token_file)
+    obj, verb = args.object, args.verb
+    if obj == "network":
+        if verb == "create":
+            body = {"name": args.name, "ipv4_cidr": args.cidr, "local_only": args.local_only,
+                    "require_approval": args.require_approval}
+            if args.ipv6:
+                body["ipv6_cidr"] = args.ipv6
+            if args.listen_port:
+                body["listen_port"] = args.listen_port
+            net = admin.request("POST", "/networks", body)
+            print(f"network {net['name']} created: {net['ipv4_cidr']}"
+                  + (f" {net['ipv6_cidr']}" if net.get("ipv6_cidr") else ""))
+        elif verb == "list":
+            _listing(args, admin.request("GET", "/networks"),
+                     ["name", "ipv4_cidr", "ipv6_cidr", "local_only", "hole_punching",
+                      "require_approval"])
+        elif verb == "update":
+            body = {k: v for k, v in (("ipv4_cidr", args.cidr), ("ipv6_cidr", args.ipv6))
+                    if v is not None}
+            net = admin.request("PATCH", f"/networks/{args.name}", body)
+            print(f"network {net['name']} updated: {net['ipv4_cidr']}")
+        elif verb == "delete":
+            admin.request("DELETE", f"/networks/{args.name}")
+            print(f"network {args.name} deleted")
+    elif obj == "key":
+        if verb == "create":
+            body = {"uses": args.uses}
+            if args.expires:
+                body["expires_in"] = parse_duration(args.expires)
+            created = admin.request("POST", f"/networks/{args.network}/keys", body)
+            key = created["key"]
+            uses = "unlimited" if key["uses_left"] is None else key["uses_left"]
+            print(f"access key {key['id']} for {args.network}: uses {uses}")
+            print(created["token"])  # the join token alone on the last line
+        elif verb == "list":
+            _listing(args, admin.request("GET", f"/networks/{args.network}/keys"),
+                     ["id", "uses_left", "expires_at"])
+        elif verb == "delete":
+            admin.request("DELETE", f"/networks/{args.network}/keys/{args.id}")
+            print(f"access key {args.id} deleted")
+    elif obj == "node":
+        if verb == "list":
+            _listing(args, admin.request("GET", f"/networks/{args.network}/nodes"),
+                     ["name", "ipv4", "ipv6", "approved", "wg_public_key"])
+        elif verb == "approve":
+            admin.request("POST", f"/networks/{args.network}/nodes/{args.name}/approve")
+            print(f"node {args.name} approved")
+        elif verb == "delete":
+            admin.request("DELETE", f"/networks/{args.network}/nodes/{args.name}")
+            print(f"node {args.name} deleted")
+    elif obj == "dns":
+        if verb == "add":
+            admin.request("POST", f"/networks/{args.network}/dns",
+                          {"name": args.name, "rtype": args.type.upper(), "value": args.value})
+            print(f"{args.name} {args.type.upper()} {args.value} added to {args.network}")
+        elif verb == "list":
+            _listing(args, admin.request("GET", f"/networks/{args.network}/dns"),
+                     ["name", "rtype", "value"])
+        elif verb == "delete":
+            admin.request("DELETE", f"/networks/{args.network}/dns/{args.name}/{args.type.upper()}")
+            print(f"{args.name} {args.type.upper()} deleted from {args.network}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="signal-server", description="punchd's control plane")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the signal server")
+    serve.add_argument("--data-dir", required=True, type=Path)
+    serve.add_argument("--http", required=True, metavar="HOST:PORT")
+    serve.add_argument("--stun", action="append", default=[], metavar="HOST:PORT",
+                       help="STUN listener; give twice (second address) for RFC 5780")
+    serve.add_argument("--dns", metavar="HOST:PORT", help="mesh DNS listener (UDP and TCP)")
+    serve.add_argument("--domain", default="mesh")
+    serve.add_argument("--public-url", help="URL put into join tokens (default from --http)")
+    serve.add_argument("--certfile")
+    serve.add_argument("--keyfile")
+
+    admin = sub.add_parser("admin", help="administer a running server over its API")
+    admin.add_argument("--server", required=True, metavar="URL")
+    admin.add_argument("--token-file", required=True, metavar="FILE")
+    objects = admin.add_subparsers(dest="object", required=True)
+
+    def verb(parent: Any, name: str, *, listing: bool = False) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = parent.add_parser(name)
+        if listing:
+            p.add_argument("--json", action="store_true")
+        return p
+
+    net = objects.add_parser("network").add_subparsers(dest="verb", required=True)
+    p = verb(net, "create")
+    p.add_argument("name")
+    p.add_argument("--cidr", required=True)
+    p.add_argument("--ipv6")
+    p.add_argument("--local-only", action="store_true")
+    p.add_argument("--require-approval", action="store_true")
+    p.add_argument("--listen-port", type=int)
+    verb(net, "list", listing=True)
+    p = verb(net, "update")
+    p.add_argument("name")
+    p.add_argument("--cidr")
+    p.add_argument("--ipv6")
+    verb(net, "delete").add_argument("name")
+
+    key = objects.add_parser("key").add_subparsers(dest="verb", required=True)
+    p = verb(key, "create")
+    p.add_argument("network")
+    p.add_argument("--uses", type=int)
+    p.add_argument("--expires", metavar="DURATION")
+    verb(key, "list", listing=True).add_argument("network")
+    p = verb(key, "delete")
+    p.add_argument("network")
+    p.add_argument("id")
+
+    node = objects.add_parser("node").add_subparsers(dest="verb", required=True)
+    verb(node, "list", listing=True).add_argument("network")
+    for name in ("approve", "delete"):
+        p = verb(node, name)
+        p.add_argument("network")
+        p.add_argument("name")
+
+    dns = objects.add_parser("dns").add_subparsers(dest="verb", required=True)
+    p = verb(dns, "add")
+    for a in ("network", "name", "type", "value"):
+        p.add_argument(a)
+    verb(dns, "list", listing=True).add_argument("network")
+    p = verb(dns, "delete")
+    for a in ("network", "name", "type"):
+        p.add_argument(a)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            options = ServerOptions(
+                data_dir=args.data_dir,
+                http=parse_hostport(args.http, "--http"),
+                stun=[parse_hostport(s, "--stun") for s in args.stun],
+                dns=parse_hostport(args.dns, "--dns") if args.dns else None,
+                domain=args.domain, public_url=args.public_url,
+                certfile=args.certfile, keyfile=args.keyfile,
+            )
+            if len(options.stun) > 2:
+                raise ConfigError("--stun: give at most two (primary and alternate)")
+            try:
+                trio.run(serve_forever, options)
+            except OSError as exc:
+                raise ConfigError(f"cannot start: {exc}") from exc
+            return 0
+        return run_admin(args)
+    except PunchdError as exc:
+        print(f"signal-server: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

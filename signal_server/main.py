@@ -1,0 +1,127 @@
+"""The signal server process: one trio nursery tree owned by :class:`SignalServer`.
+
+Services (HTTP API, STUN responder, mesh DNS) each have ``run(task_status=...)`` and
+are started with ``nursery.start`` after binding, so a port in use fails start-up at
+once, with its name, instead of half a server running.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve
+
+from punchd.errors import ConfigError
+
+from .app import Service, build_app
+from .store import Store
+
+ADMIN_TOKEN_FILE = "admin.token"
+
+
+def parse_hostport(text: str, what: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{what}: expected HOST:PORT, got {text!r}")
+    return host, int(port)
+
+
+def load_or_create_admin_token(data_dir: Path) -> str:
+    """Created at first start, 0600, never logged."""
+    path = data_dir / ADMIN_TOKEN_FILE
+    if path.exists():
+        return path.read_text().strip()
+    token = secrets.token_urlsafe(32)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return token
+
+
+@dataclass
+class ServerOptions:
+    data_dir: Path
+    http: tuple[str, int]
+    stun: list[tuple[str, int]] = field(default_factory=list)
+    dns: tuple[str, int] | None = None
+    domain: str = "mesh"
+    public_url: str | None = None
+    certfile: str | None = None
+    keyfile: str | None = None
+
+
+class SignalServer:
+    def __init__(self, options: ServerOptions) -> None:
+        self.options = options
+        options.data_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(options.data_dir, 0o700)
+        self.admin_token = load_or_create_admin_token(options.data_dir)
+        self.store = Store(options.data_dir / "signal.db")
+        scheme = "https" if options.certfile else "http"
+        host, port = options.http
+        url_host = f"[{host}]" if ":" in host else host
+        self.public_url = options.public_url or f"{scheme}://{url_host}:{port}"
+        self.service = Service(self.store, public_url=self.public_url)
+        self.app = build_app(self.service, self.admin_token)
+
+    async def run_http(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        config = Config()
+        host, port = self.options.http
+        config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+        config.accesslog = None
+        config.errorlog = "-"
+        config.loglevel = "WARNING"
+        config.keep_alive_timeout = 75
+        if self.options.certfile:
+            config.certfile = self.options.certfile
+            config.keyfile = self.options.keyfile
+        await serve(self.app, config, task_status=task_status)  # type: ignore[arg-type]
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.run_http)
+            if self.options.stun:
+                from .stun_server import StunResponder
+
+                primary = self.options.stun[0]
+                alternate = self.options.stun[1] if len(self.options.stun) > 1 else None
+                await nursery.start(StunResponder(primary, alternate).run)
+            if self.options.dns:
+                await nursery.start(self.run_dns)
+            task_status.started()
+
+    async def run_dns(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        from .dns import ZonePusher
+
+        assert self.options.dns is not None
+        pusher = ZonePusher(self.service, self.options.dns, domain=self.options.domain)
+        await pusher.run(task_status=task_status)
+
+
+async def serve_forever(options: ServerOptions) -> None:
+    server = SignalServer(options)
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.run)
+            parts = [f"http={server.public_url}"]
+            parts += [f"stun={h}:{p}" for h, p in options.stun]
+            if options.dns:
+                parts.append(f"dns={options.dns[0]}:{options.dns[1]}")
+            print("signal-server: ready " + " ".join(parts), flush=True)
+            async for _ in signals:
+                nursery.cancel_scope.cancel()
+                break
+    server.store.close()
+    print("signal-server: stopped", file=sys.stderr, flush=True)

@@ -1,0 +1,436 @@
+"""The signal server's store: SQLite (WAL), one transaction per operation.
+
+Every public method is one transaction: it validates, changes the records, appends
+the resulting events to the per-network event log, and commits before it returns,
+so a ``kill -9`` after an answer loses nothing, and a refused request changes
+nothing. Methods are synchronous; the server calls them through one worker thread
+(see :class:`signal_server.service.Service`), which also makes access-key use counts
+exact under concurrent joins.
+
+Records are stored as msgspec JSON of the Structs in :mod:`punchd.wire.api` (the one
+schema); columns exist only for what is looked up or kept unique.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import secrets
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import msgspec
+
+from punchd.errors import Conflict, Invalid, NotFound, Unauthorized
+from punchd.wire import api
+
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS networks (name TEXT PRIMARY KEY, body BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS access_keys (
+    id TEXT PRIMARY KEY, network TEXT NOT NULL, secret_hash TEXT NOT NULL UNIQUE,
+    body BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS nodes (
+    id TEXT PRIMARY KEY, network TEXT NOT NULL, name TEXT NOT NULL,
+    signing_key TEXT NOT NULL UNIQUE, body BLOB NOT NULL, UNIQUE (network, name));
+CREATE TABLE IF NOT EXISTS dns_records (
+    network TEXT NOT NULL, name TEXT NOT NULL, rtype TEXT NOT NULL, value TEXT NOT NULL,
+    PRIMARY KEY (network, name, rtype, value));
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, network TEXT NOT NULL, body BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS events_by_network ON events (network, seq);
+CREATE TABLE IF NOT EXISTS event_trim (network TEXT PRIMARY KEY, upto INTEGER NOT NULL);
+"""
+
+# Events kept per network for resuming streams; older cursors get a snapshot.
+EVENT_RETENTION = 2000
+
+
+def _hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _parse_net(text: str, version: int, field: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    try:
+        net = ipaddress.ip_network(text, strict=True)
+    except ValueError as exc:
+        raise Invalid(f"{text!r} is not a valid CIDR: {exc}", field) from exc
+    if net.version != version:
+        raise Invalid(f"{text!r} is not an IPv{version} CIDR", field)
+    if net.num_addresses < 4:
+        raise Invalid(f"{text!r} is too small for a mesh", field)
+    return net
+
+
+class Store:
+    """All domain state; ``path`` may be ``":memory:"`` for tests."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        # FULL: a transaction is on disk before the server answers (kill -9 safe).
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.execute("PRAGMA foreign_keys=ON")
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- transaction plumbing ---------------------------------------------------------
+
+    def _tx(self) -> _Transaction:
+        return _Transaction(self.db)
+
+    def _emit(self, network: str, event_body: api.Event) -> None:
+        """Append an event; its seq is assigned by the log (the AUTOINCREMENT key)."""
+        cur = self.db.execute("INSERT INTO events (network, body) VALUES (?, ?)", (network, b""))
+        seq = cur.lastrowid
+        assert seq is not None
+        stamped = msgspec.structs.replace(event_body, seq=seq)
+        self.db.execute("UPDATE events SET body = ? WHERE seq = ?",
+                        (api.event_encoder.encode(stamped), seq))
+        cutoff = self.db.execute(
+            "SELECT seq FROM events WHERE network = ? ORDER BY seq DESC LIMIT 1 OFFSET ?",
+            (network, EVENT_RETENTION),
+        ).fetchone()
+        if cutoff is not None:
+            self.db.execute("DELETE FROM events WHERE network = ? AND seq <= ?", (network, cutoff[0]))
+            self.db.execute(
+                "INSERT INTO event_trim (network, upto) VALUES (?, ?) "
+                "ON CONFLICT (network) DO UPDATE SET upto = excluded.upto",
+                (network, cutoff[0]),
+            )
+
+    # -- networks -----------------------------------------------------------------------
+
+    def _networks(self) -> list[api.Network]:
+        rows = self.db.execute("SELECT body FROM networks ORDER BY name").fetchall()
+        return [msgspec.json.decode(r[0], type=api.Network) for r in rows]
+
+    def list_networks(self) -> list[api.Network]:
+        return self._networks()
+
+    def get_network(self, name: str) -> api.Network:
+        row = self.db.execute("SELECT body FROM networks WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            raise NotFound(f"no network {name!r}", "network")
+        return msgspec.json.decode(row[0], type=api.Network)
+
+    def _check_overlap(self, name: str, cidr: str | None, field: str) -> None:
+        if cidr is None:
+            return
+        new = ipaddress.ip_network(cidr)
+        for other in self._networks():
+            if other.name == name:
+                continue
+            for existing in (other.ipv4_cidr, other.ipv6_cidr):
+                if existing and ipaddress.ip_network(existing).version == new.version \
+                        and ipaddress.ip_network(existing).overlaps(new):
+                    raise Conflict(f"{cidr} overlaps network {other.name!r} ({existing})", field)
+
+    def create_network(self, req: api.NetworkCreate) -> api.Network:
+        _parse_net(req.ipv4_cidr, 4, "ipv4_cidr")
+        if req.ipv6_cidr is not None:
+            _parse_net(req.ipv6_cidr, 6, "ipv6_cidr")
+        with self._tx():
+            if self.db.execute("SELECT 1 FROM networks WHERE name = ?", (req.name,)).fetchone():
+                raise Conflict(f"network {req.name!r} exists already", "name")
+            self._check_overlap(req.name, req.ipv4_cidr, "ipv4_cidr")
+            self._check_overlap(req.name, req.ipv6_cidr, "ipv6_cidr")
+            net = api.Network(**msgspec.structs.asdict(req), created_at=time.time())
+            self.db.execute("INSERT INTO networks (name, body) VALUES (?, ?)",
+                            (net.name, msgspec.json.encode(net)))
+        return net
+
+    def update_network(self, name: str, req: api.NetworkUpdate) -> api.Network:
+        changes = {k: v for k, v in msgspec.structs.asdict(req).items() if v is not None}
+        if "ipv4_cidr" in changes:
+            _parse_net(changes["ipv4_cidr"], 4, "ipv4_cidr")
+        if "ipv6_cidr" in changes:
+            _parse_net(changes["ipv6_cidr"], 6, "ipv6_cidr")
+        with self._tx():
+            old = self.get_network(name)
+            self._check_overlap(name, changes.get("ipv4_cidr"), "ipv4_cidr")
+            self._check_overlap(name, changes.get("ipv6_cidr"), "ipv6_cidr")
+            net = msgspec.structs.replace(old, **changes)
+            self.db.execute("UPDATE networks SET body = ? WHERE name = ?",
+                            (msgspec.json.encode(net), name))
+            self._emit(name, api.NetworkChanged(seq=0, network=net))
+            if net.ipv4_cidr != old.ipv4_cidr or net.ipv6_cidr != old.ipv6_cidr:
+                self._renumber(net)
+        return net
+
+    def _renumber(self, net: api.Network) -> None:
+        """A new CIDR: every node gets a new address, in join order, and peers hear of it."""
+        nodes = self._nodes(net.name)
+        nodes.sort(key=lambda n: n.created_at)
+        v4 = self._address_pool(net.ipv4_cidr, set())
+        v6 = self._address_pool(net.ipv6_cidr, set()) if net.ipv6_cidr else None
+        for node in nodes:
+            updated = msgspec.structs.replace(
+                node, ipv4=next(v4), ipv6=next(v6) if v6 is not None else None
+            )
+            self._put_node(updated)
+            self._emit(net.name, api.PeerChanged(seq=0, peer=updated))
+
+    def delete_network(self, name: str) -> None:
+        with self._tx():
+            self.get_network(name)
+            for table in ("networks", "access_keys", "nodes", "dns_records", "events", "event_trim"):
+                column = "name" if table == "networks" else "network"
+                self.db.execute(f"DELETE FROM {table} WHERE {column} = ?", (name,))
+
+    # -- access keys --------------------------------------------------------------------
+
+    def create_access_key(self, network: str, req: api.AccessKeyCreate) -> tuple[api.AccessKey, str]:
+        """Returns the key record and its secret (shown once, stored only as a hash)."""
+        secret = secrets.token_urlsafe(24)
+        now = time.time()
+        key = api.AccessKey(
+            id=uuid.uuid4().hex[:12], network=network, uses_left=req.uses,
+            expires_at=now + req.expires_in if req.expires_in else None, created_at=now,
+        )
+        with self._tx():
+            self.get_network(network)
+            self.db.execute(
+                "INSERT INTO access_keys (id, network, secret_hash, body) VALUES (?, ?, ?, ?)",
+                (key.id, network, _hash_secret(secret), msgspec.json.encode(key)),
+            )
+        return key, secret
+
+    def list_access_keys(self, network: str) -> list[api.AccessKey]:
+        self.get_network(network)
+        rows = self.db.execute(
+            "SELECT body FROM access_keys WHERE network = ? ORDER BY id", (network,)
+        ).fetchall()
+        return [msgspec.json.decode(r[0], type=api.AccessKey) for r in rows]
+
+    def delete_access_key(self, network: str, key_id: str) -> None:
+        with self._tx():
+            cur = self.db.execute(
+                "DELETE FROM access_keys WHERE network = ? AND id = ?", (network, key_id)
+            )
+            if cur.rowcount == 0:
+                raise NotFound(f"no access key {key_id!r} in {network!r}", "key")
+
+    def _use_access_key(self, secret: str, now: float) -> api.AccessKey:
+        row = self.db.execute(
+            "SELECT body FROM access_keys WHERE secret_hash = ?", (_hash_secret(secret),)
+        ).fetchone()
+        if row is None:
+            raise Unauthorized("unknown access key", "access_key")
+        key = msgspec.json.decode(row[0], type=api.AccessKey)
+        if key.expires_at is not None and key.expires_at <= now:
+            raise Unauthorized("access key expired", "access_key")
+        if key.uses_left is not None:
+            if key.uses_left <= 0:
+                raise Unauthorized("access key has no uses left", "access_key")
+            key = msgspec.structs.replace(key, uses_left=key.uses_left - 1)
+            self.db.execute("UPDATE access_keys SET body = ? WHERE id = ?",
+                            (msgspec.json.encode(key), key.id))
+        return key
+
+    # -- nodes --------------------------------------------------------------------------
+
+    def _nodes(self, network: str) -> list[api.Node]:
+        rows = self.db.execute(
+            "SELECT body FROM nodes WHERE network = ? ORDER BY name", (network,)
+        ).fetchall()
+        return [msgspec.json.decode(r[0], type=api.Node) for r in rows]
+
+    def list_nodes(self, network: str) -> list[api.Node]:
+        self.get_network(network)
+        return self._nodes(network)
+
+    def _put_node(self, node: api.Node) -> None:
+        self.db.execute(
+            "INSERT INTO nodes (id, network, name, signing_key, body) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (id) DO UPDATE SET name = excluded.name, body = excluded.body",
+            (node.id, node.network, node.name, node.signing_key, msgspec.json.encode(node)),
+        )
+
+    def node_by_signing_key(self, signing_key: str) -> api.Node:
+        row = self.db.execute(
+            "SELECT body FROM nodes WHERE signing_key = ?", (signing_key,)
+        ).fetchone()
+        if row is None:
+            raise Unauthorized("unknown node key (not joined, or deleted)")
+        return msgspec.json.decode(row[0], type=api.Node)
+
+    def get_node(self, network: str, name: str) -> api.Node:
+        row = self.db.execute(
+            "SELECT body FROM nodes WHERE network = ? AND name = ?", (network, name)
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"no node {name!r} in network {network!r}", "node")
+        return msgspec.json.decode(row[0], type=api.Node)
+
+    @staticmethod
+    def _address_pool(cidr: str, used: set[str]) -> Iterator[str]:
+        net = ipaddress.ip_network(cidr)
+        for host in net.hosts():
+            if str(host) not in used:
+                yield f"{host}/{net.prefixlen}"
+
+    def _allocate(self, cidr: str | None, used: Iterable[str | None]) -> str | None:
+        if cidr is None:
+            return None
+        taken = {u.split("/")[0] for u in used if u}
+        for addr in self._address_pool(cidr, taken):
+            return addr
+        raise Conflict(f"network {cidr} has no free address", "network")
+
+    def join(self, req: api.JoinRequest, signer: str, now: float | None = None) -> api.JoinResponse:
+        if signer != req.signing_key:
+            raise Unauthorized("request not signed by the key it registers", "signing_key")
+        now = time.time() if now is None else now
+        with self._tx():
+            key = self._use_access_key(req.access_key, now)
+            net = self.get_network(key.network)
+            if self.db.execute("SELECT 1 FROM nodes WHERE signing_key = ?",
+                               (req.signing_key,)).fetchone():
+                raise Conflict("this node key has joined already", "signing_key")
+            nodes = self._nodes(net.name)
+            name = req.name or f"node-{req.signing_key.encode().hex()[:8]}"
+            if any(n.name == name for n in nodes):
+                raise Conflict(f"a node named {name!r} is in {net.name!r} already", "name")
+            if any(n.wg_public_key == req.wg_public_key for n in nodes):
+                raise Conflict("that WireGuard key is in use in this network", "wg_public_key")
+            node = api.Node(
+                id=uuid.uuid4().hex[:16], network=net.name, name=name,
+                signing_key=req.signing_key, wg_public_key=req.wg_public_key,
+                probe_public_key=req.probe_public_key, listen_port=req.listen_port,
+                ipv4=self._allocate(net.ipv4_cidr, (n.ipv4 for n in nodes)),
+                ipv6=self._allocate(net.ipv6_cidr, (n.ipv6 for n in nodes)),
+                candidates=req.candidates, approved=not net.require_approval,
+                last_seen=now, created_at=now,
+            )
+            self._put_node(node)
+            self._emit(net.name, api.PeerAdded(seq=0, peer=node))
+        return api.JoinResponse(node=node, network=net)
+
+    def update_node(self, signer: str, req: api.NodeUpdate, now: float | None = None) -> api.Node:
+        now = time.time() if now is None else now
+        changes = {k: v for k, v in msgspec.structs.asdict(req).items() if v is not None}
+        with self._tx():
+            node = self.node_by_signing_key(signer)
+            updated = msgspec.structs.replace(node, **changes, last_seen=now)
+            self._put_node(updated)
+            if changes:
+                self._emit(node.network, api.PeerChanged(seq=0, peer=updated))
+        return updated
+
+    def touch_node(self, signer: str, now: float | None = None) -> api.Node:
+        """Record that a node was seen; no event (peers do not need to hear of it)."""
+        now = time.time() if now is None else now
+        with self._tx():
+            node = msgspec.structs.replace(self.node_by_signing_key(signer), last_seen=now)
+            self._put_node(node)
+        return node
+
+    def approve_node(self, network: str, name: str) -> api.Node:
+        with self._tx():
+            node = msgspec.structs.replace(self.get_node(network, name), approved=True)
+            self._put_node(node)
+            self._emit(network, api.PeerChanged(seq=0, peer=node))
+        return node
+
+    def delete_node(self, network: str, name: str) -> None:
+        with self._tx():
+            node = self.get_node(network, name)
+            self.db.execute("DELETE FROM nodes WHERE id = ?", (node.id,))
+            self._emit(network, api.PeerRemoved(seq=0, node_id=node.id, name=node.name))
+
+    def punch(self, signer: str, peer_name: str, now: float | None = None) -> api.PunchRequest:
+        now = time.time() if now is None else now
+        with self._tx():
+            node = self.node_by_signing_key(signer)
+            peer = self.get_node(node.network, peer_name)
+            if peer.id == node.id:
+                raise Invalid("a node cannot punch to itself", "peer")
+            request = api.PunchRequest(seq=0, session=secrets.token_hex(8),
+                                       nodes=(node.id, peer.id), start_at=now)
+            self._emit(node.network, request)
+        return request
+
+    # -- DNS records --------------------------------------------------------------------
+
+    def add_dns_record(self, network: str, rec: api.DnsRecord) -> api.DnsRecord:
+        with self._tx():
+            self.get_network(network)
+            try:
+                self.db.execute(
+                    "INSERT INTO dns_records (network, name, rtype, value) VALUES (?, ?, ?, ?)",
+                    (network, rec.name.lower(), rec.rtype, rec.value),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise Conflict("that record exists already", "name") from exc
+        return api.DnsRecord(name=rec.name.lower(), rtype=rec.rtype, value=rec.value)
+
+    def list_dns_records(self, network: str) -> list[api.DnsRecord]:
+        self.get_network(network)
+        rows = self.db.execute(
+            "SELECT name, rtype, value FROM dns_records WHERE network = ? ORDER BY name, rtype",
+            (network,),
+        ).fetchall()
+        return [api.DnsRecord(name=n, rtype=t, value=v) for n, t, v in rows]
+
+    def delete_dns_record(self, network: str, name: str, rtype: str) -> None:
+        with self._tx():
+            self.get_network(network)
+            cur = self.db.execute(
+                "DELETE FROM dns_records WHERE network = ? AND name = ? AND rtype = ?",
+                (network, name.lower(), rtype.upper()),
+            )
+            if cur.rowcount == 0:
+                raise NotFound(f"no {rtype} record {name!r} in {network!r}", "name")
+
+    # -- events -------------------------------------------------------------------------
+
+    def last_seq(self) -> int:
+        row = self.db.execute("SELECT MAX(seq) FROM events").fetchone()
+        return int(row[0] or 0)
+
+    def events_since(self, network: str, since: int, limit: int = 1000) -> list[api.Event] | None:
+        """Events after ``since``; None when some of them were trimmed from the log."""
+        trimmed = self.db.execute(
+            "SELECT upto FROM event_trim WHERE network = ?", (network,)
+        ).fetchone()
+        if trimmed is not None and since < trimmed[0]:
+            return None
+        rows = self.db.execute(
+            "SELECT body FROM events WHERE network = ? AND seq > ? ORDER BY seq LIMIT ?",
+            (network, since, limit),
+        ).fetchall()
+        return [api.event_decoder.decode(r[0]) for r in rows]
+
+    def snapshot(self, network: str) -> api.Snapshot:
+        return api.Snapshot(seq=self.last_seq(), network=self.get_network(network),
+                            peers=tuple(self._nodes(network)))
+
+
+class _Transaction:
+    """``with store._tx():`` — BEGIN IMMEDIATE, COMMIT on success, ROLLBACK on any error."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+        self.depth = 0
+
+    def __enter__(self) -> None:
+        if not self.db.in_transaction:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.depth = 1
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if not self.depth:
+            return
+        if exc_type is None:
+            self.db.execute("COMMIT")
+        else:
+            self.db.execute("ROLLBACK")
