@@ -98,6 +98,7 @@ class NetworkAgent:
         self._rng = random.Random()
         self.cancel_scope = trio.CancelScope()
         self._link_applied: LinkConfig | None = None
+        self._applied_endpoints: dict[str, str] = {}  # WireGuard key -> endpoint punchd set
 
     @property
     def name(self) -> str:
@@ -142,9 +143,12 @@ class NetworkAgent:
             peers.append(WgPeer(public_key=peer.wg_public_key,
                                 endpoint=decision.endpoint if decision else None,
                                 allowed_ips=allowed, persistent_keepalive=keepalive))
+        changed = frozenset(p.public_key for p in peers if p.endpoint is not None
+                            and self._applied_endpoints.get(p.public_key) not in (None, p.endpoint))
         return DesiredDevice(private_key_public=public_key(self.keys.wireguard),
                              listen_port=self.config.listen_port,
-                             peers=tuple(sorted(peers, key=lambda p: p.public_key)))
+                             peers=tuple(sorted(peers, key=lambda p: p.public_key)),
+                             force_endpoint=changed)
 
     def link_config(self) -> LinkConfig | None:
         node, network = self.model.node, self.model.network
@@ -186,8 +190,11 @@ class NetworkAgent:
                     listen_port=op.listen_port)
             elif isinstance(op, SetPeer):
                 await self.backend.set_peer(ifname, op.peer)
+                if op.peer.endpoint is not None:
+                    self._applied_endpoints[op.peer.public_key] = op.peer.endpoint
             elif isinstance(op, RemovePeer):
                 await self.backend.remove_peer(ifname, op.public_key)
+                self._applied_endpoints.pop(op.public_key, None)
         if ops:
             log.info("%s: applied %d change(s)", ifname, len(ops))
         return len(ops)

@@ -8,9 +8,11 @@ unchanged peer is never touched (no flapping, no full rewrite). Drift — someon
 repaired on the next pass.
 
 One rule protects working paths: when WireGuard has *roamed* a peer to an endpoint
-other than the one punchd chose, and the handshake through it is fresh, the roamed
-endpoint is kept (WireGuard learnt it from authenticated packets); punchd only
-insists on its endpoint when the path is not working.
+other than the one punchd chose, and the path through it works (a fresh handshake,
+or authenticated bytes received while the first handshake completes), the roamed
+endpoint is kept: WireGuard learnt it from authenticated packets. punchd insists on
+its endpoint when the path is not working, or when its own decision changed
+(``force_endpoint``: punching found a better path).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ class DesiredDevice(msgspec.Struct, frozen=True):
     private_key_public: str  # the public key of the private key punchd wants
     listen_port: int
     peers: tuple[WgPeer, ...]
+    force_endpoint: frozenset[str] = frozenset()  # peers whose chosen endpoint just changed
 
 
 class SetDevice(msgspec.Struct, frozen=True, tag="set_device"):
@@ -64,14 +67,14 @@ def plan(desired: DesiredDevice, actual: WgDeviceState, now: float) -> list[Op]:
             continue
         allowed_differs = normalise_cidrs(peer.allowed_ips) != current.allowed_ips
         keepalive_differs = peer.persistent_keepalive != current.persistent_keepalive
-        roamed_and_working = (
-            current.last_handshake is not None
-            and now - current.last_handshake < FRESH_HANDSHAKE_S
-        )
+        if current.last_handshake is None:
+            working = current.rx_bytes > 0
+        else:
+            working = now - current.last_handshake < FRESH_HANDSHAKE_S
         endpoint_differs = (
             peer.endpoint is not None
             and peer.endpoint != current.endpoint
-            and not roamed_and_working
+            and (not working or key in desired.force_endpoint)
         )
         if allowed_differs or keepalive_differs or endpoint_differs:
             ops.append(SetPeer(peer=peer if endpoint_differs
