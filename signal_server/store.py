@@ -25,6 +25,7 @@ from typing import TypeVar
 
 import msgspec
 
+from meshdns.zone import validate_record
 from punchd.errors import Conflict, Invalid, NotFound, Unauthorized
 from punchd.wire import api
 
@@ -362,6 +363,8 @@ class Store:
     # -- DNS records --------------------------------------------------------------------
 
     def add_dns_record(self, network: str, rec: api.DnsRecord) -> api.DnsRecord:
+        valid = validate_record(rec.rtype, rec.name, rec.value)
+        rec = api.DnsRecord(name=valid.name, rtype=valid.rtype, value=valid.value)  # type: ignore[arg-type]
         with self._tx():
             self.get_network(network)
             try:
