@@ -35,7 +35,7 @@ def is_stun(datagram: bytes) -> bool:
         len(datagram) >= HEADER_LENGTH
         and datagram[0] < 4
         and datagram[4:8] == b"\x21\x12\xa4\x42"
-        and len(datagram) % 4 == 0
+        and int.from_bytes(datagram[2:4], "big") + HEADER_LENGTH == len(datagram)
     )
 
 
