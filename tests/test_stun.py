@@ -174,7 +174,7 @@ async def test_interop_with_coturn_stun_client(tmp_path: Path) -> None:
     out_path = tmp_path / "stunclient.out"
     async with trio.open_nursery() as nursery:
         await nursery.start(responder.run)
-        with open(out_path, "wb") as out:
+        with open(out_path, "wb") as out:  # noqa: ASYNC230 (a local file for the child)
             # turnutils_stunclient sometimes lingers after printing its results: bound it.
             proc = await trio.lowlevel.open_process(
                 ["turnutils_stunclient", "-p", str(p1), "127.0.0.1"],
