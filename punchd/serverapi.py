@@ -15,7 +15,7 @@ server's reason and field.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from typing import Any, TypeVar
 
 import httpx
@@ -96,22 +96,24 @@ class ServerClient:
                 if resp.status_code >= 400:
                     await resp.aread()
                     _raise_for_status(resp.status_code, resp.content)
-                yield _parse_sse(resp)
+                async with aclosing(_parse_sse(resp)) as events:
+                    yield events
         except httpx.HTTPError as exc:
             raise ServerUnreachable(f"event stream: {exc!r}") from exc
 
 
 async def _parse_sse(resp: httpx.Response) -> AsyncIterator[api.Event]:
     data: list[str] = []
-    async for line in resp.aiter_lines():
-        if line.startswith("data:"):
-            data.append(line[5:].strip())
-        elif line == "" and data:
-            try:
-                yield api.event_decoder.decode("".join(data))
-            except msgspec.DecodeError as exc:
-                raise APIError(200, f"malformed event from the server: {exc}") from exc
-            data = []
+    async with aclosing(resp.aiter_lines()) as lines:
+        async for line in lines:
+            if line.startswith("data:"):
+                data.append(line[5:].strip())
+            elif line == "" and data:
+                try:
+                    yield api.event_decoder.decode("".join(data))
+                except msgspec.DecodeError as exc:
+                    raise APIError(200, f"malformed event from the server: {exc}") from exc
+                data = []
     raise ServerUnreachable("event stream closed by the server")
 
 

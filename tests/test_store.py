@@ -1,0 +1,182 @@
+"""The store's conformance suite, run against an SQLite file and an in-memory SQLite."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from nacl.public import PrivateKey
+from nacl.signing import SigningKey
+
+from punchd.errors import Conflict, Invalid, NotFound, Unauthorized
+from punchd.wire import api
+from punchd.wire.signing import b64
+from signal_server import store as store_mod
+from signal_server.store import Store
+
+
+@pytest.fixture(params=["file", "memory"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    s = Store(tmp_path / "s.db" if request.param == "file" else ":memory:")
+    yield s
+    s.close()
+
+
+def key32() -> str:
+    return b64(bytes(PrivateKey.generate().public_key))
+
+
+def join(store: Store, secret: str, name: str | None = None) -> api.JoinResponse:
+    signer = b64(bytes(SigningKey.generate().verify_key))
+    req = api.JoinRequest(access_key=secret, signing_key=signer, wg_public_key=key32(),
+                          probe_public_key=key32(), name=name)
+    return store.join(req, signer)
+
+
+def network(store: Store, name: str = "net", cidr: str = "198.19.0.0/24", **kw: object) -> api.Network:
+    return store.create_network(api.NetworkCreate(name=name, ipv4_cidr=cidr, **kw))  # type: ignore[arg-type]
+
+
+def test_networks_crud_and_overlap(store: Store) -> None:
+    network(store)
+    with pytest.raises(Conflict, match="exists"):
+        network(store)
+    with pytest.raises(Conflict, match="overlaps"):
+        network(store, "other", "198.19.0.128/25")
+    with pytest.raises(Invalid) as bad:
+        network(store, "bad", "198.19.1.5/24")
+    assert bad.value.field == "ipv4_cidr"
+    network(store, "other", "198.19.1.0/24", ipv6_cidr="fd00:1::/64")
+    assert [n.name for n in store.list_networks()] == ["net", "other"]
+    store.delete_network("other")
+    with pytest.raises(NotFound):
+        store.get_network("other")
+
+
+def test_join_allocates_unique_addresses_and_frees_them(store: Store) -> None:
+    network(store, ipv6_cidr="fd00:1::/64")
+    _, secret = store.create_access_key("net", api.AccessKeyCreate())
+    a, b = join(store, secret, "a"), join(store, secret, "b")
+    assert (a.node.ipv4, b.node.ipv4) == ("198.19.0.1/24", "198.19.0.2/24")
+    assert b.node.ipv6 == "fd00:1::2/64"
+    store.delete_node("net", "a")
+    c = join(store, secret, "c")
+    assert c.node.ipv4 == "198.19.0.1/24"  # freed address reused, never duplicated
+
+
+def test_access_key_uses_and_expiry(store: Store) -> None:
+    network(store)
+    _, secret = store.create_access_key("net", api.AccessKeyCreate(uses=1))
+    join(store, secret)
+    with pytest.raises(Unauthorized, match="no uses left"):
+        join(store, secret)
+    _, expired = store.create_access_key("net", api.AccessKeyCreate(expires_in=1))
+    signer = b64(bytes(SigningKey.generate().verify_key))
+    req = api.JoinRequest(access_key=expired, signing_key=signer, wg_public_key=key32(),
+                          probe_public_key=key32())
+    import time
+    with pytest.raises(Unauthorized, match="expired"):
+        store.join(req, signer, now=time.time() + 5)
+    with pytest.raises(Unauthorized, match="unknown access key"):
+        join(store, "not-a-key")
+
+
+def test_refused_join_changes_nothing(store: Store) -> None:
+    network(store)
+    _, secret = store.create_access_key("net", api.AccessKeyCreate(uses=2))
+    join(store, secret, "dup")
+    seq = store.last_seq()
+    with pytest.raises(Conflict):
+        join(store, secret, "dup")
+    assert store.list_access_keys("net")[0].uses_left == 1  # the refused join used nothing
+    assert store.last_seq() == seq
+
+
+def test_use_count_exact_under_concurrent_joins(tmp_path: Path) -> None:
+    store = Store(tmp_path / "c.db")
+    network(store)
+    _, secret = store.create_access_key("net", api.AccessKeyCreate(uses=5))
+    ok: list[str] = []
+    refused: list[str] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        try:
+            res = join(store, secret)
+            with lock:
+                ok.append(res.node.ipv4 or "")
+        except Unauthorized:
+            with lock:
+                refused.append("x")
+
+    # The server serialises store calls through one worker thread; emulate that here.
+    serial = threading.Lock()
+
+    def serialised() -> None:
+        with serial:
+            worker()
+
+    threads = [threading.Thread(target=serialised) for _ in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(ok) == 5 and len(refused) == 7
+    assert len(set(ok)) == 5
+    store.close()
+
+
+def test_renumbering_moves_every_node_and_emits_events(store: Store) -> None:
+    network(store)
+    _, secret = store.create_access_key("net", api.AccessKeyCreate())
+    join(store, secret, "a")
+    join(store, secret, "b")
+    seq = store.last_seq()
+    store.update_network("net", api.NetworkUpdate(ipv4_cidr="198.19.8.0/24"))
+    assert {n.ipv4 for n in store.list_nodes("net")} == {"198.19.8.1/24", "198.19.8.2/24"}
+    events = store.events_since("net", seq) or []
+    kinds = [type(e).__name__ for e in events]
+    assert kinds == ["NetworkChanged", "PeerChanged", "PeerChanged"]
+
+
+def test_events_resume_and_snapshot_when_trimmed(store: Store) -> None:
+    network(store)
+    _, secret = store.create_access_key("net", api.AccessKeyCreate())
+    node = join(store, secret, "a").node
+    first = store.last_seq()
+    for _ in range(3):
+        store.update_node(node.signing_key, api.NodeUpdate(listen_port=51821))
+    events = store.events_since("net", first)
+    assert events is not None and [e.seq for e in events] == sorted(e.seq for e in events)
+    assert len(events) == 3
+    retention = store_mod.EVENT_RETENTION
+    for _ in range(retention + 5):
+        store.update_node(node.signing_key, api.NodeUpdate(listen_port=51822))
+    assert store.events_since("net", first) is None  # too far behind: snapshot instead
+    assert store.events_since("net", store.last_seq() - 3) is not None
+
+
+def test_dns_records(store: Store) -> None:
+    network(store)
+    store.add_dns_record("net", api.DnsRecord(name="WWW", rtype="A", value="198.19.0.9"))
+    with pytest.raises(Conflict):
+        store.add_dns_record("net", api.DnsRecord(name="www", rtype="A", value="198.19.0.9"))
+    with pytest.raises(Invalid):
+        store.add_dns_record("net", api.DnsRecord(name="x", rtype="AAAA", value="198.19.0.9"))
+    assert [r.name for r in store.list_dns_records("net")] == ["www"]
+    store.delete_dns_record("net", "www", "a")
+    with pytest.raises(NotFound):
+        store.delete_dns_record("net", "www", "A")
+
+
+def test_punch_request_names_both_nodes(store: Store) -> None:
+    network(store)
+    _, secret = store.create_access_key("net", api.AccessKeyCreate())
+    a = join(store, secret, "a").node
+    b = join(store, secret, "b").node
+    req = store.punch(a.signing_key, "b")
+    assert req.nodes == (a.id, b.id)
+    with pytest.raises(Invalid):
+        store.punch(a.signing_key, "a")
