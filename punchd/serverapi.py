@@ -14,9 +14,9 @@ server's reason and field.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing, asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import httpx
 import msgspec
@@ -102,9 +102,10 @@ class ServerClient:
             raise ServerUnreachable(f"event stream: {exc!r}") from exc
 
 
-async def _parse_sse(resp: httpx.Response) -> AsyncIterator[api.Event]:
+async def _parse_sse(resp: httpx.Response) -> AsyncGenerator[api.Event, None]:
     data: list[str] = []
-    async with aclosing(resp.aiter_lines()) as lines:
+    # httpx's aiter_lines is an async generator, typed as an iterator.
+    async with aclosing(cast(AsyncGenerator[str, None], resp.aiter_lines())) as lines:
         async for line in lines:
             if line.startswith("data:"):
                 data.append(line[5:].strip())
