@@ -12,7 +12,7 @@ from __future__ import annotations
 import hmac
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import msgspec
@@ -229,7 +229,7 @@ def build_app(service: Service, admin_token: str) -> Starlette:
             since = int(since_text) if since_text is not None else None
         except ValueError as exc:
             raise Invalid("since must be an integer sequence number", "since") from exc
-        return StreamingResponse(_stream(service, node, since),
+        return StreamingResponse(_EventStream(service, node, since),
                                  media_type="text/event-stream",
                                  headers={"cache-control": "no-store"})
 
@@ -269,32 +269,51 @@ def _sse(event: api.Event) -> bytes:
     )
 
 
-async def _stream(service: Service, node: api.Node, since: int | None) -> AsyncIterator[bytes]:
-    """Snapshot when starting fresh or too far behind, then the log, then live events."""
-    store, network = service.store, node.network
-    cursor = since
-    while True:
-        changed = service.hub.changed(network)
-        if cursor is None:
-            snap = await service.call(store.snapshot, network)
-            yield _sse(snap)
-            cursor = snap.seq
-            continue
-        batch = await service.call(store.events_since, network, cursor)
-        if batch is None:
-            cursor = None
-            continue
-        for event in batch:
-            yield _sse(event)
-            cursor = event.seq
-            if isinstance(event, api.PeerRemoved) and event.node_id == node.id:
-                return  # this node was deleted: the stream ends
-        if batch:
-            continue
-        with trio.move_on_after(HEARTBEAT_S):
-            await changed.wait()
-        if not changed.is_set():
-            yield b": heartbeat\n\n"
+class _EventStream:
+    """The SSE body: snapshot when fresh or too far behind, then the log, then live events.
+
+    A plain async iterator rather than an async generator: Starlette abandons the
+    body iterator when a client disconnects, and an abandoned generator would be
+    left to the garbage collector mid-``await``.
+    """
+
+    def __init__(self, service: Service, node: api.Node, since: int | None) -> None:
+        self.service = service
+        self.node = node
+        self.cursor = since
+        self.pending: list[api.Event] = []
+        self.done = False
+
+    def __aiter__(self) -> _EventStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        store, network = self.service.store, self.node.network
+        while True:
+            if self.done:
+                raise StopAsyncIteration
+            if self.pending:
+                event = self.pending.pop(0)
+                self.cursor = event.seq
+                if isinstance(event, api.PeerRemoved) and event.node_id == self.node.id:
+                    self.done = True  # this node was deleted: its stream ends here
+                return _sse(event)
+            changed = self.service.hub.changed(network)
+            if self.cursor is None:
+                snap = await self.service.call(store.snapshot, network)
+                self.cursor = snap.seq
+                return _sse(snap)
+            batch = await self.service.call(store.events_since, network, self.cursor)
+            if batch is None:
+                self.cursor = None
+                continue
+            if batch:
+                self.pending = list(batch)
+                continue
+            with trio.move_on_after(HEARTBEAT_S):
+                await changed.wait()
+            if not changed.is_set():
+                return b": heartbeat\n\n"
 
 
 def openapi_spec() -> dict[str, Any]:

@@ -1,0 +1,195 @@
+"""The daemon in-process with the fake WireGuard backend, against a real signal server."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import trio
+
+from punchd.daemon.control import call
+from punchd.daemon.main import Daemon
+from punchd.daemon.state import NetworkConfig, StateDir
+from punchd.errors import ConfigError, ControlError
+from punchd.wg.fake import FakeBackend
+
+from .conftest import RunningServer
+
+
+async def wait_until(predicate) -> None:  # type: ignore[no-untyped-def]
+    """Poll state other tasks change; callers bound it with trio.fail_after."""
+    while not await predicate():  # noqa: ASYNC110
+        await trio.sleep(0.05)
+
+
+class Node:
+    def __init__(self, root: Path, name: str) -> None:
+        self.name = name
+        self.backend = FakeBackend()
+        self.socket = root / f"{name}.sock"
+        self.daemon = Daemon(root / name, self.socket, self.backend)
+
+    async def call(self, cmd: str, **args: object) -> object:
+        return await call(self.socket, cmd, dict(args))
+
+    def peer_keys(self, ifname: str) -> set[str]:
+        dev = self.backend.devices.get(ifname)
+        return set(dev.peers) if dev else set()
+
+
+async def start_node(nursery: trio.Nursery, root: Path, name: str) -> Node:
+    node = Node(root, name)
+    await nursery.start(node.daemon.run)
+    return node
+
+
+async def test_two_nodes_join_reconcile_and_leave(signal_server: RunningServer, tmp_path: Path,
+                                                  nursery: trio.Nursery) -> None:
+    await signal_server.create_network("net")
+    token = await signal_server.create_token("net")
+    a = await start_node(nursery, tmp_path, "a")
+    b = await start_node(nursery, tmp_path, "b")
+    ra = await a.call("join", token=token, name="alpha", ifname="pdta")
+    rb = await b.call("join", token=token, name="beta", ifname="pdtb")
+    assert ra["address"] == "198.19.0.1/24" and rb["address"] == "198.19.0.2/24"  # type: ignore[index]
+
+    async def meshed() -> bool:
+        return len(a.peer_keys("pdta")) == 1 and len(b.peer_keys("pdtb")) == 1
+
+    with trio.fail_after(10):
+        await wait_until(meshed)
+    status = await a.call("status")
+    (net,) = status["networks"]  # type: ignore[index]
+    (peer,) = net["peers"]
+    assert (net["interface"], net["address"], peer["name"], peer["address"]) == (
+        "pdta", "198.19.0.1", "beta", "198.19.0.2")
+    assert peer["path"] == "none"  # no handshake yet: status shows what is, not what was asked
+    wg_peer = a.backend.devices["pdta"].peers[peer["public_key"]]
+    assert wg_peer.allowed_ips == ("198.19.0.2/32",)
+    a.backend.simulate_handshake("pdta", peer["public_key"], at=__import__("time").time())
+    (peer,) = (await a.call("status"))["networks"][0]["peers"]  # type: ignore[index]
+    assert peer["path"] == "direct" and peer["rx_bytes"] == 92
+
+    # Drift: a hand edit and a vanished interface are both repaired.
+    a.backend.tamper("pdta", peer["public_key"], allowed_ips=("0.0.0.0/0",))
+    b.backend.crash("pdtb")
+
+    async def repaired() -> bool:
+        dev_a = a.backend.devices["pdta"].peers[peer["public_key"]]
+        return dev_a.allowed_ips == ("198.19.0.2/32",) and len(b.peer_keys("pdtb")) == 1
+
+    with trio.fail_after(10):
+        await wait_until(repaired)
+
+    # Leaving: gone from the other's WireGuard config within a second.
+    with trio.fail_after(1.5):
+        await b.call("leave", network="net")
+        with trio.fail_after(1.0):
+            await wait_until(lambda: _async(not a.peer_keys("pdta")))
+    assert "pdtb" not in b.backend.devices
+    assert await b.call("list") == []
+    with pytest.raises(ControlError, match="not joined"):
+        await b.call("leave", network="net")
+
+
+async def _async(value: bool) -> bool:
+    return value
+
+
+async def test_control_errors_are_one_line(tmp_path: Path, nursery: trio.Nursery) -> None:
+    a = await start_node(nursery, tmp_path, "a")
+    with pytest.raises(ControlError, match="unknown command"):
+        await a.call("dance")
+    with pytest.raises(ControlError, match="bad arguments"):
+        await a.call("status", bogus=1)
+    with pytest.raises(ControlError, match="not a punchd join token"):
+        await a.call("join", token="garbage")
+    with pytest.raises(ControlError, match="not available yet"):
+        await a.call("netcheck")
+    assert stat.S_IMODE(os.stat(a.socket).st_mode) == 0o600
+
+
+async def test_restart_resumes_joined_networks(signal_server: RunningServer, tmp_path: Path) -> None:
+    await signal_server.create_network("net")
+    token = await signal_server.create_token("net")
+    backend = FakeBackend()
+    async with trio.open_nursery() as nursery:
+        daemon = Daemon(tmp_path / "a", tmp_path / "a.sock", backend)
+        await nursery.start(daemon.run)
+        await call(tmp_path / "a.sock", "join", {"token": token, "name": "alpha"})
+        nursery.cancel_scope.cancel()
+    assert "pd-net" in backend.devices  # the interface outlives the daemon
+    async with trio.open_nursery() as nursery:
+        daemon = Daemon(tmp_path / "a", tmp_path / "a.sock", backend)
+        await nursery.start(daemon.run)
+        listed = await call(tmp_path / "a.sock", "list")
+        assert listed[0]["name"] == "net" and listed[0]["node"] == "alpha"
+        nursery.cancel_scope.cancel()
+
+
+def test_state_files_are_private_and_bad_config_names_the_field(tmp_path: Path) -> None:
+    state = StateDir(tmp_path / "state")
+    state.ensure()
+    state.create_keys("net")
+    state.save_config(NetworkConfig(name="net", server="http://x", interface="pd-net",
+                                    node_id="n1", node_name="alpha", listen_port=51820))
+    for f in (tmp_path / "state/networks/net").iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
+    assert state.load_config("net").node_name == "alpha"
+    keys = state.load_keys("net")
+    assert len(bytes(keys.signing)) == 32
+    (tmp_path / "state/networks/net/config.toml").write_text(
+        'name = "net"\nserver = "http://x"\ninterface = "pd-net"\nnode_id = "n1"\n'
+        'node_name = "alpha"\nlisten_port = 700000\n')
+    with pytest.raises(ConfigError, match="listen_port"):
+        state.load_config("net")
+    (tmp_path / "state/networks/net/config.toml").write_text("name = [")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        state.load_config("net")
+
+
+def punchctl(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "punchd.cli", *args], capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_punchctl_without_daemon_is_one_clear_line(tmp_path: Path) -> None:
+    res = punchctl("--socket", str(tmp_path / "none.sock"), "status", "--json")
+    assert res.returncode == 1
+    assert res.stderr.count("\n") == 1 and "punchd is not running" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_punchctl_bad_token_is_one_clear_line(tmp_path: Path) -> None:
+    res = punchctl("--socket", str(tmp_path / "none.sock"), "join", "--token", "nonsense")
+    assert res.returncode == 1 and "bad token" in res.stderr and "Traceback" not in res.stderr
+
+
+async def test_punchctl_status_json_contract(signal_server: RunningServer, tmp_path: Path,
+                                             nursery: trio.Nursery) -> None:
+    await signal_server.create_network("net")
+    token = await signal_server.create_token("net")
+    a = await start_node(nursery, tmp_path, "a")
+    b = await start_node(nursery, tmp_path, "b")
+    await a.call("join", token=token, name="alpha", ifname="pdta")
+    await b.call("join", token=token, name="beta", ifname="pdtb")
+    with trio.fail_after(10):
+        await wait_until(lambda: _async(len(a.peer_keys("pdta")) == 1))
+    res = await trio.to_thread.run_sync(punchctl, "--socket", str(a.socket), "status", "--json")
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)
+    (net,) = doc["networks"]
+    assert {"name", "interface", "address", "peers"} <= net.keys()
+    (peer,) = net["peers"]
+    assert {"name", "address", "endpoint", "path", "rtt_ms", "last_handshake_age_s", "rx_bytes",
+            "tx_bytes"} <= peer.keys()
+    assert peer["path"] in ("direct", "relay", "none")
+    res = await trio.to_thread.run_sync(punchctl, "--socket", str(a.socket), "status")
+    assert "beta" in res.stdout and res.returncode == 0
+    res = await trio.to_thread.run_sync(punchctl, "--socket", str(a.socket), "leave", "nope")
+    assert res.returncode == 1 and "not joined to a network named 'nope'" in res.stderr
