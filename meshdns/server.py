@@ -98,6 +98,7 @@ class Resolver:
         """``max_size`` None: TCP (no truncation). None returned: drop the datagram."""
         c = self.counters
         c.queries += 1
+        query = bytes(query)
         if len(query) < 12:
             c.dropped_malformed += 1
             return None
