@@ -1,0 +1,88 @@
+"""The real ``signal-server`` process: CLI contract, admin token, kill -9 durability."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+from .conftest import free_port
+
+BIN = Path(sys.executable).parent
+
+
+def start(data: Path, port: int) -> subprocess.Popen[str]:
+    proc = subprocess.Popen([str(BIN / "signal-server"), "serve", "--data-dir", str(data),
+                             "--http", f"127.0.0.1:{port}"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert "signal-server: ready" in line, line
+    return proc
+
+
+def admin(port: int, data: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(BIN / "signal-server"), "admin", "--server",
+                           f"http://127.0.0.1:{port}", "--token-file", str(data / "admin.token"),
+                           *args], capture_output=True, text=True, timeout=30)
+
+
+def test_cli_contract_and_kill_9_loses_nothing(tmp_path: Path) -> None:
+    data, port = tmp_path / "data", free_port()
+    proc = start(data, port)
+    try:
+        assert stat.S_IMODE(os.stat(data / "admin.token").st_mode) == 0o600
+        token = (data / "admin.token").read_text().strip()
+        res = admin(port, data, "network", "create", "office", "--cidr", "198.19.0.0/24",
+                    "--require-approval")
+        assert res.returncode == 0, res.stderr
+        res = admin(port, data, "key", "create", "office", "--uses", "3", "--expires", "2h")
+        join_token = res.stdout.strip().splitlines()[-1]
+        assert res.returncode == 0 and len(join_token) > 40 and " " not in join_token
+        res = admin(port, data, "network", "create", "clash", "--cidr", "198.19.0.128/25")
+        assert res.returncode == 1 and "overlaps" in res.stderr and "Traceback" not in res.stderr
+        res = admin(port, data, "key", "create", "office", "--expires", "soon")
+        assert res.returncode == 1 and "bad duration" in res.stderr
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        assert proc.stdout is not None
+        assert token not in proc.stdout.read()  # the admin token is never logged
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout:
+            proc.stdout.close()
+    # Restart on the same data: everything answered before the kill is still there.
+    proc = start(data, port)
+    try:
+        assert (data / "admin.token").read_text().strip() == token  # same admin token
+        res = admin(port, data, "network", "list", "--json")
+        (net,) = json.loads(res.stdout)
+        assert net["name"] == "office" and net["require_approval"] is True
+        keys = json.loads(admin(port, data, "key", "list", "office", "--json").stdout)
+        assert keys[0]["uses_left"] == 3
+        assert json.loads(admin(port, data, "node", "list", "office", "--json").stdout) == []
+        res = admin(port, data, "node", "approve", "office", "ghost")
+        assert res.returncode == 1 and "no node 'ghost'" in res.stderr
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=5)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            if proc.stdout:
+                proc.stdout.close()
+
+
+def test_bad_listen_address_is_one_line(tmp_path: Path) -> None:
+    res = subprocess.run([str(BIN / "signal-server"), "serve", "--data-dir", str(tmp_path),
+                          "--http", "nonsense"], capture_output=True, text=True, timeout=30)
+    assert res.returncode == 1 and "expected HOST:PORT" in res.stderr
+    assert "Traceback" not in res.stderr
