@@ -39,14 +39,25 @@ class EventHub:
 
     def __init__(self) -> None:
         self._changed: dict[str, trio.Event] = {}
+        self.version: dict[str, int] = {}
 
     def changed(self, network: str) -> trio.Event:
         return self._changed.setdefault(network, trio.Event())
 
     def notify(self, network: str) -> None:
+        self.version[network] = self.version.get(network, 0) + 1
         event = self._changed.pop(network, None)
         if event is not None:
             event.set()
+
+
+class _SharedRead:
+    """One store read whose result every stream that asked the same question shares."""
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.result: list[api.Event] | None = None
+        self.error: BaseException | None = None
 
 
 class Service:
@@ -59,6 +70,32 @@ class Service:
         self.guard = ReplayGuard()
         self._limiter = trio.CapacityLimiter(1)
         self.on_change: list[Callable[[], None]] = []
+        self._reads: dict[tuple[str, int, int], _SharedRead] = {}
+
+    async def events_since(self, network: str, cursor: int) -> list[api.Event] | None:
+        """The log after ``cursor``; streams woken by one change share one query.
+
+        A new node's arrival wakes every stream of its network at once, all at the
+        same cursor: without sharing, a thousand streams would queue a thousand
+        identical queries on the one store thread.
+        """
+        key = (network, cursor, self.hub.version.get(network, 0))
+        read = self._reads.get(key)
+        if read is None:
+            read = self._reads[key] = _SharedRead()
+            try:
+                read.result = await self.call(self.store.events_since, network, cursor)
+            except BaseException as exc:
+                read.error = exc
+                raise
+            finally:
+                read.done.set()
+                del self._reads[key]
+            return read.result
+        await read.done.wait()
+        if read.error is not None:
+            raise ServiceError("event log read failed") from read.error
+        return read.result
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
@@ -303,7 +340,7 @@ class _EventStream:
                 snap = await self.service.call(store.snapshot, network)
                 self.cursor = snap.seq
                 return _sse(snap)
-            batch = await self.service.call(store.events_since, network, self.cursor)
+            batch = await self.service.events_since(network, self.cursor)
             if batch is None:
                 self.cursor = None
                 continue

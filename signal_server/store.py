@@ -274,9 +274,11 @@ class Store:
 
     @staticmethod
     def _address_pool(cidr: str, used: set[str]) -> Iterator[str]:
+        """Free host addresses in order; compares integers, formats only what it yields."""
         net = ipaddress.ip_network(cidr)
+        taken = {int(ipaddress.ip_address(u)) for u in used}
         for host in net.hosts():
-            if str(host) not in used:
+            if int(host) not in taken:
                 yield f"{host}/{net.prefixlen}"
 
     def _allocate(self, cidr: str | None, used: Iterable[str | None]) -> str | None:

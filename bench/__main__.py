@@ -1,0 +1,22 @@
+"""``python -m bench NAME``: run one benchmark (the lab matrix and data-plane sets are to come)."""
+
+from __future__ import annotations
+
+import sys
+
+
+def main() -> int:
+    choices = {"control": "bench.control_fanout"}
+    if len(sys.argv) < 2 or sys.argv[1] not in choices:
+        print(f"usage: python -m bench {{{','.join(choices)}}} [options]", file=sys.stderr)
+        return 2
+    import runpy
+
+    module = choices[sys.argv[1]]
+    sys.argv = [module, *sys.argv[2:]]
+    runpy.run_module(module, run_name="__main__")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
