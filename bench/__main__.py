@@ -6,7 +6,7 @@ import sys
 
 
 def main() -> int:
-    choices = {"control": "bench.control_fanout"}
+    choices = {"control": "bench.control_fanout", "dns": "bench.dns_qps"}
     if len(sys.argv) < 2 or sys.argv[1] not in choices:
         print(f"usage: python -m bench {{{','.join(choices)}}} [options]", file=sys.stderr)
         return 2
