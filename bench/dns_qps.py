@@ -22,21 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.test_meshdns_vs_nsd import ZONES, nsd_config, zone_files
-
-MESHDNS_MAIN = """
-import sys, trio
-from meshdns import server as s
-from tests.test_meshdns_vs_nsd import ZONES
-s.RRL_RATE = s.RRL_BURST = 1e12
-async def main():
-    srv = s.MeshDNSServer("127.0.0.1", int(sys.argv[1]))
-    async with trio.open_nursery() as n:
-        await n.start(srv.run)
-        srv.set_zones(ZONES)
-        print("ready", flush=True)
-trio.run(main)
-"""
+from tests.test_meshdns_vs_nsd import nsd_config, start_meshdns, stop, zone_files
 
 QUERIES = [
     "alpha.office.mesh A", "beta.office.mesh A", "alpha.office.mesh AAAA", "www.office.mesh A",
@@ -83,12 +69,10 @@ def main() -> int:
     conf = nsd_config(work, nsd_port, zone_files(work))
     procs = [
         subprocess.Popen(["taskset", "-c", "0", "nsd", "-d", "-c", str(conf)],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
-        subprocess.Popen(["taskset", "-c", "0", sys.executable, "-c", MESHDNS_MAIN, str(mesh_port)],
                          stdout=subprocess.PIPE, text=True),
+        start_meshdns(mesh_port, "--no-rrl", pin="0"),
     ]
     try:
-        assert procs[1].stdout is not None and procs[1].stdout.readline().strip() == "ready"
         time.sleep(1.0)  # NSD loads its zones
         rounds: dict[str, list[dict[str, float]]] = {"meshdns": [], "nsd": []}
         for _ in range(args.rounds):
@@ -100,13 +84,7 @@ def main() -> int:
                   "seconds_per_round": args.seconds, "in_flight": 50}
     finally:
         for p in procs:
-            p.terminate()
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-            if p.stdout:
-                p.stdout.close()
+            stop(p)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     for name in ("meshdns", "nsd"):

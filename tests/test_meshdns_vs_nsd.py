@@ -11,12 +11,12 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
-import trio
 
-from meshdns.server import MeshDNSServer
 from meshdns.zone import NEGATIVE_TTL, TTL, CustomRecord, NetworkZone, NodeRecord
 
 from .conftest import free_port
@@ -110,34 +110,62 @@ def dig(port: int, name: str, qtype: str) -> str:
                            name, qtype], capture_output=True, text=True, timeout=30).stdout
 
 
-async def test_answers_match_nsd(tmp_path: Path) -> None:
+MESHDNS_MAIN = """
+import sys, trio
+from meshdns import server as s
+from tests.test_meshdns_vs_nsd import ZONES
+if "--no-rrl" in sys.argv:
+    s.RRL_RATE = s.RRL_BURST = 1e12
+async def main():
+    srv = s.MeshDNSServer("127.0.0.1", int(sys.argv[1]))
+    async with trio.open_nursery() as n:
+        await n.start(srv.run)
+        srv.set_zones(ZONES)
+        print("ready", flush=True)
+trio.run(main)
+"""
+
+
+def start_meshdns(port: int, *extra: str, pin: str | None = None) -> subprocess.Popen[str]:
+    """meshdns serving ZONES in its own process (as the signal server runs it)."""
+    prefix = ["taskset", "-c", pin] if pin else []
+    proc = subprocess.Popen([*prefix, sys.executable, "-c", MESHDNS_MAIN, str(port), *extra],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    if proc.stdout:
+        proc.stdout.close()
+
+
+def test_answers_match_nsd(tmp_path: Path) -> None:
     names = zone_files(tmp_path)
     nsd_port, mesh_port = free_port(2), free_port(2)
     conf = nsd_config(tmp_path, nsd_port, names)
     check = subprocess.run(["nsd-checkconf", str(conf)], capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
-    nsd = subprocess.Popen(["nsd", "-d", "-c", str(conf)], stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL)
+    nsd = subprocess.Popen(["nsd", "-d", "-c", str(conf)], stdout=subprocess.PIPE, text=True)
+    meshdns = start_meshdns(mesh_port)
     try:
-        server = MeshDNSServer("127.0.0.1", mesh_port)
-        async with trio.open_nursery() as nursery:
-            await nursery.start(server.run)
-            server.set_zones(ZONES)
-            with trio.fail_after(10):
-                while "status:" not in await trio.to_thread.run_sync(dig, nsd_port, "mesh", "SOA"):
-                    await trio.sleep(0.1)
-            mismatches = []
-            for name, qtype in QUESTIONS:
-                ours = normalise(await trio.to_thread.run_sync(dig, mesh_port, name, qtype))
-                theirs = normalise(await trio.to_thread.run_sync(dig, nsd_port, name, qtype))
-                if ours != theirs:
-                    mismatches.append(f"{name} {qtype}:\n  meshdns {ours}\n  nsd     {theirs}")
-            nursery.cancel_scope.cancel()
+        deadline = time.monotonic() + 10
+        while "status:" not in dig(nsd_port, "mesh", "SOA"):
+            assert time.monotonic() < deadline, "NSD did not start"
+            time.sleep(0.1)
+        mismatches = []
+        for name, qtype in QUESTIONS:
+            ours = normalise(dig(mesh_port, name, qtype))
+            theirs = normalise(dig(nsd_port, name, qtype))
+            if ours != theirs:
+                mismatches.append(f"{name} {qtype}:\n  meshdns {ours}\n  nsd     {theirs}")
         assert not mismatches, "\n".join(mismatches)
     finally:
-        nsd.terminate()
-        try:
-            nsd.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            nsd.kill()
-            nsd.wait()
+        stop(meshdns)
+        stop(nsd)
