@@ -22,7 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.test_meshdns_vs_nsd import nsd_config, start_meshdns, stop, zone_files
+from tests.conftest import reap
+from tests.test_meshdns_vs_nsd import nsd_config, start_meshdns, zone_files
 
 QUERIES = [
     "alpha.office.mesh A", "beta.office.mesh A", "alpha.office.mesh AAAA", "www.office.mesh A",
@@ -84,7 +85,7 @@ def main() -> int:
                   "seconds_per_round": args.seconds, "in_flight": 50}
     finally:
         for p in procs:
-            stop(p)
+            reap(p)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     for name in ("meshdns", "nsd"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -11,6 +12,19 @@ import pytest
 import trio
 
 from signal_server.main import ServerOptions, SignalServer
+
+
+def reap(proc: subprocess.Popen[str] | subprocess.Popen[bytes], timeout: float = 10) -> None:
+    """End a child the test started (SIGTERM, then SIGKILL) and close its pipe."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    if proc.stdout:
+        proc.stdout.close()
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:

@@ -19,7 +19,7 @@ import pytest
 
 from meshdns.zone import NEGATIVE_TTL, TTL, CustomRecord, NetworkZone, NodeRecord
 
-from .conftest import free_port
+from .conftest import free_port, reap
 
 pytestmark = pytest.mark.skipif(
     shutil.which("nsd") is None or shutil.which("dig") is None,
@@ -135,17 +135,6 @@ def start_meshdns(port: int, *extra: str, pin: str | None = None) -> subprocess.
     return proc
 
 
-def stop(proc: subprocess.Popen[str]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    if proc.stdout:
-        proc.stdout.close()
-
-
 def test_answers_match_nsd(tmp_path: Path) -> None:
     names = zone_files(tmp_path)
     nsd_port, mesh_port = free_port(2), free_port(2)
@@ -167,5 +156,5 @@ def test_answers_match_nsd(tmp_path: Path) -> None:
                 mismatches.append(f"{name} {qtype}:\n  meshdns {ours}\n  nsd     {theirs}")
         assert not mismatches, "\n".join(mismatches)
     finally:
-        stop(meshdns)
-        stop(nsd)
+        reap(meshdns)
+        reap(nsd)

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .conftest import free_port
+from .conftest import free_port, reap
 
 BIN = Path(sys.executable).parent
 
@@ -52,11 +52,7 @@ def test_cli_contract_and_kill_9_loses_nothing(tmp_path: Path) -> None:
         assert proc.stdout is not None
         assert token not in proc.stdout.read()  # the admin token is never logged
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if proc.stdout:
-            proc.stdout.close()
+        reap(proc)
     # Restart on the same data: everything answered before the kill is still there.
     proc = start(data, port)
     try:
@@ -70,15 +66,7 @@ def test_cli_contract_and_kill_9_loses_nothing(tmp_path: Path) -> None:
         res = admin(port, data, "node", "approve", "office", "ghost")
         assert res.returncode == 1 and "no node 'ghost'" in res.stderr
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=5)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            if proc.stdout:
-                proc.stdout.close()
+        reap(proc)
 
 
 def test_bad_listen_address_is_one_line(tmp_path: Path) -> None:

@@ -14,6 +14,8 @@ import pytest
 
 from punchd.cli import unit_source
 
+from .conftest import reap
+
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None,
                     reason="systemd-analyze missing (Debian package systemd; scripts/setup installs it)")
@@ -52,8 +54,4 @@ def test_ready_and_stopping_reach_notify_socket(tmp_path: Path) -> None:
             assert sock.recv(256) == b"STOPPING=1"
             assert proc.wait(timeout=5) == 0
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            if proc.stdout:
-                proc.stdout.close()
+            reap(proc)
