@@ -31,6 +31,7 @@ from .store import Store
 
 T = TypeVar("T")
 HEARTBEAT_S = 10.0
+EXPIRY_SWEEP_S = 5.0
 _FIELD_RE = re.compile(r"at `\$\.([A-Za-z_][\w.\[\]]*)`")
 
 
@@ -99,6 +100,17 @@ class Service:
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+
+    async def expire_nodes(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                           ) -> None:
+        """Removes nodes past their expiry, like a delete by the admin."""
+        task_status.started()
+        while True:
+            for network in await self.call(self.store.remove_expired_nodes):
+                self.hub.notify(network)
+                for hook in self.on_change:
+                    hook()
+            await trio.sleep(EXPIRY_SWEEP_S)
 
     async def write(self, network: str | None, fn: Callable[..., T], *args: Any) -> T:
         """A changing call: afterwards wake the network's streams and the DNS."""
@@ -199,6 +211,9 @@ def build_app(service: Service, admin_token: str) -> Starlette:
         net, name = request.path_params["network"], request.path_params["node"]
         if request.method == "GET":
             return _json(await service.call(store.get_node, net, name))
+        if request.method == "PATCH":
+            req = await _decode(request, api.NodeExpiry)
+            return _json(await service.write(net, store.set_node_expiry, net, name, req))
         await service.write(net, store.delete_node, net, name)
         return Response(status_code=204)
 
@@ -285,7 +300,7 @@ def build_app(service: Service, admin_token: str) -> Starlette:
         Route("/api/v1/networks/{network}/keys/{key}", guarded(key), methods=["DELETE"]),
         Route("/api/v1/networks/{network}/nodes", guarded(nodes), methods=["GET"]),
         Route("/api/v1/networks/{network}/nodes/{node}", guarded(node_admin),
-              methods=["GET", "DELETE"]),
+              methods=["GET", "PATCH", "DELETE"]),
         Route("/api/v1/networks/{network}/nodes/{node}/approve", guarded(node_approve),
               methods=["POST"]),
         Route("/api/v1/networks/{network}/dns", guarded(dns_records), methods=["GET", "POST"]),

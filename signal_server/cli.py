@@ -126,10 +126,16 @@ def run_admin(args: argparse.Namespace) -> int:
     elif obj == "node":
         if verb == "list":
             _listing(args, admin.request("GET", f"/networks/{args.network}/nodes"),
-                     ["name", "ipv4", "ipv6", "approved", "wg_public_key"])
+                     ["name", "ipv4", "ipv6", "approved", "expires_at", "wg_public_key"])
         elif verb == "approve":
             admin.request("POST", f"/networks/{args.network}/nodes/{args.name}/approve")
             print(f"node {args.name} approved")
+        elif verb == "expire":
+            seconds = None if args.never else parse_duration(args.duration or "")
+            node = admin.request("PATCH", f"/networks/{args.network}/nodes/{args.name}",
+                                 {"expires_in": seconds})
+            print(f"node {args.name} expires "
+                  + ("never" if node["expires_at"] is None else f"in {args.duration}"))
         elif verb == "delete":
             admin.request("DELETE", f"/networks/{args.network}/nodes/{args.name}")
             print(f"node {args.name} deleted")
@@ -204,6 +210,11 @@ def build_parser() -> argparse.ArgumentParser:
         p = verb(node, name)
         p.add_argument("network")
         p.add_argument("name")
+    p = verb(node, "expire")
+    p.add_argument("network")
+    p.add_argument("name")
+    p.add_argument("duration", nargs="?", metavar="DURATION", help="e.g. 30m, 12h, 7d")
+    p.add_argument("--never", action="store_true", help="clear the expiry")
 
     dns = objects.add_parser("dns").add_subparsers(dest="verb", required=True)
     p = verb(dns, "add")

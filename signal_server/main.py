@@ -92,6 +92,7 @@ class SignalServer:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(self.run_http)
+            await nursery.start(self.service.expire_nodes)
             if self.options.stun:
                 from .stun_server import StunResponder
 

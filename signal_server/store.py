@@ -344,6 +344,31 @@ class Store:
             self._emit(network, api.PeerChanged(seq=0, peer=node))
         return node
 
+    def set_node_expiry(self, network: str, name: str, req: api.NodeExpiry,
+                        now: float | None = None) -> api.Node:
+        now = time.time() if now is None else now
+        with self._tx():
+            node = self.get_node(network, name)
+            expires_at = now + req.expires_in if req.expires_in is not None else None
+            node = msgspec.structs.replace(node, expires_at=expires_at)
+            self._put_node(node)
+            self._emit(network, api.PeerChanged(seq=0, peer=node))
+        return node
+
+    def remove_expired_nodes(self, now: float | None = None) -> list[str]:
+        """Deletes every node past its expiry; returns the networks that changed."""
+        now = time.time() if now is None else now
+        changed: set[str] = set()
+        with self._tx():
+            for (body,) in self.db.execute("SELECT body FROM nodes").fetchall():
+                node = msgspec.json.decode(body, type=api.Node)
+                if node.expires_at is not None and node.expires_at <= now:
+                    self.db.execute("DELETE FROM nodes WHERE id = ?", (node.id,))
+                    self._emit(node.network, api.PeerRemoved(seq=0, node_id=node.id,
+                                                             name=node.name))
+                    changed.add(node.network)
+        return sorted(changed)
+
     def delete_node(self, network: str, name: str) -> None:
         with self._tx():
             node = self.get_node(network, name)

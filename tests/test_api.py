@@ -194,3 +194,41 @@ async def test_openapi_spec_is_served(signal_server: RunningServer) -> None:
         spec = (await anon.get("/api/v1/openapi.json")).json()
     assert spec["openapi"].startswith("3.")
     assert "/api/v1/join" in spec["paths"] and "JoinRequest" in spec["components"]["schemas"]
+
+
+async def test_node_expiry_route(signal_server: RunningServer) -> None:
+    srv = signal_server
+    await srv.create_network("net")
+    client, _ = await joined_client(srv, await srv.create_token("net"), "alpha")
+    resp = await srv.admin.patch("/networks/net/nodes/alpha", json={"expires_in": 3600})
+    assert resp.status_code == 200 and resp.json()["expires_at"] is not None
+    bad = await srv.admin.patch("/networks/net/nodes/alpha", json={"expires_in": -5})
+    assert bad.status_code == 422 and bad.json()["field"] == "expires_in"
+    missing = await srv.admin.patch("/networks/net/nodes/nobody", json={"expires_in": 60})
+    assert missing.status_code == 404
+    await client.aclose()
+
+
+async def test_use_counts_exact_under_concurrent_joins_over_http(signal_server: RunningServer) -> None:
+    srv = signal_server
+    await srv.create_network("net")
+    token = await srv.create_token("net", uses=5)
+    results: list[str] = []
+
+    async def attempt(i: int) -> None:
+        try:
+            client, resp = await joined_client(srv, token, f"n{i}")
+        except APIError as exc:
+            results.append(f"refused {exc.status}")
+            return
+        results.append(resp.node.ipv4 or "")
+        await client.aclose()
+
+    async with trio.open_nursery() as nursery:
+        for i in range(12):
+            nursery.start_soon(attempt, i)
+    joined = [r for r in results if not r.startswith("refused")]
+    assert len(joined) == 5 and len(set(joined)) == 5
+    assert results.count("refused 401") == 7
+    keys = (await srv.admin.get("/networks/net/keys")).json()
+    assert keys[0]["uses_left"] == 0

@@ -65,6 +65,8 @@ def test_cli_contract_and_kill_9_loses_nothing(tmp_path: Path) -> None:
         assert json.loads(admin(port, data, "node", "list", "office", "--json").stdout) == []
         res = admin(port, data, "node", "approve", "office", "ghost")
         assert res.returncode == 1 and "no node 'ghost'" in res.stderr
+        res = admin(port, data, "node", "expire", "office", "ghost", "1h")
+        assert res.returncode == 1 and "no node 'ghost'" in res.stderr
     finally:
         reap(proc)
 

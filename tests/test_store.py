@@ -180,3 +180,19 @@ def test_punch_request_names_both_nodes(store: Store) -> None:
     assert req.nodes == (a.id, b.id)
     with pytest.raises(Invalid):
         store.punch(a.signing_key, "a")
+
+
+def test_expired_nodes_are_removed_with_an_event(store: Store) -> None:
+    network(store)
+    _, secret = store.create_access_key("net", api.AccessKeyCreate())
+    keep = join(store, secret, "keep").node
+    temp = join(store, secret, "temp").node
+    store.set_node_expiry("net", "temp", api.NodeExpiry(expires_in=60), now=1000.0)
+    assert store.remove_expired_nodes(now=1059.0) == []
+    seq = store.last_seq()
+    assert store.remove_expired_nodes(now=1060.0) == ["net"]
+    assert [n.name for n in store.list_nodes("net")] == ["keep"]
+    (event,) = store.events_since("net", seq) or []
+    assert isinstance(event, api.PeerRemoved) and event.node_id == temp.id
+    store.set_node_expiry("net", "keep", api.NodeExpiry(expires_in=None))
+    assert store.get_node("net", "keep").expires_at is None and keep.expires_at is None

@@ -147,6 +147,12 @@ class NodeUpdate(Struct, frozen=True, forbid_unknown_fields=True):
     wg_public_key: Key | None = None  # key rotation
 
 
+class NodeExpiry(Struct, frozen=True, forbid_unknown_fields=True):
+    """Admin: the node is removed this many seconds from now; null clears the expiry."""
+
+    expires_in: Annotated[int, Meta(ge=1)] | None
+
+
 class PunchCreate(Struct, frozen=True, forbid_unknown_fields=True):
     peer: Name
 
