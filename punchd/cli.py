@@ -55,7 +55,10 @@ def print_status(status: dict[str, Any]) -> None:
             f"[bold]{net['name']}[/bold]  node {net.get('node')}  interface {net['interface']}"
             f"  address {net['address']}  port {net.get('listen_port')}\n"
             f"  server {net.get('server')} ({'connected' if net.get('server_connected') else 'disconnected'})"
-            f"  NAT: {nat_text}" + (f"\n  last error: {net['last_error']}" if net.get("last_error") else "")
+            f"  NAT: {nat_text}"
+            + (f"\n  DNS: *.{net['dns']['domain']} -> {net['dns']['address']} "
+               f"({net['dns']['resolver']})" if net.get("dns") else "")
+            + (f"\n  last error: {net['last_error']}" if net.get("last_error") else "")
         )
         table = Table(box=None, pad_edge=False)
         for col in ("peer", "address", "endpoint", "path", "rtt", "handshake", "rx", "tx"):

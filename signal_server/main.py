@@ -13,12 +13,14 @@ import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
 from punchd.errors import ConfigError
+from punchd.wire import api
 
 from .app import Service, build_app
 from .store import Store
@@ -73,8 +75,20 @@ class SignalServer:
         host, port = options.http
         url_host = f"[{host}]" if ":" in host else host
         self.public_url = options.public_url or f"{scheme}://{url_host}:{port}"
-        self.service = Service(self.store, public_url=self.public_url)
+        self.service = Service(self.store, public_url=self.public_url,
+                               dns=self._mesh_dns(options, self.public_url))
         self.app = build_app(self.service, self.admin_token)
+
+    @staticmethod
+    def _mesh_dns(options: ServerOptions, public_url: str) -> api.MeshDns | None:
+        """The DNS address nodes should use: --dns, or the public URL's host for a wildcard."""
+        if options.dns is None:
+            return None
+        host, port = options.dns
+        if host in ("0.0.0.0", "::"):
+            host = urlsplit(public_url).hostname or host
+        shown = f"[{host}]" if ":" in host else host
+        return api.MeshDns(address=f"{shown}:{port}", domain=options.domain)
 
     async def run_http(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         config = Config()

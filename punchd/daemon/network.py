@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import msgspec
 import trio
 
+from punchd import resolver
 from punchd.errors import APIError, PunchdError, ServerUnreachable, WireGuardError
 from punchd.serverapi import ServerClient
 from punchd.wg.base import LinkConfig, WgDeviceState, WgPeer, WireGuardBackend, public_key
@@ -50,6 +51,7 @@ class NetworkModel:
     node: api.Node | None = None
     peers: dict[str, api.Node] = field(default_factory=dict)  # by node id
     seq: int | None = None
+    dns: api.MeshDns | None = None
 
     def apply(self, event: api.Event) -> None:
         if isinstance(event, api.Snapshot):
@@ -76,6 +78,7 @@ class NetworkModel:
         self.node = snap.node
         self.peers = {p.id: p for p in snap.peers}
         self.seq = snap.seq
+        self.dns = snap.dns
 
 
 class NetworkAgent:
@@ -99,6 +102,8 @@ class NetworkAgent:
         self.cancel_scope = trio.CancelScope()
         self._link_applied: LinkConfig | None = None
         self._applied_endpoints: dict[str, str] = {}  # WireGuard key -> endpoint punchd set
+        self._dns_applied: api.MeshDns | None = None
+        self.dns_outcome: str | None = None
 
     @property
     def name(self) -> str:
@@ -216,7 +221,20 @@ class NetworkAgent:
         """Resync the whole model from the server now."""
         snap = await self.client.get_state()
         self.model.apply_snapshot(snap)
+        await self.configure_resolver()
         self.poke()
+
+    async def configure_resolver(self) -> None:
+        """Send the mesh domain (only) to meshdns; once per change of the server's DNS."""
+        dns = self.model.dns
+        if dns is None or dns == self._dns_applied:
+            return
+        plan = resolver.plan_configure(self.config.interface, dns,
+                                       resolved=resolver.resolved_running())
+        self.dns_outcome = await resolver.apply(plan)
+        self._dns_applied = dns
+        log.info("%s: mesh DNS %s for *.%s: %s", self.name, dns.address, dns.domain,
+                 self.dns_outcome)
 
     async def _stream_loop(self) -> None:
         backoff = BACKOFF_MIN_S
@@ -303,6 +321,8 @@ class NetworkAgent:
             "server": self.config.server,
             "server_connected": self.server_connected,
             "nat": msgspec.to_builtins(node.nat) if node else None,
+            "dns": {"address": self.model.dns.address, "domain": self.model.dns.domain,
+                    "resolver": self.dns_outcome} if self.model.dns else None,
             "last_error": self.last_error,
             "peers": peers,
         }
@@ -317,5 +337,7 @@ class NetworkAgent:
         except ServerUnreachable as exc:
             raise PunchdError(f"cannot reach the server to leave {self.name}: {exc}") from exc
         self.cancel_scope.cancel()
+        await resolver.apply(resolver.plan_revert(self.config.interface,
+                                                  resolved=resolver.resolved_running()))
         await self.backend.delete_interface(self.config.interface)
         self.state.remove(self.name)

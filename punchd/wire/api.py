@@ -133,9 +133,17 @@ class JoinRequest(Struct, frozen=True, forbid_unknown_fields=True):
     candidates: tuple[Candidate, ...] = ()
 
 
+class MeshDns(Struct, frozen=True):
+    """Where the mesh's DNS answers, for nodes to point their resolver at."""
+
+    address: str  # "ip:port"
+    domain: str  # nodes are <node>.<network>.<domain>
+
+
 class JoinResponse(Struct, frozen=True):
     node: Node
     network: Network
+    dns: MeshDns | None = None
 
 
 class NodeUpdate(Struct, frozen=True, forbid_unknown_fields=True):
@@ -162,6 +170,7 @@ class NetworkSnapshot(Struct, frozen=True):
     network: Network
     node: Node  # the caller
     peers: tuple[Node, ...]
+    dns: MeshDns | None = None
 
 
 class DnsRecord(Struct, frozen=True, forbid_unknown_fields=True):
