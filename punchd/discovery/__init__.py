@@ -1,0 +1,1 @@
+"""Discovery on the WireGuard port: STUN transactions and, to come, NAT classification."""
