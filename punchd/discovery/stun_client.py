@@ -50,13 +50,16 @@ State = Literal["waiting", "succeeded", "failed"]
 
 class StunTransaction:
     def __init__(self, dest: Addr, now: float, *, change: int = 0,
-                 transaction_id: bytes | None = None, rto: float = RTO_S) -> None:
+                 transaction_id: bytes | None = None, rto: float = RTO_S,
+                 max_requests: int = MAX_REQUESTS, final_wait_rto: int = FINAL_WAIT_RTO) -> None:
         self.dest = dest
         self.change = change
         self.transaction_id = transaction_id or secrets.token_bytes(12)
         self.request = stun.binding_request(self.transaction_id, change=change,
                                             software="punchd")
         self.rto = rto
+        self.max_requests = max_requests
+        self.final_wait_rto = final_wait_rto
         self.sent = 0
         self.state: State = "waiting"
         self.result: StunResult | None = None
@@ -68,12 +71,12 @@ class StunTransaction:
 
     def datagram_to_send(self, now: float) -> bytes | None:
         """The request, when one is due now (the first at once, then on each timer)."""
-        if self.state != "waiting" or self.sent >= MAX_REQUESTS or now < self._next_send:
+        if self.state != "waiting" or self.sent >= self.max_requests or now < self._next_send:
             return None
         self.sent += 1
         self._last_sent_at = now
-        if self.sent == MAX_REQUESTS:
-            self._fail_at = now + FINAL_WAIT_RTO * self.rto
+        if self.sent == self.max_requests:
+            self._fail_at = now + self.final_wait_rto * self.rto
         else:
             self._next_send = now + self.rto * (2 ** (self.sent - 1))
         return self.request
