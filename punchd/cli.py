@@ -71,6 +71,18 @@ def print_status(status: dict[str, Any]) -> None:
         console.print(table)
 
 
+def print_netcheck(r: dict[str, Any]) -> None:
+    print(f"Report for {r['network']} (STUN server {r['stun_server']}, from the WireGuard port):")
+    print(f"  * Public endpoint: {r.get('public_endpoint') or 'unknown'}")
+    print(f"  * Mapping:         {r.get('mapping') or 'unknown'}"
+          + ("  (varies by destination: direct paths need the peer to punch)"
+             if r.get("mapping") not in (None, "endpoint-independent") else ""))
+    print(f"  * Filtering:       {r.get('filtering') or 'unknown'}")
+    print(f"  * Port preserved:  {'yes' if r.get('port_preserved') else 'no'}")
+    if r.get("port_deltas"):
+        print(f"  * Port deltas:     {', '.join(str(d) for d in r['port_deltas'])}")
+
+
 def print_list(networks: list[dict[str, Any]]) -> None:
     if not networks:
         print("not joined to any network")
@@ -163,7 +175,10 @@ async def run(args: argparse.Namespace) -> int:
         print(json.dumps(res, indent=2)) if args.json else print_status(res)
     elif cmd == "netcheck":
         res = await call(sock, "netcheck", {"network": args.network} if args.network else {})
-        print(json.dumps(res, indent=2))
+        if args.json:
+            print(json.dumps(res, indent=2))
+        else:
+            print_netcheck(res)
     elif cmd == "ping":
         args_ = {"peer": args.peer} | ({"network": args.network} if args.network else {})
         res = await call(sock, "ping", args_)

@@ -64,10 +64,12 @@ class _SharedRead:
 class Service:
     """The store behind one worker thread, plus event fan-out and zone push hooks."""
 
-    def __init__(self, store: Store, *, public_url: str, dns: api.MeshDns | None = None) -> None:
+    def __init__(self, store: Store, *, public_url: str, dns: api.MeshDns | None = None,
+                 stun: str | None = None) -> None:
         self.store = store
         self.public_url = public_url
         self.dns = dns
+        self.stun = stun
         self.hub = EventHub()
         self.guard = ReplayGuard()
         self._limiter = trio.CapacityLimiter(1)
@@ -243,7 +245,8 @@ def build_app(service: Service, admin_token: str) -> Starlette:
     async def join(request: Request) -> Response:
         signer = await node_signer(request)
         req = await _decode(request, api.JoinRequest)
-        resp = msgspec.structs.replace(await service.call(store.join, req, signer), dns=service.dns)
+        resp = msgspec.structs.replace(await service.call(store.join, req, signer),
+                                       dns=service.dns, stun=service.stun)
         service.hub.notify(resp.network.name)
         for hook in service.on_change:
             hook()
@@ -256,7 +259,7 @@ def build_app(service: Service, admin_token: str) -> Starlette:
             snap = await service.call(store.snapshot, node.network)
             peers = tuple(p for p in snap.peers if p.id != node.id)
             return _json(api.NetworkSnapshot(seq=snap.seq, network=snap.network, node=node,
-                                             peers=peers, dns=service.dns))
+                                             peers=peers, dns=service.dns, stun=service.stun))
         if request.method == "DELETE":
             node = await service.call(store.node_by_signing_key, signer)
             await service.write(node.network, store.delete_node, node.network, node.name)

@@ -76,8 +76,19 @@ class SignalServer:
         url_host = f"[{host}]" if ":" in host else host
         self.public_url = options.public_url or f"{scheme}://{url_host}:{port}"
         self.service = Service(self.store, public_url=self.public_url,
-                               dns=self._mesh_dns(options, self.public_url))
+                               dns=self._mesh_dns(options, self.public_url),
+                               stun=self._stun_address(options, self.public_url))
         self.app = build_app(self.service, self.admin_token)
+
+    @staticmethod
+    def _stun_address(options: ServerOptions, public_url: str) -> str | None:
+        """The primary STUN address nodes should use (the public URL's host for a wildcard)."""
+        if not options.stun:
+            return None
+        host, port = options.stun[0]
+        if host in ("0.0.0.0", "::"):
+            host = urlsplit(public_url).hostname or host
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     @staticmethod
     def _mesh_dns(options: ServerOptions, public_url: str) -> api.MeshDns | None:

@@ -109,8 +109,8 @@ async def test_control_errors_are_one_line(tmp_path: Path, nursery: trio.Nursery
         await a.call("status", bogus=1)
     with pytest.raises(ControlError, match="not a punchd join token"):
         await a.call("join", token="garbage")
-    with pytest.raises(ControlError, match="not available yet"):
-        await a.call("netcheck")
+    with pytest.raises(ControlError, match="not joined"):
+        await a.call("netcheck", network="nope")
     assert stat.S_IMODE(os.stat(a.socket).st_mode) == 0o600
 
 

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import trio
 
 from punchd.errors import ConfigError, ControlError, PunchdError
@@ -163,8 +164,10 @@ class Daemon:
         return {"pushed": [a.name for a in agents]}
 
     async def cmd_netcheck(self, network: str | None = None) -> dict[str, Any]:
-        raise ControlError("netcheck is not available yet: STUN discovery on the WireGuard "
-                           "port is not built into this punchd")
+        agent = self._agent(network)
+        report = await agent.netcheck()
+        return {"network": agent.name, "stun_server": agent.model.stun,
+                **msgspec.to_builtins(report)}
 
     async def cmd_ping(self, peer: str, network: str | None = None) -> dict[str, Any]:
         raise ControlError("ping is not available yet: authenticated probes are not built "

@@ -27,6 +27,8 @@ import msgspec
 import trio
 
 from punchd import resolver
+from punchd.discovery.service import Discovery, parse_addr
+from punchd.discovery.sharedsock import SharedPortSocket
 from punchd.errors import APIError, PunchdError, ServerUnreachable, WireGuardError
 from punchd.serverapi import ServerClient
 from punchd.wg.base import LinkConfig, WgDeviceState, WgPeer, WireGuardBackend, public_key
@@ -52,6 +54,7 @@ class NetworkModel:
     peers: dict[str, api.Node] = field(default_factory=dict)  # by node id
     seq: int | None = None
     dns: api.MeshDns | None = None
+    stun: str | None = None
 
     def apply(self, event: api.Event) -> None:
         if isinstance(event, api.Snapshot):
@@ -79,6 +82,7 @@ class NetworkModel:
         self.peers = {p.id: p for p in snap.peers}
         self.seq = snap.seq
         self.dns = snap.dns
+        self.stun = snap.stun
 
 
 class NetworkAgent:
@@ -104,6 +108,8 @@ class NetworkAgent:
         self._applied_endpoints: dict[str, str] = {}  # WireGuard key -> endpoint punchd set
         self._dns_applied: api.MeshDns | None = None
         self.dns_outcome: str | None = None
+        self.discovery: Discovery | None = None
+        self.nat: api.NatReport | None = None
 
     @property
     def name(self) -> str:
@@ -117,6 +123,7 @@ class NetworkAgent:
             try:
                 await self.ensure_interface()
                 async with trio.open_nursery() as nursery:
+                    await self._start_discovery(nursery)
                     nursery.start_soon(self._stream_loop)
                     nursery.start_soon(self._reconcile_loop)
                     nursery.start_soon(self._publish_loop)
@@ -124,6 +131,23 @@ class NetworkAgent:
             finally:
                 with trio.CancelScope(shield=True):
                     await self.client.aclose()
+
+    async def _start_discovery(self, nursery: trio.Nursery) -> None:
+        try:
+            if self.model.node is None:
+                await self.pull()
+        except (ServerUnreachable, APIError) as exc:
+            self.last_error = str(exc)
+        if self.model.stun is None:
+            return
+        try:
+            sock = SharedPortSocket(self.config.listen_port)
+        except PunchdError as exc:
+            self.last_error = str(exc)
+            log.warning("%s: no discovery: %s", self.name, exc)
+            return
+        self.discovery = Discovery(sock, parse_addr(self.model.stun))
+        await nursery.start(self.discovery.run)
 
     # -- interface and reconciliation ------------------------------------------------------
 
@@ -273,12 +297,38 @@ class NetworkAgent:
                              self._published is not None else 1.0)
 
     async def publish_candidates(self, *, force: bool = False) -> None:
+        """Host candidates, plus the server-reflexive one when discovery works."""
         addresses = await hostaddrs.local_addresses(self._exclude)
         self._local_networks = [ipaddress.ip_interface(a).network for a in addresses]
         candidates = host_candidates(addresses, self.config.listen_port)
-        if candidates != self._published or force:
-            await self.client.update_self(api.NodeUpdate(candidates=candidates))
+        nat = await self.netcheck_quietly()
+        if nat is not None and nat.public_endpoint:
+            # RFC 8445 §5.1.2.1: server-reflexive type preference 100.
+            srflx = api.Candidate(kind="srflx", address=nat.public_endpoint,
+                                  priority=(100 << 24) + (65535 << 8) + 255)
+            if srflx.address not in {c.address for c in candidates}:
+                candidates = (*candidates, srflx)
+        if candidates != self._published or nat != self.nat or force:
+            await self.client.update_self(api.NodeUpdate(candidates=candidates, nat=nat))
             self._published = candidates
+            self.nat = nat
+
+    async def netcheck_quietly(self) -> api.NatReport | None:
+        if self.model.stun is None or self.discovery is None:
+            return None  # no STUN offered, or no raw sockets: host candidates only
+        try:
+            return await self.netcheck()
+        except PunchdError as exc:
+            self.last_error = str(exc)
+            return None
+
+    async def netcheck(self) -> api.NatReport:
+        """Classify this node's NAT as seen from WireGuard's own port (RFC 5780)."""
+        if self.model.stun is None:
+            raise PunchdError("the signal server offers no STUN address (serve --stun)")
+        if self.discovery is None:
+            raise PunchdError("discovery is not running (raw sockets need CAP_NET_RAW)")
+        return await self.discovery.netcheck()
 
     # -- status --------------------------------------------------------------------------------
 
@@ -320,7 +370,7 @@ class NetworkAgent:
             "interface_up": device is not None,
             "server": self.config.server,
             "server_connected": self.server_connected,
-            "nat": msgspec.to_builtins(node.nat) if node else None,
+            "nat": msgspec.to_builtins(self.nat) if self.nat else None,
             "dns": {"address": self.model.dns.address, "domain": self.model.dns.domain,
                     "resolver": self.dns_outcome} if self.model.dns else None,
             "last_error": self.last_error,

@@ -144,6 +144,7 @@ class JoinResponse(Struct, frozen=True):
     node: Node
     network: Network
     dns: MeshDns | None = None
+    stun: str | None = None  # "ip:port" of the server's primary STUN address
 
 
 class NodeUpdate(Struct, frozen=True, forbid_unknown_fields=True):
@@ -171,6 +172,7 @@ class NetworkSnapshot(Struct, frozen=True):
     node: Node  # the caller
     peers: tuple[Node, ...]
     dns: MeshDns | None = None
+    stun: str | None = None
 
 
 class DnsRecord(Struct, frozen=True, forbid_unknown_fields=True):

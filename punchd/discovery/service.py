@@ -1,0 +1,63 @@
+"""The discovery service: runs NAT classification over the shared WireGuard port.
+
+One receive loop feeds whatever classification is in progress; ``netcheck`` drives
+one :class:`~punchd.discovery.classify.NatClassifier` with trio's clock and the
+shared socket, and returns the report.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+
+from punchd.wire import api
+
+from .classify import NatClassifier
+from .sharedsock import Addr, SharedPortSocket
+
+log = logging.getLogger("punchd.discovery")
+
+
+def parse_addr(text: str) -> Addr:
+    host, _, port = text.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+class Discovery:
+    def __init__(self, sock: SharedPortSocket, stun_server: Addr) -> None:
+        self.sock = sock
+        self.stun_server = stun_server
+        self._current: NatClassifier | None = None
+        self._arrived = trio.Event()
+        self._lock = trio.Lock()
+        self.last_report: api.NatReport | None = None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            data, source = await self.sock.receive()
+            clf = self._current
+            if clf is not None:
+                clf.handle_datagram(data, source, trio.current_time())
+                self._arrived.set()
+
+    async def netcheck(self) -> api.NatReport:
+        async with self._lock:  # one classification at a time on the port
+            clf = NatClassifier(self.stun_server, self.sock.port, trio.current_time())
+            self._current = clf
+            try:
+                while not clf.done:
+                    while (out := clf.datagram_to_send(trio.current_time())) is not None:
+                        await self.sock.send(*out)
+                    deadline = clf.next_deadline()
+                    self._arrived = trio.Event()
+                    with trio.move_on_at(deadline if deadline is not None else trio.current_time()):
+                        await self._arrived.wait()
+                    clf.handle_timer(trio.current_time())
+            finally:
+                self._current = None
+            if clf.error:
+                log.warning("netcheck via %s: %s", self.stun_server, clf.error)
+            self.last_report = clf.report()
+            return self.last_report
