@@ -232,3 +232,23 @@ async def test_use_counts_exact_under_concurrent_joins_over_http(signal_server: 
     assert results.count("refused 401") == 7
     keys = (await srv.admin.get("/networks/net/keys")).json()
     assert keys[0]["uses_left"] == 0
+
+
+async def test_remaining_admin_routes(signal_server: RunningServer) -> None:
+    srv = signal_server
+    await srv.create_network("net")
+    assert (await srv.admin.get("/networks/net")).json()["ipv4_cidr"] == "198.19.0.0/24"
+    token = await srv.create_token("net")
+    key_id = (await srv.admin.get("/networks/net/keys")).json()[0]["id"]
+    client, joined = await joined_client(srv, token, "alpha")
+    node = (await srv.admin.get("/networks/net/nodes/alpha")).json()
+    assert node["id"] == joined.node.id and node["wg_public_key"] == joined.node.wg_public_key
+    assert (await srv.admin.get("/networks/net/nodes/nobody")).status_code == 404
+    assert (await srv.admin.delete(f"/networks/net/keys/{key_id}")).status_code == 204
+    assert (await srv.admin.delete(f"/networks/net/keys/{key_id}")).status_code == 404
+    with pytest.raises(APIError) as revoked:
+        await joined_client(srv, token, "beta")
+    assert revoked.value.status == 401  # a deleted key joins nobody
+    assert (await srv.admin.post("/networks/nope/keys", json={})).status_code == 404
+    assert (await srv.admin.post("/networks/net/nodes/nobody/approve")).status_code == 404
+    await client.aclose()
