@@ -21,10 +21,13 @@ from .base import LinkConfig
 T = TypeVar("T")
 
 
-async def _in_thread(fn: Callable[[IPRoute], T], what: str) -> T:
+async def netlink_call(fn: Callable[[Any], T], what: str, *, opener: Callable[[], Any] = IPRoute
+                       ) -> T:
+    """Run ``fn`` on a fresh pyroute2 socket (IPRoute, or e.g. WireGuard) in a worker
+    thread — pyroute2 blocks — and turn netlink errors into WireGuardError."""
     def run() -> T:
-        with IPRoute() as ipr:
-            return fn(ipr)
+        with opener() as sock:
+            return fn(sock)
 
     try:
         return await trio.to_thread.run_sync(run)
@@ -40,7 +43,7 @@ def _index(ipr: Any, ifname: str) -> int:
 
 
 async def link_exists(ifname: str) -> bool:
-    return await _in_thread(lambda ipr: bool(ipr.link_lookup(ifname=ifname)), f"lookup {ifname}")
+    return await netlink_call(lambda ipr: bool(ipr.link_lookup(ifname=ifname)), f"lookup {ifname}")
 
 
 async def delete_link(ifname: str) -> None:
@@ -49,7 +52,7 @@ async def delete_link(ifname: str) -> None:
         if found:
             ipr.link("del", index=found[0])
 
-    await _in_thread(run, f"delete {ifname}")
+    await netlink_call(run, f"delete {ifname}")
 
 
 async def configure(ifname: str, link: LinkConfig) -> None:
@@ -80,4 +83,4 @@ async def configure(ifname: str, link: LinkConfig) -> None:
         for net in want_routes - have_routes:
             ipr.route("add", dst=str(net), oif=idx, proto=4)
 
-    await _in_thread(run, f"configure {ifname}")
+    await netlink_call(run, f"configure {ifname}")

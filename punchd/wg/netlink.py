@@ -10,11 +10,10 @@ import base64
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import trio
 from pyroute2 import IPRoute, WireGuard
 from pyroute2.netlink.exceptions import NetlinkError
 
-from punchd.errors import BackendUnavailable, WireGuardError
+from punchd.errors import BackendUnavailable
 
 from . import links
 from .base import (
@@ -42,14 +41,7 @@ def kernel_has_wireguard() -> bool:
 
 
 async def _wg(fn: Callable[[Any], T], what: str) -> T:
-    def run() -> T:
-        with WireGuard() as wg:
-            return fn(wg)
-
-    try:
-        return await trio.to_thread.run_sync(run)
-    except (NetlinkError, OSError) as exc:
-        raise WireGuardError(f"{what}: {exc}") from exc
+    return await links.netlink_call(fn, what, opener=WireGuard)
 
 
 class KernelBackend:
@@ -66,14 +58,8 @@ class KernelBackend:
         if await links.link_exists(ifname):
             return
 
-        def run() -> None:
-            with IPRoute() as ipr:
-                ipr.link("add", ifname=ifname, kind="wireguard")
-
-        try:
-            await trio.to_thread.run_sync(run)
-        except (NetlinkError, OSError) as exc:
-            raise WireGuardError(f"create {ifname}: {exc}") from exc
+        await links.netlink_call(lambda ipr: ipr.link("add", ifname=ifname, kind="wireguard"),
+                                 f"create {ifname}")
 
     async def delete_interface(self, ifname: str) -> None:
         await links.delete_link(ifname)
