@@ -64,3 +64,25 @@ def test_conntrack_flush_is_noticed_and_republished(lab: Lab) -> None:
             break
         assert time.monotonic() < deadline, f"still {published} after the flush"
         time.sleep(1)
+
+
+@pytest.mark.parametrize("nat", ["prc", "sym"])
+def test_same_classification_against_coturn(lab: Lab, nat: str) -> None:
+    ip1, ip2 = lab.server.public_ips[:2]
+    coturn = lab.server.spawn(["turnserver", "--stun-only", "-L", ip1, "-L", ip2, "-p", "3478",
+                               "--alt-listening-port", "3479", "--no-cli", "-n",
+                               "--log-file", "stdout"], name="coturn")
+    deadline = time.monotonic() + 15
+    while "3478" not in lab.server.run(["ss", "-uln"]).stdout:
+        assert coturn.alive() and time.monotonic() < deadline, coturn.read_log()[-2000:]
+        time.sleep(0.1)
+    mesh = Mesh(lab)
+    mesh.start_server(dns=False, stun_server=f"{ip1}:3478")
+    token = mesh.create_network("net", "198.19.0.0/24")
+    site = lab.add_site("s", nat=nat)
+    node = mesh.start_node(site.hosts[0], "n")
+    node.join(token)
+    report = json.loads(node.punchctl("netcheck", "--json", timeout=60).stdout)
+    assert report["stun_server"] == f"{ip1}:3478"
+    assert (report["mapping"], report["filtering"]) == EXPECTED[nat], report
+    assert report["public_endpoint"].startswith(site.wan_ip + ":")

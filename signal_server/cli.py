@@ -162,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--http", required=True, metavar="HOST:PORT")
     serve.add_argument("--stun", action="append", default=[], metavar="HOST:PORT",
                        help="STUN listener; give twice (second address) for RFC 5780")
+    serve.add_argument("--stun-server", metavar="HOST:PORT",
+                       help="advertise this (external, RFC 5780) STUN server to nodes "
+                            "instead of our own --stun responder")
     serve.add_argument("--dns", metavar="HOST:PORT", help="mesh DNS listener (UDP and TCP)")
     serve.add_argument("--domain", default="mesh")
     serve.add_argument("--public-url", help="URL put into join tokens (default from --http)")
@@ -235,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
                 data_dir=args.data_dir,
                 http=parse_hostport(args.http, "--http"),
                 stun=[parse_hostport(s, "--stun") for s in args.stun],
+                stun_server=parse_hostport(args.stun_server, "--stun-server")
+                if args.stun_server else None,
                 dns=parse_hostport(args.dns, "--dns") if args.dns else None,
                 domain=args.domain, public_url=args.public_url,
                 certfile=args.certfile, keyfile=args.keyfile,

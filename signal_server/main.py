@@ -57,6 +57,7 @@ class ServerOptions:
     data_dir: Path
     http: tuple[str, int]
     stun: list[tuple[str, int]] = field(default_factory=list)
+    stun_server: tuple[str, int] | None = None  # an external STUN server to advertise
     dns: tuple[str, int] | None = None
     domain: str = "mesh"
     public_url: str | None = None
@@ -82,10 +83,13 @@ class SignalServer:
 
     @staticmethod
     def _stun_address(options: ServerOptions, public_url: str) -> str | None:
-        """The primary STUN address nodes should use (the public URL's host for a wildcard)."""
-        if not options.stun:
+        """The STUN address nodes should use: --stun-server, else our primary --stun."""
+        if options.stun_server is not None:
+            host, port = options.stun_server
+        elif options.stun:
+            host, port = options.stun[0]
+        else:
             return None
-        host, port = options.stun[0]
         if host in ("0.0.0.0", "::"):
             host = urlsplit(public_url).hostname or host
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -97,10 +97,15 @@ class Mesh:
     def url(self) -> str:
         return f"http://{self.lab.server.ip}:{HTTP_PORT}"
 
-    def start_server(self, *, dns: bool = True) -> Proc:
+    def start_server(self, *, dns: bool = True, stun_server: str | None = None) -> Proc:
+        """Our server; with ``stun_server`` it advertises that STUN server instead of its own."""
         ip1, ip2 = self.lab.server.public_ips[:2]
         argv = [tool("signal-server"), "serve", "--data-dir", str(self.data_dir),
-                "--http", f"{ip1}:{HTTP_PORT}", "--stun", f"{ip1}:3478", "--stun", f"{ip2}:3479"]
+                "--http", f"{ip1}:{HTTP_PORT}"]
+        if stun_server:
+            argv += ["--stun-server", stun_server]
+        else:
+            argv += ["--stun", f"{ip1}:3478", "--stun", f"{ip2}:3479"]
         if dns:
             argv += ["--dns", f"{ip1}:53"]
         self.server_proc = self.lab.server.spawn(argv, name="signal-server")
