@@ -221,7 +221,11 @@ class MeshDNSServer:
             if not allow(src[0], time.monotonic()):
                 counters.rate_limited += 1
                 continue
-            reply = answer.answer(data, MAX_UDP_EDNS)
+            try:
+                reply = answer.answer(data, MAX_UDP_EDNS)
+            except Exception:  # a parser corner case must not kill the listener thread
+                counters.dropped_malformed += 1
+                continue
             if reply is not None:
                 try:
                     sock.sendto(reply, src)
@@ -252,7 +256,11 @@ class MeshDNSServer:
             if query is None:
                 return
             self.resolver.counters.tcp_queries += 1
-            reply = self.resolver.answer(query, None)
+            try:
+                reply = self.resolver.answer(query, None)
+            except Exception:  # as for UDP: count it, keep serving
+                self.resolver.counters.dropped_malformed += 1
+                return
             if reply is None:
                 return
             conn.sendall(struct.pack("!H", len(reply)) + reply)
