@@ -57,6 +57,8 @@ def test_full_mesh_status_agrees_with_wg_and_leave_is_fast(mesh: Mesh) -> None:
         for peer in net["peers"]:
             assert shown[peer["public_key"]] == peer["endpoint"]
             assert peer["path"] == "direct" and peer["last_handshake_age_s"] is not None
+    pong = mesh.nodes[0].punchctl("ping", "-c", "2", mesh.nodes[1].name).stdout
+    assert f"pong from {mesh.nodes[1].name}" in pong and "via direct" in pong, pong
     leaving = mesh.nodes[2]
     leaving_key = leaving.network_status(NET)["public_key"]
     leaving.punchctl("leave", NET)

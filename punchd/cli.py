@@ -138,8 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--json", action="store_true")
         if name != "list":
             q.add_argument("--network")
-    p = sub.add_parser("ping", help="probe a peer and show each probe's path and RTT")
+    p = sub.add_parser("ping", help="ping a peer over the mesh; shows each reply's path and RTT")
     p.add_argument("peer")
+    p.add_argument("-c", "--count", type=int, default=4)
+    p.add_argument("--json", action="store_true")
     p.add_argument("--network")
     for name in ("pull", "push"):
         sub.add_parser(name).add_argument("--network")
@@ -180,9 +182,18 @@ async def run(args: argparse.Namespace) -> int:
         else:
             print_netcheck(res)
     elif cmd == "ping":
-        args_ = {"peer": args.peer} | ({"network": args.network} if args.network else {})
+        args_ = {"peer": args.peer, "count": args.count} | (
+            {"network": args.network} if args.network else {})
         res = await call(sock, "ping", args_)
-        print(json.dumps(res, indent=2))
+        if args.json:
+            print(json.dumps(res, indent=2))
+        else:
+            for reply in res["replies"]:
+                print(f"pong from {res['peer']} ({res['address']}) via {res['path']} "
+                      f"{res['endpoint']} in {reply['rtt_ms']:.2f}ms (seq {reply['seq']})")
+            print(f"{len(res['replies'])}/{res['sent']} answered")
+        if not res["replies"]:
+            raise PunchdError(f"no answer from {res['peer']} ({res['address']})")
     elif cmd in ("pull", "push"):
         res = await call(sock, cmd, {"network": args.network} if args.network else {})
         print(f"{cmd}: {', '.join(res[cmd + 'ed']) or 'no networks'}")

@@ -193,3 +193,13 @@ async def test_punchctl_status_json_contract(signal_server: RunningServer, tmp_p
     assert "beta" in res.stdout and res.returncode == 0
     res = await trio.to_thread.run_sync(punchctl, "--socket", str(a.socket), "leave", "nope")
     assert res.returncode == 1 and "not joined to a network named 'nope'" in res.stderr
+
+
+async def test_ping_unknown_peer_is_one_clear_error(signal_server: RunningServer, tmp_path: Path,
+                                                    nursery: trio.Nursery) -> None:
+    await signal_server.create_network("net")
+    token = await signal_server.create_token("net")
+    a = await start_node(nursery, tmp_path, "a")
+    await a.call("join", token=token, name="alpha", ifname="pdta")
+    with pytest.raises(ControlError, match="no peer named 'ghost'"):
+        await a.call("ping", peer="ghost")

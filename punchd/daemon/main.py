@@ -15,7 +15,7 @@ import logging
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import trio
@@ -169,9 +169,35 @@ class Daemon:
         return {"network": agent.name, "stun_server": agent.model.stun,
                 **msgspec.to_builtins(report)}
 
-    async def cmd_ping(self, peer: str, network: str | None = None) -> dict[str, Any]:
-        raise ControlError("ping is not available yet: authenticated probes are not built "
-                           "into this punchd")
+    @staticmethod
+    async def _peer_status(agent: NetworkAgent, peer: str) -> dict[str, Any]:
+        peers = cast(list[dict[str, Any]], (await agent.status())["peers"])
+        for entry in peers:
+            if entry["name"] == peer:
+                return entry
+        raise ControlError(f"no peer named {peer!r} in {agent.name}")
+
+    async def cmd_ping(self, peer: str, network: str | None = None,
+                       count: int = 4) -> dict[str, Any]:
+        """ICMP echo to the peer's mesh address through WireGuard, with the path each
+        reply took (the endpoint WireGuard used). Probe-level pings come with punching."""
+        agent = self._agent(network)
+        target = (await self._peer_status(agent, peer))["address"]
+        if not target:
+            raise ControlError(f"{peer} has no mesh address")
+        count = max(1, min(int(count), 20))
+        result = await trio.run_process(
+            ["ping", "-n", "-c", str(count), "-i", "0.2", "-W", "2", str(target)],
+            check=False, capture_stdout=True, capture_stderr=True)
+        replies = []
+        for line in result.stdout.decode(errors="replace").splitlines():
+            if "time=" in line and "icmp_seq=" in line:
+                seq = int(line.split("icmp_seq=")[1].split()[0])
+                rtt = float(line.split("time=")[1].split()[0])
+                replies.append({"seq": seq, "rtt_ms": rtt})
+        after = await self._peer_status(agent, peer)
+        return {"peer": peer, "address": target, "sent": count, "replies": replies,
+                "path": after["path"], "endpoint": after["endpoint"]}
 
 
 async def run_daemon(state_dir: Path, socket_path: Path, backend_kind: BackendKind) -> None:
