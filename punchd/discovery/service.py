@@ -35,12 +35,23 @@ class Discovery:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
-        while True:
-            data, source = await self.sock.receive()
-            clf = self._current
-            if clf is not None:
-                clf.handle_datagram(data, source, trio.current_time())
-                self._arrived.set()
+        try:
+            while True:
+                try:
+                    data, source = await self.sock.receive()
+                except OSError as exc:  # e.g. ENOBUFS under load: skip, keep listening
+                    log.debug("shared port receive: %s", exc)
+                    continue
+                self._dispatch(data, source)
+        finally:
+            self.sock.close()
+
+    def _dispatch(self, data: bytes, source: Addr) -> None:
+        """Feed the classification in progress; between classifications, drop."""
+        clf = self._current
+        if clf is not None:
+            clf.handle_datagram(data, source, trio.current_time())
+            self._arrived.set()
 
     async def netcheck(self) -> api.NatReport:
         async with self._lock:  # one classification at a time on the port
