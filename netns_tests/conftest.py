@@ -23,3 +23,22 @@ def lab(tmp_path):  # type: ignore[no-untyped-def]
 
     with Lab(log_dir=tmp_path / "lab") as the_lab:
         yield the_lab
+
+
+@pytest.fixture
+def make_lab(tmp_path):  # type: ignore[no-untyped-def]
+    """A factory for extra labs in one test (each with its own log dir); all torn down after it."""
+    from netns_tests.lab import Lab
+
+    labs: list[Lab] = []
+
+    def make() -> Lab:
+        new = Lab(log_dir=tmp_path / f"lab{len(labs)}")
+        labs.append(new)
+        return new.__enter__()
+
+    try:
+        yield make
+    finally:
+        for each in reversed(labs):
+            each.teardown()

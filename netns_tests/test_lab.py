@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
-from netns_tests.lab import SERVER_IPS, Lab, LabError
+from netns_tests.lab import SERVER_IPS, Host, Lab, LabError
 
 P1, P2 = 3478, 3479
 
@@ -23,10 +24,11 @@ EXPECTED = {
 }
 
 
-def natprobe(host, *args):  # type: ignore[no-untyped-def]
+def natprobe(host: Host) -> dict[str, Any]:
     res = host.run([sys.executable, "-m", "netns_tests.lab.natprobe", "probe",
                     SERVER_IPS[0], SERVER_IPS[1], str(P1), str(P2)], timeout=60)
-    return json.loads(res.stdout)
+    report: dict[str, Any] = json.loads(res.stdout)
+    return report
 
 
 def start_probe_server(lab: Lab):  # type: ignore[no-untyped-def]
@@ -143,3 +145,30 @@ def test_teardown_leaves_nothing_even_when_the_body_raises(tmp_path) -> None:  #
 def test_bad_nat_type_is_refused(lab: Lab) -> None:
     with pytest.raises(LabError, match="unknown NAT type"):
         lab.add_site("x", nat="fullcone-ish")
+
+
+def test_nft_errors_raise_lab_error_with_nfts_message(lab: Lab) -> None:
+    with pytest.raises(LabError, match=r"nft -f - exited 1: .*Error: syntax error"):
+        lab.server.nft("table ip broken { chain c { this is not nft } }\n")
+
+
+def test_explicit_prefix_and_wireguard_sockets_are_removed(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from pathlib import Path
+
+    sockdir = Path("/var/run/wireguard")
+    sockdir.mkdir(parents=True, exist_ok=True)
+    with Lab(prefix=None, log_dir=tmp_path) as auto:
+        assert auto.prefix.startswith("pl") and len(auto.prefix) == 6
+    with pytest.raises(LabError, match="prefix"):
+        Lab(prefix="way-too-long-prefix", log_dir=tmp_path)
+    with Lab(log_dir=tmp_path) as lab:
+        by_prefix = sockdir / f"{lab.prefix}wg0.sock"
+        registered = sockdir / f"x{lab.prefix}.sock"
+        by_prefix.touch()
+        registered.touch()
+        lab.register_wg_interface(f"x{lab.prefix}")
+    try:
+        assert not by_prefix.exists() and not registered.exists()
+    finally:
+        by_prefix.unlink(missing_ok=True)
+        registered.unlink(missing_ok=True)

@@ -33,7 +33,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
@@ -77,8 +77,7 @@ class Proc:
     def stop(self, timeout: float = 5.0) -> int | None:
         """SIGTERM, then SIGKILL after ``timeout``; returns the exit code."""
         if self.alive():
-            with contextlib.suppress(ProcessLookupError):
-                self.popen.send_signal(signal.SIGTERM)
+            self._signal_group(signal.SIGTERM)
             try:
                 self.popen.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -87,9 +86,16 @@ class Proc:
 
     def kill(self) -> None:
         if self.alive():
-            with contextlib.suppress(ProcessLookupError):
-                self.popen.kill()
+            self._signal_group(signal.SIGKILL)
             self.popen.wait(5)
+
+    def _signal_group(self, sig: signal.Signals) -> None:
+        """The process runs in its own session (group id = its pid): signal the group."""
+        try:
+            os.killpg(self.popen.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            with contextlib.suppress(ProcessLookupError):
+                self.popen.send_signal(sig)
 
 
 @dataclass
@@ -192,27 +198,36 @@ def parse_conntrack_line(line: str) -> dict[str, Any]:
     return {"orig": orig, "reply": reply, "unreplied": "[UNREPLIED]" in line}
 
 
-@dataclass
 class Lab:
-    """A lab: the inet router, a server with two public addresses, and sites."""
+    """A lab: the inet router, a server with two public addresses, and sites.
 
-    prefix: str = field(default_factory=lambda: "pl" + secrets.token_hex(2))
-    log_dir: Path = None  # type: ignore[assignment]  # a temp dir when not given
-    procs: list[Proc] = field(default_factory=list)
-    sites: dict[str, Site] = field(default_factory=dict)
-    _namespaces: list[str] = field(default_factory=list)
-    _site_count: int = 0
-    _torn_down: bool = False
-    _blocks: dict[tuple[str, str], tuple[str, list[Host]]] = field(default_factory=dict)
-    _cut_count: int = 0
-    _old_sigterm: Any = None
-    _owner_pid: int = field(default_factory=os.getpid)
+    ``prefix``: the per-run name prefix (1 to 6 letters or digits; ``"pl"`` + 4 random
+    hex digits when None). ``log_dir``: where spawned processes log (a temp dir when None).
+    """
 
-    def __post_init__(self) -> None:
-        if self.log_dir is None:
-            self.log_dir = Path(tempfile.mkdtemp(prefix=f"{self.prefix}-logs-"))
-        self.log_dir = Path(self.log_dir)
+    server: Host
+    inet: Host
+    inet_ns: str
+
+    def __init__(self, prefix: str | None = None, log_dir: Path | str | None = None) -> None:
+        self.prefix = "pl" + secrets.token_hex(2) if prefix is None else prefix
+        if not (self.prefix.isascii() and self.prefix.isalnum() and 1 <= len(self.prefix) <= 6):
+            raise LabError(f"lab prefix {self.prefix!r}: 1 to 6 letters or digits (names are <= 15 chars)")
+        self.log_dir = Path(tempfile.mkdtemp(prefix=f"{self.prefix}-logs-")) if log_dir is None else Path(log_dir)
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.procs: list[Proc] = []
+        self.sites: dict[str, Site] = {}
+        self._namespaces: list[str] = []
+        self._site_count = 0
+        self._torn_down = False
+        self._blocks: dict[tuple[str, str], tuple[str, list[Host]]] = {}
+        self._cut_count = 0
+        self._old_sigterm: Any = None
+        self._owner_pid = os.getpid()
+        self._wg_interfaces: set[str] = set()
+
+    def __repr__(self) -> str:
+        return f"Lab(prefix={self.prefix!r}, sites={list(self.sites)})"
 
     # -- life cycle -------------------------------------------------------------
 
@@ -254,7 +269,9 @@ class Lab:
             with contextlib.suppress(Exception):
                 netns.remove(ns)
         if WG_SOCKET_DIR.is_dir():
-            for sock in WG_SOCKET_DIR.glob(f"{self.prefix}*.sock"):
+            socks = set(WG_SOCKET_DIR.glob(f"{self.prefix}*.sock"))
+            socks |= {WG_SOCKET_DIR / f"{name}.sock" for name in self._wg_interfaces}
+            for sock in socks:
                 with contextlib.suppress(OSError):
                     sock.unlink()
         if self._old_sigterm is not None:
@@ -262,6 +279,10 @@ class Lab:
                 signal.signal(signal.SIGTERM, self._old_sigterm)
         with contextlib.suppress(Exception):
             atexit.unregister(self.teardown)
+
+    def register_wg_interface(self, name: str) -> None:
+        """Teardown removes ``/var/run/wireguard/<name>.sock`` (names with the lab prefix need not register)."""
+        self._wg_interfaces.add(name)
 
     @staticmethod
     def _kill_namespace_pids(ns: str) -> None:
