@@ -1,0 +1,512 @@
+"""The punch session: one per peer, sans-IO (no sockets, no clock, no trio).
+
+Theory of operation
+===================
+
+Inputs are ``punch(now)`` (the server's rendezvous request, or our own decision to
+re-punch), ``handle_datagram(data, src, now)`` (a probe from the peer arrived on
+WireGuard's port) and ``handle_timer(now)`` (the time given by ``next_deadline()``
+came). Outputs are drained with ``datagrams_to_send()`` and ``events()``. Every
+datagram leaves from WireGuard's port, so the NAT mapping we punch is WireGuard's.
+
+States::
+
+    idle --punch()/peer's ping--> punching --pair answers both ways--> connected
+    punching --deadline, no pair / cannot work--> failed --retry backoff--> punching
+    connected --no pong for LOST_AFTER--> punching (PathLost, re-punch at once)
+    failed --peer's ping arrives--> punching
+
+Checks. The peer's candidates become pairs (one per remote address, RFC 8445
+§6.1.2.4), ordered by pair priority (§6.1.2.3). A new check starts every ``TA``
+(50 ms, §14.2 pacing); a started check sends a ping and retransmits it with capped
+exponential backoff (a hole punch needs retransmits: the first pings are dropped by
+the peer's NAT until the peer's own pings open it). A ping from an address that is
+not a pair yet makes a peer-reflexive pair (§7.3.1.3) checked at once (a triggered
+check, §7.3.1.4). Each transmission has a fresh transaction id, so RTTs are exact.
+
+Success. A pair succeeds when the round trip worked both ways on that address: we got
+a pong for our ping from the address we sent it to AND the peer's ping reached us
+from it (and we answered). The first pair to succeed is selected (PathFound); checks
+go on until the attempt's deadline, and a later pair replaces the selection
+(PathChanged) only with hysteresis: a LAN (host) pair over a public one at once; a
+pair of the same class only when its RTT is lower by 30 % and 5 ms, at most once per
+``SWITCH_HOLD``.
+
+Port prediction. When the peer's NAT maps per destination (not endpoint-independent,
+RFC 4787 §4.1) its pings to us leave from a port we have not seen. If our NAT lets
+them in (endpoint-independent or address-dependent filtering) that port shows up as a
+peer-reflexive pair by itself. If our NAT filters per address and port, we spray
+pings at predicted ports (the peer's server-reflexive port plus multiples of the
+port delta discovery measured), bounded by ``SPRAY_BUDGET``; each spray opens our
+filter for that port. When both NATs map per destination, or the peer's ports are
+unpredictable and we filter per port, the attempt fails at once with the reason, so
+the pair goes to the relay; both sides reach the same verdict from the same two
+NAT reports.
+
+Failure and retry. No pair within ``PUNCH_TIMEOUT`` -> PunchFailed(reason) and a
+retry after a backoff (10 s doubling to 5 min; 60 s first when it cannot work); never
+a tight loop. Keepalive: once connected, a ping on the selected path every
+``KEEPALIVE`` keeps the NAT mappings alive; no pong for ``LOST_AFTER`` -> PathLost
+and a new attempt.
+
+Replays and spoofing: probes are NaCl boxes between the two probe keys; a pong counts
+only for an outstanding transaction id from the address the ping went to; a ping
+only once (timestamp window + seen-id cache, :class:`punchd.wire.probe.ReplayGuard`).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Literal
+
+from msgspec import Struct
+from nacl.public import PrivateKey, PublicKey
+
+from punchd.errors import ProbeParseError
+from punchd.wire import probe as wire
+from punchd.wire.api import Candidate, CandidateKind, NatReport
+
+from .candidates import (
+    MAX_PAIRS,
+    Addr,
+    BadCandidate,
+    candidate_priority,
+    form_pairs,
+    pair_priority,
+    parse_addr,
+)
+
+# RFC 8445 §14.2: Ta, the pacing of new checks. 50 ms is the RFC's default.
+TA = 0.05
+# Retransmission of one check: the first retransmit soon (a simultaneous open loses the
+# first pings by design), then doubling, capped so a late opening is still caught.
+RTO_INITIAL = 0.1
+RTO_MAX = 1.0
+PUNCH_TIMEOUT = 5.0  # an attempt without any successful pair fails after this
+SPRAY_BUDGET = 64  # predicted ports per attempt
+SPRAY_BURST = 16  # predicted ports started per Ta tick
+MAX_PORT_DELTA = 64  # larger or inconsistent deltas are not predictable
+KEEPALIVE = 2.0  # RFC 4787 REQ-5 allows NATs 2 min; many use 30 s. Cheap, so often.
+LOST_AFTER = 5.0  # no pong on the selected path for this long -> lost
+RETRY_FIRST = 10.0
+RETRY_FIRST_HOPELESS = 60.0
+RETRY_MAX = 300.0
+SWITCH_HOLD = 10.0
+RTT_SWITCH_RATIO = 0.7
+RTT_SWITCH_MIN = 0.005
+TX_LIFETIME = 10.0  # outstanding transaction ids are forgotten after this
+
+State = Literal["idle", "punching", "connected", "failed"]
+_DEPENDENT = ("address-dependent", "address-and-port-dependent")
+
+
+class PathFound(Struct, frozen=True, tag=True):
+    addr: Addr
+    rtt: float
+
+
+class PathChanged(Struct, frozen=True, tag=True):
+    old: Addr
+    new: Addr
+    rtt: float
+
+
+class PathLost(Struct, frozen=True, tag=True):
+    addr: Addr
+
+
+class PunchFailed(Struct, frozen=True, tag=True):
+    reason: str
+    retry_at: float
+
+
+PunchEvent = PathFound | PathChanged | PathLost | PunchFailed
+
+
+class SessionStatistics(Struct, frozen=True):
+    probes_sent: int
+    probes_received: int
+    rejected: int  # did not parse or authenticate
+    replays: int  # authentic but replayed or stale
+    attempts: int
+    pairs: int
+
+
+class _Pair:
+    __slots__ = ("got_ping", "kind", "next_tx", "priority", "remote", "rto", "rtt",
+                 "started", "stop_at", "succeeded")
+
+    def __init__(self, remote: Addr, kind: CandidateKind, priority: int) -> None:
+        self.remote = remote
+        self.kind = kind
+        self.priority = priority
+        self.reset()
+
+    def reset(self) -> None:
+        self.started = False
+        self.next_tx = 0.0
+        self.stop_at = 0.0
+        self.rto = RTO_INITIAL
+        self.rtt: float | None = None
+        self.got_ping = False
+        self.succeeded = False
+
+    @property
+    def lan(self) -> bool:
+        return self.kind == "host"
+
+
+def assess(local: NatReport | None, peer: NatReport | None) -> tuple[int | None, str | None]:
+    """(port delta to spray with, or None; reason it cannot work, or None).
+
+    Symmetric in its verdict: two sessions given each other's reports agree on failure.
+    """
+    local_dep = local is not None and local.mapping in _DEPENDENT
+    peer_dep = peer is not None and peer.mapping in _DEPENDENT
+    if local_dep and peer_dep:
+        return None, "both NATs map per destination (symmetric/symmetric): needs the relay"
+    for dep, other, who in ((peer, local, "peer"), (local, peer, "local")):
+        if dep is None or dep.mapping not in _DEPENDENT:
+            continue
+        if other is None or other.filtering != "address-and-port-dependent":
+            return None, None  # its pings get in by themselves (prflx)
+        delta = predictable_delta(dep)
+        if delta is None:
+            return None, (f"{who} NAT maps per destination with unpredictable ports and "
+                          "the other filters per address and port: needs the relay")
+        return (delta if who == "peer" else None), None
+    return None, None
+
+
+def predictable_delta(nat: NatReport) -> int | None:
+    deltas = set(nat.port_deltas)
+    if len(deltas) != 1:
+        return None
+    (delta,) = deltas
+    return delta if 0 < abs(delta) <= MAX_PORT_DELTA else None
+
+
+class PunchSession:
+    def __init__(self, *, local_key: PrivateKey, peer_key: PublicKey,
+                 local_candidates: list[Candidate], peer_candidates: list[Candidate],
+                 peer_nat: NatReport | None, now: float, rng: random.Random,
+                 local_nat: NatReport | None = None, wall_offset: float = 0.0) -> None:
+        self._codec = wire.ProbeCodec(local_key, peer_key)
+        self._controlling = bytes(local_key.public_key) > bytes(peer_key)
+        self._rng = rng
+        self.wall_offset = wall_offset  # wall clock = now + wall_offset (probe timestamps)
+        self.local_candidates = list(local_candidates)
+        self.peer_candidates = list(peer_candidates)
+        self.local_nat = local_nat
+        self.peer_nat = peer_nat
+        self._state: State = "idle"
+        self._pairs: dict[Addr, _Pair] = {}
+        self._waiting: list[_Pair] = []  # not started yet, best first
+        self._outstanding: dict[bytes, tuple[Addr, float]] = {}
+        self._replay = wire.ReplayGuard()
+        self._out: list[tuple[bytes, Addr]] = []
+        self._events: list[PunchEvent] = []
+        self.selected: Addr | None = None
+        self.selected_rtt: float | None = None
+        self.observed: Addr | None = None  # where the peer sees us (from its pongs)
+        self.failure: str | None = None
+        self._last_switch = float("-inf")
+        self._last_pong = 0.0
+        self._next_keepalive: float | None = None
+        self._next_pace: float | None = None
+        self._deadline: float | None = None  # attempt deadline while punching
+        self._retry_at: float | None = None
+        self._backoff = 0.0
+        self._attempts = 0
+        self._sent = self._received = self._rejected = self._replays = 0
+
+    # -- public surface ------------------------------------------------------------
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    def statistics(self) -> SessionStatistics:
+        return SessionStatistics(self._sent, self._received, self._rejected, self._replays,
+                                 self._attempts, len(self._pairs))
+
+    def datagrams_to_send(self) -> list[tuple[bytes, Addr]]:
+        out, self._out = self._out, []
+        return out
+
+    def events(self) -> list[PunchEvent]:
+        out, self._events = self._events, []
+        return out
+
+    def update_peer(self, candidates: list[Candidate], nat: NatReport | None) -> None:
+        """New peer candidates/NAT report; they take effect at the next attempt."""
+        self.peer_candidates = list(candidates)
+        self.peer_nat = nat
+
+    def update_local(self, candidates: list[Candidate], nat: NatReport | None) -> None:
+        self.local_candidates = list(candidates)
+        self.local_nat = nat
+
+    def punch(self, now: float) -> None:
+        """Start an attempt now (rendezvous request, rebinding, new address)."""
+        self._start_attempt(now)
+
+    def next_deadline(self) -> float | None:
+        times: list[float] = []
+        if self._retry_at is not None:
+            times.append(self._retry_at)
+        if self._deadline is not None:
+            times.append(self._deadline)
+        if self._next_pace is not None and self._waiting:
+            times.append(self._next_pace)
+        if self._next_keepalive is not None:
+            times.append(self._next_keepalive)
+            times.append(self._last_pong + LOST_AFTER)
+        times.extend(p.next_tx for p in self._pairs.values() if self._checking(p))
+        return min(times, default=None)
+
+    def handle_timer(self, now: float) -> None:
+        if self._retry_at is not None and now >= self._retry_at:
+            self._start_attempt(now)
+        if self._next_pace is not None and self._waiting and now >= self._next_pace:
+            self._pace(now)
+        for pair in list(self._pairs.values()):
+            if self._checking(pair) and now >= pair.next_tx:
+                if now >= pair.stop_at:
+                    pair.next_tx = float("inf")  # check over, unanswered
+                    continue
+                self._send_ping(pair, now)
+                pair.rto = min(pair.rto * 2, RTO_MAX)
+                pair.next_tx = now + pair.rto
+        if self._deadline is not None and now >= self._deadline:
+            self._deadline = None
+            if self._state == "punching":
+                self._fail(now, "no candidate pair answered both ways within "
+                           f"{PUNCH_TIMEOUT:g} s", RETRY_FIRST)
+        if self._state == "connected" and self.selected is not None:
+            if now >= self._last_pong + LOST_AFTER:
+                lost = self.selected
+                self._events.append(PathLost(lost))
+                self.selected = self.selected_rtt = None
+                self._next_keepalive = None
+                self._state = "punching"
+                self._start_attempt(now)
+            elif self._next_keepalive is not None and now >= self._next_keepalive:
+                self._send_ping(self._pairs[self.selected], now)
+                self._next_keepalive = now + KEEPALIVE
+        self._expire_transactions(now)
+
+    def handle_datagram(self, data: bytes, src: Addr, now: float) -> None:
+        try:
+            msg = self._codec.open(data)
+        except ProbeParseError:
+            self._rejected += 1
+            return
+        self._received += 1
+        if msg.kind == "ping":
+            self._on_ping(msg, src, now)
+        else:
+            self._on_pong(msg, src, now)
+
+    # -- attempts --------------------------------------------------------------------
+
+    def _start_attempt(self, now: float) -> None:
+        self._attempts += 1
+        self._retry_at = None
+        self.failure = None
+        spray_delta, hopeless = assess(self.local_nat, self.peer_nat)
+        if hopeless is not None:
+            self._fail(now, hopeless, RETRY_FIRST_HOPELESS)
+            return
+        keep = {a: p for a, p in self._pairs.items() if p.kind == "prflx"}
+        self._pairs = {}
+        self._waiting = []
+        for cp in form_pairs(self.local_candidates, self.peer_candidates,
+                             controlling=self._controlling):
+            self._pairs[cp.remote] = _Pair(cp.remote, cp.kind, cp.priority)
+        for addr, pair in keep.items():  # the peer's NAT may map it again the same way
+            if addr not in self._pairs and len(self._pairs) < MAX_PAIRS:
+                pair.reset()
+                self._pairs[addr] = pair
+        if spray_delta is not None:
+            self._add_predictions(spray_delta)
+        if self.selected is not None and self.selected not in self._pairs:
+            self._pairs[self.selected] = _Pair(self.selected, "prflx",
+                                               self._prflx_priority())
+        if not self._pairs:
+            self._fail(now, "the peer has no usable candidates", RETRY_FIRST)
+            return
+        for pair in self._pairs.values():
+            pair.reset()
+        self._waiting = sorted(self._pairs.values(), key=lambda p: -p.priority)
+        if self._state != "connected":
+            self._state = "punching"
+        self._deadline = now + PUNCH_TIMEOUT
+        self._next_pace = now
+        self._pace(now)
+
+    def _add_predictions(self, delta: int) -> None:
+        srflx = []
+        for c in self.peer_candidates:
+            if c.kind in ("srflx", "portmap"):
+                try:
+                    srflx.append(parse_addr(c.address))
+                except BadCandidate:
+                    continue
+        if self.peer_nat is not None and self.peer_nat.public_endpoint:
+            try:
+                srflx.append(parse_addr(self.peer_nat.public_endpoint))
+            except BadCandidate:
+                pass
+        budget = SPRAY_BUDGET
+        prio = candidate_priority("predicted")
+        for ip, port in dict.fromkeys(srflx):
+            for k in range(1, SPRAY_BUDGET + 1):
+                guess = port + k * delta
+                if budget <= 0:
+                    return
+                if not 1 <= guess <= 65535 or (ip, guess) in self._pairs:
+                    continue
+                # Nearer guesses first: the peer's next mappings come next.
+                self._pairs[(ip, guess)] = _Pair((ip, guess), "predicted", prio - k)
+                budget -= 1
+
+    def _fail(self, now: float, reason: str, first: float) -> None:
+        self._backoff = first if self._backoff == 0 else min(self._backoff * 2, RETRY_MAX)
+        self._backoff = max(self._backoff, first)
+        jitter = self._rng.uniform(0.9, 1.1)  # two peers' retries stay close, not lockstep
+        self._retry_at = now + self._backoff * jitter
+        self._deadline = None
+        self._next_pace = None
+        self._waiting = []
+        for pair in self._pairs.values():
+            pair.next_tx = float("inf")
+        self._state = "failed"
+        self.failure = reason
+        self._events.append(PunchFailed(reason, self._retry_at))
+
+    def _pace(self, now: float) -> None:
+        """Start the next check (or a burst of predicted ones) and schedule the next."""
+        if not self._waiting:
+            self._next_pace = None
+            return
+        burst = SPRAY_BURST if self._waiting[0].kind == "predicted" else 1
+        for _ in range(burst):
+            if not self._waiting:
+                break
+            pair = self._waiting.pop(0)
+            if not pair.started:
+                self._start_check(pair, now)
+        self._next_pace = now + TA
+
+    def _start_check(self, pair: _Pair, now: float) -> None:
+        pair.started = True
+        pair.stop_at = now + PUNCH_TIMEOUT
+        pair.rto = RTO_INITIAL
+        self._send_ping(pair, now)
+        pair.next_tx = now + pair.rto
+
+    @staticmethod
+    def _checking(pair: _Pair) -> bool:
+        return pair.started and not pair.succeeded and pair.next_tx != float("inf")
+
+    # -- probes ----------------------------------------------------------------------
+
+    def _send_ping(self, pair: _Pair, now: float) -> None:
+        txid = self._rng.randbytes(wire.TXID_LEN)
+        self._outstanding[txid] = (pair.remote, now)
+        nonce = self._rng.randbytes(wire.NONCE_LEN)
+        ping = wire.Probe("ping", txid, now + self.wall_offset)
+        self._out.append((self._codec.seal(ping, nonce), pair.remote))
+        self._sent += 1
+
+    def _on_ping(self, msg: wire.Probe, src: Addr, now: float) -> None:
+        if not self._replay.accept(msg, now + self.wall_offset):
+            self._replays += 1
+            return
+        pong = wire.Probe("pong", msg.txid, now + self.wall_offset, observed=src)
+        self._out.append((self._codec.seal(pong, self._rng.randbytes(wire.NONCE_LEN)), src))
+        self._sent += 1
+        if self._state in ("idle", "failed"):
+            self._start_attempt(now)  # the peer is punching: join in
+        pair = self._pairs.get(src)
+        if pair is None:
+            if len(self._pairs) >= MAX_PAIRS + SPRAY_BUDGET:
+                return
+            pair = self._pairs[src] = _Pair(src, "prflx", self._prflx_priority())
+        pair.got_ping = True
+        if not pair.started or (not pair.succeeded and pair.next_tx == float("inf")):
+            # Triggered check (RFC 8445 §7.3.1.4): answer their ping with ours at once.
+            if pair in self._waiting:
+                self._waiting.remove(pair)
+            self._start_check(pair, now)
+            if self._state == "failed":
+                # Judged hopeless, yet the peer's ping got through: try this pair.
+                self._state = "punching"
+                self._retry_at = None
+                self._deadline = now + PUNCH_TIMEOUT
+        self._maybe_succeed(pair, now)
+
+    def _on_pong(self, msg: wire.Probe, src: Addr, now: float) -> None:
+        tx = self._outstanding.get(msg.txid)
+        if tx is None or tx[0] != src:
+            self._replays += 1  # not ours, already answered, or from elsewhere
+            return
+        del self._outstanding[msg.txid]
+        pair = self._pairs.get(src)
+        if pair is None:
+            return
+        rtt = now - tx[1]
+        pair.rtt = rtt if pair.rtt is None else 0.75 * pair.rtt + 0.25 * rtt
+        self.observed = msg.observed
+        if src == self.selected:
+            self._last_pong = now
+            self.selected_rtt = pair.rtt
+        self._maybe_succeed(pair, now)
+
+    # -- selection -------------------------------------------------------------------
+
+    def _maybe_succeed(self, pair: _Pair, now: float) -> None:
+        if pair.succeeded or not pair.got_ping or pair.rtt is None:
+            return
+        pair.succeeded = True
+        rtt = pair.rtt
+        if self.selected is None:
+            self._select(pair, now)
+            self._events.append(PathFound(pair.remote, rtt))
+            return
+        current = self._pairs.get(self.selected)
+        if current is None or self._better(pair, current, now):
+            old = self.selected
+            self._select(pair, now)
+            self._last_switch = now
+            self._events.append(PathChanged(old, pair.remote, rtt))
+
+    def _better(self, new: _Pair, cur: _Pair, now: float) -> bool:
+        if new.lan != cur.lan:
+            return new.lan
+        if cur.rtt is None or new.rtt is None or now - self._last_switch < SWITCH_HOLD:
+            return False
+        return new.rtt < cur.rtt * RTT_SWITCH_RATIO and cur.rtt - new.rtt > RTT_SWITCH_MIN
+
+    def _select(self, pair: _Pair, now: float) -> None:
+        self.selected = pair.remote
+        self.selected_rtt = pair.rtt
+        self._state = "connected"
+        self.failure = None
+        self._backoff = 0.0
+        self._retry_at = None
+        self._last_pong = now
+        self._next_keepalive = now + KEEPALIVE
+
+    def _prflx_priority(self) -> int:
+        local = candidate_priority("host")
+        remote = candidate_priority("prflx")
+        g, d = (local, remote) if self._controlling else (remote, local)
+        return pair_priority(g, d)
+
+    def _expire_transactions(self, now: float) -> None:
+        if len(self._outstanding) < 256:
+            return
+        cutoff = now - TX_LIFETIME
+        self._outstanding = {t: v for t, v in self._outstanding.items() if v[1] >= cutoff}
