@@ -27,6 +27,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from nacl.public import PrivateKey
+
+from punchd.discovery.classify import NatClassifier
+from punchd.punch.candidates import candidate, parse_addr
+from punchd.punch.session import PunchEvent, PunchSession
+from punchd.wire.api import NatReport
+from signal_server.stun_server import StunCore
+
 Addr = tuple[str, int]
 
 
@@ -276,3 +284,127 @@ class Simulation:
                 return stop is not None and stop()
             self.step()
         raise AssertionError("simulation did not settle (a busy loop?)")
+
+
+# -- two punchd nodes behind simulated NATs ------------------------------------------------
+
+STUN_PRIMARY, STUN_OTHER = ("192.0.2.10", 3478), ("192.0.2.11", 3479)
+WG_PORT = 51820
+
+# The lab's NAT names (netns_tests use the same words) as RFC 4787 behaviours.
+NAT_KINDS: dict[str, tuple[str, str, str] | None] = {  # mapping, filtering, ports
+    "none": None,
+    "cone": ("eim", "eif", "preserve"),  # full cone
+    "rc": ("eim", "adf", "preserve"),  # address-restricted cone
+    "prc": ("eim", "apdf", "preserve"),  # port-restricted cone
+    "adm": ("adm", "apdf", "sequential"),
+    "symseq": ("apdm", "apdf", "sequential"),
+    "sym": ("apdm", "apdf", "random"),
+}
+
+
+def discover(nat: Nat | None, local: Addr, now: float = 0.0) -> NatReport:
+    """What punchd's discovery reports through ``nat``: the real classifier against the
+    real STUN server core, datagrams translated by the simulated NAT."""
+    server = StunCore(STUN_PRIMARY, STUN_OTHER)
+    clf = NatClassifier(STUN_PRIMARY, local[1], now=now)
+    for _ in range(200):
+        while (out := clf.datagram_to_send(now)) is not None:
+            data, dest = out
+            src = nat.outbound(local, dest, now) if nat else local
+            answer = server.handle(data, src, dest)
+            if answer is not None:
+                delivered = nat.inbound(answer[1], src[1], now) if nat else local
+                if delivered == local:
+                    clf.handle_datagram(answer[0], answer[1], now)
+        if clf.done:
+            return clf.report()
+        deadline = clf.next_deadline()
+        assert deadline is not None
+        now = deadline
+        clf.handle_timer(now)
+    raise AssertionError("classifier did not finish")
+
+
+class Node:
+    """A punch session as a simulated endpoint; records its events with their times."""
+
+    def __init__(self, name: str, addr: Addr, nat: Nat | None) -> None:
+        self.name, self.addr, self.nat = name, addr, nat
+        self.key = PrivateKey(bytes([len(name)]) * 31 + name[:1].encode())
+        self.report = discover(nat, addr)
+        self.candidates = [candidate("host", addr)]
+        if self.report.public_endpoint and parse_addr(self.report.public_endpoint) != addr:
+            self.candidates.append(candidate("srflx", parse_addr(self.report.public_endpoint)))
+        self.session: PunchSession | None = None
+        self.log: list[tuple[float, PunchEvent]] = []
+
+    def connect(self, peer: Node, rng: random.Random, now: float = 0.0,
+                share_nat_reports: bool = True) -> PunchSession:
+        self.session = PunchSession(
+            local_key=self.key, peer_key=peer.key.public_key,
+            local_candidates=self.candidates, peer_candidates=peer.candidates,
+            peer_nat=peer.report if share_nat_reports else None,
+            local_nat=self.report if share_nat_reports else None, now=now, rng=rng)
+        return self.session
+
+    @property
+    def s(self) -> PunchSession:
+        assert self.session is not None
+        return self.session
+
+    def punch(self, now: float) -> None:
+        self.s.punch(now)
+        self._collect(now)
+
+    def _collect(self, now: float) -> None:
+        self.log.extend((now, e) for e in self.s.events())
+
+    def handle_datagram(self, data: bytes, src: Addr, now: float) -> None:
+        self.s.handle_datagram(data, src, now)
+        self._collect(now)
+
+    def handle_timer(self, now: float) -> None:
+        self.s.handle_timer(now)
+        self._collect(now)
+
+    def next_deadline(self) -> float | None:
+        return self.s.next_deadline()
+
+    def datagrams_to_send(self) -> list[tuple[bytes, Addr]]:
+        self._collect(float("nan"))
+        return self.s.datagrams_to_send()
+
+    def first(self, kind: type[PunchEvent]) -> tuple[float, PunchEvent] | None:
+        return next(((t, e) for t, e in self.log if isinstance(e, kind)), None)
+
+
+def build_pair(kind_a: str, kind_b: str, *, seed: int = 0, same_nat: bool = False,
+               share_nat_reports: bool = True, **net_kw: float) -> tuple[Simulation, Node, Node]:
+    """Two nodes behind NATs of the given kinds (see NAT_KINDS), sessions created, not
+    punching yet. ``same_nat``: both behind A's NAT (hairpin off, LAN reachable)."""
+    net = Network(seed=seed, **net_kw)
+    sim = Simulation(net)
+    net.attach(STUN_PRIMARY, None, lambda *_: None)
+
+    def make_nat(kind: str, ip: str, nat_seed: int) -> Nat | None:
+        spec = NAT_KINDS[kind]
+        if spec is None:
+            return None
+        return net.add_nat(Nat(ip, mapping=spec[0], filtering=spec[1], ports=spec[2],
+                               seed=nat_seed))
+
+    nat_a = make_nat(kind_a, "198.51.100.1", seed * 2 + 1)
+    a = Node("a", ("10.0.1.2", WG_PORT) if nat_a else ("192.0.2.101", WG_PORT), nat_a)
+    if same_nat:
+        nat_b, addr_b = nat_a, ("10.0.1.3", WG_PORT)
+    else:
+        nat_b = make_nat(kind_b, "203.0.113.1", seed * 2 + 2)
+        addr_b = ("10.0.2.2", WG_PORT) if nat_b else ("192.0.2.102", WG_PORT)
+    b = Node("b", addr_b, nat_b)
+    rng = random.Random(seed)
+    a.connect(b, rng, share_nat_reports=share_nat_reports)
+    b.connect(a, rng, share_nat_reports=share_nat_reports)
+    sim.add(a, a.addr, a.nat)
+    sim.add(b, b.addr, b.nat)
+    return sim, a, b

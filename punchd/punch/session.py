@@ -88,6 +88,7 @@ SPRAY_BURST = 16  # predicted ports started per Ta tick
 MAX_PORT_DELTA = 64  # larger or inconsistent deltas are not predictable
 KEEPALIVE = 2.0  # RFC 4787 REQ-5 allows NATs 2 min; many use 30 s. Cheap, so often.
 LOST_AFTER = 5.0  # no pong on the selected path for this long -> lost
+KEEPALIVE_RETRY = 0.5  # keepalive pace while a pong is overdue
 RETRY_FIRST = 10.0
 RETRY_FIRST_HOPELESS = 60.0
 RETRY_MAX = 300.0
@@ -127,7 +128,7 @@ class SessionStatistics(Struct, frozen=True):
     probes_sent: int
     probes_received: int
     rejected: int  # did not parse or authenticate
-    replays: int  # authentic but replayed or stale
+    replays: int  # authentic but replayed, duplicated or stale
     attempts: int
     pairs: int
 
@@ -179,7 +180,8 @@ def assess(local: NatReport | None, peer: NatReport | None) -> tuple[int | None,
 
 
 def predictable_delta(nat: NatReport) -> int | None:
-    deltas = set(nat.port_deltas)
+    # Zero deltas are a mapping reused (address-dependent mapping, same IP): no step.
+    deltas = {d for d in nat.port_deltas if d}
     if len(deltas) != 1:
         return None
     (delta,) = deltas
@@ -213,6 +215,7 @@ class PunchSession:
         self._last_switch = float("-inf")
         self._last_pong = 0.0
         self._next_keepalive: float | None = None
+        self._ka_sent = 0.0
         self._next_pace: float | None = None
         self._deadline: float | None = None  # attempt deadline while punching
         self._retry_at: float | None = None
@@ -292,8 +295,15 @@ class PunchSession:
                 self._state = "punching"
                 self._start_attempt(now)
             elif self._next_keepalive is not None and now >= self._next_keepalive:
-                self._send_ping(self._pairs[self.selected], now)
-                self._next_keepalive = now + KEEPALIVE
+                # The timer fires KEEPALIVE_RETRY after each keepalive: answered -> the
+                # next one KEEPALIVE after it; unanswered -> ask again at once, so a
+                # lost datagram or two is not mistaken for a lost path.
+                if self._last_pong >= self._ka_sent and now < self._ka_sent + KEEPALIVE:
+                    self._next_keepalive = self._ka_sent + KEEPALIVE
+                else:
+                    self._send_ping(self._pairs[self.selected], now)
+                    self._ka_sent = now
+                    self._next_keepalive = now + KEEPALIVE_RETRY
         self._expire_transactions(now)
 
     def handle_datagram(self, data: bytes, src: Addr, now: float) -> None:
@@ -490,13 +500,20 @@ class PunchSession:
         return new.rtt < cur.rtt * RTT_SWITCH_RATIO and cur.rtt - new.rtt > RTT_SWITCH_MIN
 
     def _select(self, pair: _Pair, now: float) -> None:
+        # Guesses are only worth their datagrams until something works; and nothing
+        # replaces a LAN path but another LAN path.
+        for other in self._pairs.values():
+            if other.kind == "predicted" or (pair.lan and not other.lan):
+                other.next_tx = float("inf")
+        self._waiting = [p for p in self._waiting
+                         if p.kind != "predicted" and (p.lan or not pair.lan)]
         self.selected = pair.remote
         self.selected_rtt = pair.rtt
         self._state = "connected"
         self.failure = None
         self._backoff = 0.0
         self._retry_at = None
-        self._last_pong = now
+        self._last_pong = self._ka_sent = now
         self._next_keepalive = now + KEEPALIVE
 
     def _prflx_priority(self) -> int:
