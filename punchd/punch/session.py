@@ -56,6 +56,7 @@ only once (timestamp window + seen-id cache, :class:`punchd.wire.probe.ReplayGua
 
 from __future__ import annotations
 
+import ipaddress
 import random
 from typing import Literal
 
@@ -83,6 +84,7 @@ TA = 0.05
 RTO_INITIAL = 0.1
 RTO_MAX = 1.0
 PUNCH_TIMEOUT = 5.0  # an attempt without any successful pair fails after this
+LAN_TIMEOUT = 1.0  # when only LAN pairs can work: their answer comes fast or never
 SPRAY_BUDGET = 64  # predicted ports per attempt
 SPRAY_BURST = 16  # predicted ports started per Ta tick
 MAX_PORT_DELTA = 64  # larger or inconsistent deltas are not predictable
@@ -99,6 +101,8 @@ TX_LIFETIME = 10.0  # outstanding transaction ids are forgotten after this
 
 State = Literal["idle", "punching", "connected", "failed"]
 _DEPENDENT = ("address-dependent", "address-and-port-dependent")
+_LAN_NETS = [ipaddress.ip_network(n) for n in (
+    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7", "fe80::/10")]
 
 
 class PathFound(Struct, frozen=True, tag=True):
@@ -154,7 +158,14 @@ class _Pair:
 
     @property
     def lan(self) -> bool:
-        return self.kind == "host"
+        """A host candidate, or a peer-reflexive one in private space (RFC 1918, ULA,
+        link-local): a path that does not cross a NAT."""
+        if self.kind == "host":
+            return True
+        if self.kind != "prflx":
+            return False
+        ip = ipaddress.ip_address(self.remote[0])
+        return any(ip in net for net in _LAN_NETS if net.version == ip.version)
 
 
 def assess(local: NatReport | None, peer: NatReport | None) -> tuple[int | None, str | None]:
@@ -212,6 +223,7 @@ class PunchSession:
         self.selected_rtt: float | None = None
         self.observed: Addr | None = None  # where the peer sees us (from its pongs)
         self.failure: str | None = None
+        self._hopeless: str | None = None  # assess()'s verdict for this attempt
         self._last_switch = float("-inf")
         self._last_pong = 0.0
         self._next_keepalive: float | None = None
@@ -283,7 +295,9 @@ class PunchSession:
                 pair.next_tx = now + pair.rto
         if self._deadline is not None and now >= self._deadline:
             self._deadline = None
-            if self._state == "punching":
+            if self._state == "punching" and self._hopeless is not None:
+                self._fail(now, self._hopeless, RETRY_FIRST_HOPELESS)
+            elif self._state == "punching":
                 self._fail(now, "no candidate pair answered both ways within "
                            f"{PUNCH_TIMEOUT:g} s", RETRY_FIRST)
         if self._state == "connected" and self.selected is not None:
@@ -325,9 +339,7 @@ class PunchSession:
         self._retry_at = None
         self.failure = None
         spray_delta, hopeless = assess(self.local_nat, self.peer_nat)
-        if hopeless is not None:
-            self._fail(now, hopeless, RETRY_FIRST_HOPELESS)
-            return
+        self._hopeless = hopeless
         keep = {a: p for a, p in self._pairs.items() if p.kind == "prflx"}
         self._pairs = {}
         self._waiting = []
@@ -343,6 +355,12 @@ class PunchSession:
         if self.selected is not None and self.selected not in self._pairs:
             self._pairs[self.selected] = _Pair(self.selected, "prflx",
                                                self._prflx_priority())
+        if hopeless is not None:
+            # Through the NATs it cannot work; two hosts on one LAN still can, directly.
+            self._pairs = {a: p for a, p in self._pairs.items() if p.lan}
+            if not self._pairs:
+                self._fail(now, hopeless, RETRY_FIRST_HOPELESS)
+                return
         if not self._pairs:
             self._fail(now, "the peer has no usable candidates", RETRY_FIRST)
             return
@@ -351,7 +369,7 @@ class PunchSession:
         self._waiting = sorted(self._pairs.values(), key=lambda p: -p.priority)
         if self._state != "connected":
             self._state = "punching"
-        self._deadline = now + PUNCH_TIMEOUT
+        self._deadline = now + (PUNCH_TIMEOUT if hopeless is None else LAN_TIMEOUT)
         self._next_pace = now
         self._pace(now)
 
