@@ -114,6 +114,13 @@ def test_rate_limiter_per_prefix() -> None:
     assert rrl.allow("192.0.2.7", 101.0) is True  # refilled
 
 
+def test_rate_limiter_ipv6_buckets_are_56s() -> None:
+    rrl = RateLimiter(rate=10, burst=2)
+    assert rrl.allow("2001:db8:0:100::1", 0.0) and rrl.allow("2001:db8:0:1ff::2", 0.0)
+    assert rrl.allow("2001:db8:0:1ab:ffff::3%lo", 0.0) is False  # same /56, zone id ignored
+    assert rrl.allow("2001:db8:0:200::1", 0.0) is True  # the next /56
+
+
 def test_validate_record() -> None:
     assert validate_record("a", "WWW", "198.19.0.1").name == "www"
     for rtype, name, value, field in [("A", "x", "fd00::1", "value"), ("MX", "x", "y", "rtype"),
