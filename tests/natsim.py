@@ -340,12 +340,13 @@ class Node:
         self.log: list[tuple[float, PunchEvent]] = []
 
     def connect(self, peer: Node, rng: random.Random, now: float = 0.0,
-                share_nat_reports: bool = True) -> PunchSession:
+                share_nat_reports: bool = True, own_report: bool = True) -> PunchSession:
         self.session = PunchSession(
             local_key=self.key, peer_key=peer.key.public_key,
             local_candidates=self.candidates, peer_candidates=peer.candidates,
             peer_nat=peer.report if share_nat_reports else None,
-            local_nat=self.report if share_nat_reports else None, now=now, rng=rng)
+            local_nat=self.report if share_nat_reports and own_report else None,
+            now=now, rng=rng)
         return self.session
 
     @property
@@ -380,9 +381,12 @@ class Node:
 
 
 def build_pair(kind_a: str, kind_b: str, *, seed: int = 0, same_nat: bool = False,
-               share_nat_reports: bool = True, **net_kw: float) -> tuple[Simulation, Node, Node]:
+               share_nat_reports: bool = True, own_report: bool = True,
+               **net_kw: float) -> tuple[Simulation, Node, Node]:
     """Two nodes behind NATs of the given kinds (see NAT_KINDS), sessions created, not
-    punching yet. ``same_nat``: both behind A's NAT (hairpin off, LAN reachable)."""
+    punching yet. ``same_nat``: both behind A's NAT (hairpin off, LAN reachable).
+    ``share_nat_reports=False``: sessions know no NAT report; ``own_report=False``: each
+    knows only the peer's (the brief's minimal constructor)."""
     net = Network(seed=seed, **net_kw)
     sim = Simulation(net)
     net.attach(STUN_PRIMARY, None, lambda *_: None)
@@ -403,8 +407,8 @@ def build_pair(kind_a: str, kind_b: str, *, seed: int = 0, same_nat: bool = Fals
         addr_b = ("10.0.2.2", WG_PORT) if nat_b else ("192.0.2.102", WG_PORT)
     b = Node("b", addr_b, nat_b)
     rng = random.Random(seed)
-    a.connect(b, rng, share_nat_reports=share_nat_reports)
-    b.connect(a, rng, share_nat_reports=share_nat_reports)
+    a.connect(b, rng, share_nat_reports=share_nat_reports, own_report=own_report)
+    b.connect(a, rng, share_nat_reports=share_nat_reports, own_report=own_report)
     sim.add(a, a.addr, a.nat)
     sim.add(b, b.addr, b.nat)
     return sim, a, b

@@ -110,8 +110,12 @@ def nat(mapping: str, filtering: str, deltas: tuple[int, ...] = ()) -> NatReport
     (nat(APDM, APDM, (7, 93)), nat(EIM, APDM), None, True),  # same verdict, other side
     (nat(EIM, ADM), nat(APDM, APDM, (7, 93)), None, False),  # ADF lets it in
     (nat(EIM, EIM), nat(APDM, APDM, (7, 93)), None, False),
-    (nat(APDM, EIM, (1, 1)), nat(ADM, APDM, (1, 0)), None, True),  # both dependent
-    (None, nat(APDM, APDM, (1, 1)), None, False),  # our own NAT unknown: just try
+    (nat(APDM, EIM, (1, 1)), nat(APDM, APDM, (1, 1)), None, True),  # both symmetric
+    (nat(APDM, EIM, (1, 1)), nat(ADM, APDM, (1, 0)), 1, False),  # both guess, can meet
+    (nat(ADM, APDM, (3, 0)), nat(ADM, APDM, (1, 0)), 1, False),
+    (nat(ADM, APDM, (3, 0)), nat(APDM, APDM, (7, 93)), None, True),
+    (None, nat(APDM, APDM, (1, 1)), 1, False),  # our own NAT unknown: guess anyway
+    (nat(APDM, APDM, (1, 1)), None, None, False),
 ])
 def test_assess(local: NatReport | None, peer: NatReport | None, spray: int | None,
                 hopeless: bool) -> None:

@@ -38,10 +38,12 @@ them in (endpoint-independent or address-dependent filtering) that port shows up
 peer-reflexive pair by itself. If our NAT filters per address and port, we spray
 pings at predicted ports (the peer's server-reflexive port plus multiples of the
 port delta discovery measured), bounded by ``SPRAY_BUDGET``; each spray opens our
-filter for that port. When both NATs map per destination, or the peer's ports are
-unpredictable and we filter per port, the attempt fails at once with the reason, so
-the pair goes to the relay; both sides reach the same verdict from the same two
-NAT reports.
+filter for that port. When both NATs map per destination, both spray, which meets
+only if both step predictably and one maps per address (its guesses share a port).
+Otherwise (both symmetric, or the peer's ports are random and we filter per port)
+the attempt gives up on public pairs at once, tries LAN pairs for ``LAN_TIMEOUT``
+(two hosts behind one NAT) and fails with the reason, so the pair goes to the relay;
+both sides reach the same verdict from the same two NAT reports (:func:`assess`).
 
 Failure and retry. No pair within ``PUNCH_TIMEOUT`` -> PunchFailed(reason) and a
 retry after a backoff (10 s doubling to 5 min; 60 s first when it cannot work); never
@@ -175,12 +177,19 @@ def assess(local: NatReport | None, peer: NatReport | None) -> tuple[int | None,
     """
     local_dep = local is not None and local.mapping in _DEPENDENT
     peer_dep = peer is not None and peer.mapping in _DEPENDENT
-    if local_dep and peer_dep:
+    if local and peer and local_dep and peer_dep:
+        # Both guess. That can only meet when one side's guesses all leave from one port
+        # (address-dependent mapping: one port per peer IP) and both step predictably.
+        both_predictable = predictable_delta(local) and predictable_delta(peer)
+        if both_predictable and "address-dependent" in (local.mapping, peer.mapping):
+            return predictable_delta(peer), None
         return None, "both NATs map per destination (symmetric/symmetric): needs the relay"
     for dep, other, who in ((peer, local, "peer"), (local, peer, "local")):
         if dep is None or dep.mapping not in _DEPENDENT:
             continue
-        if other is None or other.filtering != "address-and-port-dependent":
+        if other is None:  # our own NAT not known yet: guessing is cheap and bounded
+            return (predictable_delta(dep) if who == "peer" else None), None
+        if other.filtering != "address-and-port-dependent":
             return None, None  # its pings get in by themselves (prflx)
         delta = predictable_delta(dep)
         if delta is None:
