@@ -29,7 +29,7 @@ def classify(nat: Nat | None) -> NatClassifier:
             answer = server.handle(data, src, dest)
             if answer is None:
                 continue
-            reply, reply_from = answer
+            reply, reply_from, _ = answer
             delivered = nat.inbound(reply_from, src[1]) if nat else LOCAL
             if delivered == LOCAL:
                 clf.handle_datagram(reply, reply_from, now + 0.005)
