@@ -12,6 +12,13 @@ change or use it:
   applies the diff (:mod:`punchd.daemon.reconcile`), on every model change and every
   few seconds, which also repairs drift and a restarted wireguard-go;
 * the *publish* task sends this node's candidates to the server when they change.
+
+With discovery running and hole punching enabled for the network, a punch session
+per peer (:mod:`punchd.daemon.punching`) finds the direct path; its verdicts become
+path decisions here. Until a session has a path, the peer is in WireGuard without an
+endpoint and without keepalive, so WireGuard sends no handshake that would be lost:
+its first handshake goes out the moment the endpoint is set (turning keepalive on
+makes WireGuard send at once), instead of after its 5 s retry timer.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import ipaddress
 import logging
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import msgspec
@@ -30,12 +37,15 @@ from punchd import resolver
 from punchd.discovery.service import Discovery, parse_addr
 from punchd.discovery.sharedsock import SharedPortSocket
 from punchd.errors import APIError, PunchdError, ServerUnreachable, WireGuardError
+from punchd.punch.candidates import format_addr
+from punchd.punch.session import PathChanged, PathFound, PathLost, PunchEvent, PunchFailed
 from punchd.serverapi import ServerClient
 from punchd.wg.base import LinkConfig, WgDeviceState, WgPeer, WireGuardBackend, public_key
 from punchd.wire import api
 
 from . import hostaddrs
 from .paths import PathDecision, choose_endpoint, host_candidates, path_kind
+from .punching import Punching
 from .reconcile import DesiredDevice, RemovePeer, SetDevice, SetPeer, plan
 from .state import NetworkConfig, NetworkKeys, StateDir
 
@@ -109,6 +119,7 @@ class NetworkAgent:
         self._dns_applied: api.MeshDns | None = None
         self.dns_outcome: str | None = None
         self.discovery: Discovery | None = None
+        self.punching: Punching | None = None
         self.nat: api.NatReport | None = None
 
     @property
@@ -148,6 +159,10 @@ class NetworkAgent:
             return
         self.discovery = Discovery(sock, parse_addr(self.model.stun))
         await nursery.start(self.discovery.run)
+        if self.model.network is None or self.model.network.hole_punching:
+            self.punching = Punching(sock, self.keys.probe, self._on_punch_event)
+            await nursery.start(self.punching.run)
+            self.discovery.on_probe = self.punching.route
 
     # -- interface and reconciliation ------------------------------------------------------
 
@@ -169,9 +184,12 @@ class NetworkAgent:
                 for a in (peer.ipv4, peer.ipv6) if a
             )
             decision = self.paths.get(peer.id)
-            peers.append(WgPeer(public_key=peer.wg_public_key,
-                                endpoint=decision.endpoint if decision else None,
-                                allowed_ips=allowed, persistent_keepalive=keepalive))
+            endpoint = decision.endpoint if decision else None
+            # No keepalive before the first endpoint: see the module docstring.
+            known = endpoint is not None or peer.wg_public_key in self._applied_endpoints
+            peers.append(WgPeer(public_key=peer.wg_public_key, endpoint=endpoint,
+                                allowed_ips=allowed,
+                                persistent_keepalive=keepalive if known else 0))
         changed = frozenset(p.public_key for p in peers if p.endpoint is not None
                             and self._applied_endpoints.get(p.public_key) not in (None, p.endpoint))
         return DesiredDevice(private_key_public=public_key(self.keys.wireguard),
@@ -187,16 +205,51 @@ class NetworkAgent:
                           mtu=network.mtu)
 
     def decide_paths(self) -> None:
+        """Per peer: the punched path; else, while punching, nothing yet; else a guess."""
         local_only = bool(self.model.network and self.model.network.local_only)
         for peer in self.model.peers.values():
+            session = self.punching.session(peer.id) if self.punching else None
+            if session is not None and session.selected is not None:
+                rtt = session.selected_rtt
+                self.paths[peer.id] = PathDecision(
+                    endpoint=format_addr(session.selected), kind="direct", source="punch",
+                    rtt_ms=round(rtt * 1000, 2) if rtt is not None else None)
+                continue
+            punching_soon = self.punching is not None and (
+                (session is None and not self.punching.ready) or
+                (session is not None and session.state == "punching"))
+            if punching_soon and peer.wg_public_key not in self._applied_endpoints:
+                self.paths[peer.id] = PathDecision(endpoint=None, kind="direct",
+                                                   source="pending")
+                continue
             current = self.paths.get(peer.id)
-            if current is not None and current.kind == "direct" and current.endpoint and \
-                    any(c.address == current.endpoint for c in peer.candidates):
+            if current is not None and current.source == "candidate" and current.endpoint \
+                    and any(c.address == current.endpoint for c in peer.candidates):
                 continue  # keep a chosen endpoint while the peer still offers it
             endpoint = choose_endpoint(peer, self._local_networks, local_only=local_only)
             self.paths[peer.id] = PathDecision(endpoint=endpoint, kind="direct")
         for gone in set(self.paths) - set(self.model.peers):
             del self.paths[gone]
+
+    def _on_punch_event(self, node_id: str, event: PunchEvent) -> None:
+        peer = self.model.peers.get(node_id)
+        name = peer.name if peer else node_id
+        if isinstance(event, PathFound):
+            log.info("%s: direct path to %s via %s (%.1f ms)", self.name, name,
+                     format_addr(event.addr), event.rtt * 1000)
+        elif isinstance(event, PathChanged):
+            log.info("%s: path to %s moves %s -> %s (%.1f ms)", self.name, name,
+                     format_addr(event.old), format_addr(event.new), event.rtt * 1000)
+        elif isinstance(event, PathLost):
+            log.info("%s: path to %s via %s lost; punching again", self.name, name,
+                     format_addr(event.addr))
+        elif isinstance(event, PunchFailed):
+            log.info("%s: no direct path to %s: %s", self.name, name, event.reason)
+        self.poke()
+
+    def _sync_punching(self) -> None:
+        if self.punching is not None:
+            self.punching.sync_peers(self.model.peers.values())
 
     async def reconcile_once(self) -> int:
         """One pass: returns the number of operations applied."""
@@ -245,6 +298,7 @@ class NetworkAgent:
         """Resync the whole model from the server now."""
         snap = await self.client.get_state()
         self.model.apply_snapshot(snap)
+        self._sync_punching()
         await self.configure_resolver()
         self.poke()
 
@@ -275,6 +329,9 @@ class NetworkAgent:
                             self.removed = True
                             log.warning("%s: this node was deleted on the server", self.name)
                         self.model.apply(event)
+                        self._sync_punching()
+                        if isinstance(event, api.PunchRequest):
+                            self._rendezvous(event)
                         self.poke()
             except (ServerUnreachable, APIError) as exc:
                 self.last_error = str(exc)
@@ -287,6 +344,13 @@ class NetworkAgent:
             await trio.sleep(self._rng.uniform(0, backoff))
             backoff = min(BACKOFF_MAX_S, backoff * 2)
 
+    def _rendezvous(self, request: api.PunchRequest) -> None:
+        me = self.model.node.id if self.model.node else None
+        if self.punching is None or me not in request.nodes:
+            return
+        other = request.nodes[1] if request.nodes[0] == me else request.nodes[0]
+        self.punching.punch(other)
+
     async def _publish_loop(self) -> None:
         while not self.removed:
             try:
@@ -297,38 +361,62 @@ class NetworkAgent:
                              self._published is not None else 1.0)
 
     async def publish_candidates(self, *, force: bool = False) -> None:
-        """Host candidates, plus the server-reflexive one when discovery works."""
+        """Host candidates, plus the server-reflexive one when discovery works.
+
+        A new public endpoint is published the moment the first STUN answer gives it
+        (peers start punching on it), the NAT's behaviour when classification ends.
+        """
         addresses = await hostaddrs.local_addresses(self._exclude)
         self._local_networks = [ipaddress.ip_interface(a).network for a in addresses]
-        candidates = host_candidates(addresses, self.config.listen_port)
-        nat = await self.netcheck_quietly()
-        if nat is not None and nat.public_endpoint:
-            # RFC 8445 §5.1.2.1: server-reflexive type preference 100.
-            srflx = api.Candidate(kind="srflx", address=nat.public_endpoint,
-                                  priority=(100 << 24) + (65535 << 8) + 255)
-            if srflx.address not in {c.address for c in candidates}:
-                candidates = (*candidates, srflx)
+        host = host_candidates(addresses, self.config.listen_port)
+        early: list[str] = []
+        endpoint_known = trio.Event()
+        report: list[api.NatReport | None] = []
+
+        def on_endpoint(endpoint: str) -> None:
+            early.append(endpoint)
+            endpoint_known.set()
+
+        async def classify() -> None:
+            report.append(await self.netcheck_quietly(on_endpoint))
+            endpoint_known.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(classify)
+            await endpoint_known.wait()
+            if early and (self.nat is None or self.nat.public_endpoint != early[0]):
+                await self._publish(_with_srflx(host, early[0]),
+                                    api.NatReport(public_endpoint=early[0]), force=False)
+        nat = report[0]
+        await self._publish(_with_srflx(host, nat.public_endpoint if nat else None), nat,
+                            force=force)
+
+    async def _publish(self, candidates: tuple[api.Candidate, ...], nat: api.NatReport | None,
+                       *, force: bool) -> None:
+        if self.punching is not None:
+            self.punching.update_local(candidates, nat)
         if candidates != self._published or nat != self.nat or force:
             await self.client.update_self(api.NodeUpdate(candidates=candidates, nat=nat))
             self._published = candidates
             self.nat = nat
 
-    async def netcheck_quietly(self) -> api.NatReport | None:
+    async def netcheck_quietly(self, on_endpoint: Callable[[str], None] | None = None
+                               ) -> api.NatReport | None:
         if self.model.stun is None or self.discovery is None:
             return None  # no STUN offered, or no raw sockets: host candidates only
         try:
-            return await self.netcheck()
+            return await self.netcheck(on_endpoint)
         except PunchdError as exc:
             self.last_error = str(exc)
             return None
 
-    async def netcheck(self) -> api.NatReport:
+    async def netcheck(self, on_endpoint: Callable[[str], None] | None = None) -> api.NatReport:
         """Classify this node's NAT as seen from WireGuard's own port (RFC 5780)."""
         if self.model.stun is None:
             raise PunchdError("the signal server offers no STUN address (serve --stun)")
         if self.discovery is None:
             raise PunchdError("discovery is not running (raw sockets need CAP_NET_RAW)")
-        return await self.discovery.netcheck()
+        return await self.discovery.netcheck(on_endpoint)
 
     # -- status --------------------------------------------------------------------------------
 
@@ -357,6 +445,7 @@ class NetworkAgent:
                 "tx_bytes": wg.tx_bytes if wg else 0,
                 "in_wireguard": wg is not None,
                 "nat": msgspec.to_builtins(peer.nat),
+                "punch": self._punch_status(peer.id),
             })
         node = self.model.node
         return {
@@ -377,6 +466,17 @@ class NetworkAgent:
             "peers": peers,
         }
 
+    def _punch_status(self, node_id: str) -> dict[str, object] | None:
+        session = self.punching.session(node_id) if self.punching else None
+        if session is None:
+            return None
+        stats = session.statistics()
+        return {"state": session.state, "failure": session.failure,
+                "attempts": stats.attempts, "probes_sent": stats.probes_sent,
+                "probes_received": stats.probes_received, "rejected": stats.rejected,
+                "replays": stats.replays,
+                "observed": format_addr(session.observed) if session.observed else None}
+
     async def leave(self) -> None:
         """Deregister, then remove the interface and the state."""
         try:
@@ -391,3 +491,11 @@ class NetworkAgent:
                                                   resolved=resolver.resolved_running()))
         await self.backend.delete_interface(self.config.interface)
         self.state.remove(self.name)
+
+
+def _with_srflx(host: tuple[api.Candidate, ...], endpoint: str | None) -> tuple[api.Candidate, ...]:
+    if not endpoint or endpoint in {c.address for c in host}:
+        return host
+    # RFC 8445 §5.1.2.1: server-reflexive type preference 100.
+    return (*host, api.Candidate(kind="srflx", address=endpoint,
+                                 priority=(100 << 24) + (65535 << 8) + 255))
