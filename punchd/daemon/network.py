@@ -18,11 +18,18 @@ per peer (:mod:`punchd.daemon.punching`) finds the direct path; its verdicts bec
 path decisions here. Until a session has a path, the peer is in WireGuard without an
 endpoint and without keepalive, so WireGuard sends no handshake that would be lost:
 its first handshake goes out the moment the endpoint is set (turning keepalive on
-makes WireGuard send at once), instead of after its 5 s retry timer.
+makes WireGuard send at once), instead of after its 5 s retry timer. Only one side
+starts that handshake — the one with the larger probe key, as in the punch session —
+because two initiations that cross make each side answer the other's and drop the
+answer to its own, and neither handshake completes until the 5 s retry. The other
+side turns its keepalive on when the handshake has happened, or after
+``HANDSHAKE_WAIT_S`` if it never comes.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import logging
 import random
@@ -55,6 +62,7 @@ RECONCILE_INTERVAL_S = 2.0
 CANDIDATE_INTERVAL_S = 25.0
 BACKOFF_MIN_S = 0.5
 BACKOFF_MAX_S = 30.0
+HANDSHAKE_WAIT_S = 1.0  # the responder waits this long for the initiator's handshake
 
 
 @dataclass
@@ -120,6 +128,8 @@ class NetworkAgent:
         self.dns_outcome: str | None = None
         self.discovery: Discovery | None = None
         self.punching: Punching | None = None
+        self._path_found_at: dict[str, float] = {}  # peer id -> trio time of PathFound
+        self._nursery: trio.Nursery | None = None
         self.nat: api.NatReport | None = None
 
     @property
@@ -134,6 +144,7 @@ class NetworkAgent:
             try:
                 await self.ensure_interface()
                 async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
                     await self._start_discovery(nursery)
                     nursery.start_soon(self._stream_loop)
                     nursery.start_soon(self._reconcile_loop)
@@ -172,9 +183,11 @@ class NetworkAgent:
         await self.backend.set_device(ifname, private_key=self.keys.wireguard,
                                       listen_port=self.config.listen_port)
 
-    def desired(self) -> DesiredDevice:
+    def desired(self, actual: WgDeviceState | None = None) -> DesiredDevice:
         network = self.model.network
         keepalive = network.keepalive if network else 25
+        handshaken = {p.public_key for p in actual.peers if p.last_handshake} if actual else set()
+        now = trio.current_time()
         peers = []
         for peer in self.model.peers.values():
             if not peer.approved:
@@ -185,8 +198,14 @@ class NetworkAgent:
             )
             decision = self.paths.get(peer.id)
             endpoint = decision.endpoint if decision else None
-            # No keepalive before the first endpoint: see the module docstring.
+            # No keepalive before the first endpoint, and on a punched path only one
+            # side starts the handshake: see the module docstring.
             known = endpoint is not None or peer.wg_public_key in self._applied_endpoints
+            found = self._path_found_at.get(peer.id)
+            if known and decision is not None and decision.source == "punch" \
+                    and found is not None and peer.wg_public_key not in handshaken \
+                    and not self._initiator(peer) and now - found < HANDSHAKE_WAIT_S:
+                known = False
             peers.append(WgPeer(public_key=peer.wg_public_key, endpoint=endpoint,
                                 allowed_ips=allowed,
                                 persistent_keepalive=keepalive if known else 0))
@@ -215,9 +234,11 @@ class NetworkAgent:
                     endpoint=format_addr(session.selected), kind="direct", source="punch",
                     rtt_ms=round(rtt * 1000, 2) if rtt is not None else None)
                 continue
+            # No session yet means one is about to start (sessions begin right after
+            # the peer is in WireGuard): guessing an endpoint now would send a
+            # handshake before the NATs are open, lost for WireGuard's 5 s retry.
             punching_soon = self.punching is not None and (
-                (session is None and not self.punching.ready) or
-                (session is not None and session.state == "punching"))
+                session is None or session.state == "punching")
             if punching_soon and peer.wg_public_key not in self._applied_endpoints:
                 self.paths[peer.id] = PathDecision(endpoint=None, kind="direct",
                                                    source="pending")
@@ -235,6 +256,9 @@ class NetworkAgent:
         peer = self.model.peers.get(node_id)
         name = peer.name if peer else node_id
         if isinstance(event, PathFound):
+            self._path_found_at[node_id] = trio.current_time()
+            if peer is not None and not self._initiator(peer):
+                self._wake_after(HANDSHAKE_WAIT_S)
             log.info("%s: direct path to %s via %s (%.1f ms)", self.name, name,
                      format_addr(event.addr), event.rtt * 1000)
         elif isinstance(event, PathChanged):
@@ -247,9 +271,26 @@ class NetworkAgent:
             log.info("%s: no direct path to %s: %s", self.name, name, event.reason)
         self.poke()
 
+    def _initiator(self, peer: api.Node) -> bool:
+        """Whether this node starts WireGuard's first handshake with ``peer``."""
+        ours = bytes(self.keys.probe.public_key)
+        try:
+            theirs = base64.b64decode(peer.probe_public_key, validate=True)
+        except (binascii.Error, ValueError):
+            return True
+        return ours > theirs
+
+    def _wake_after(self, delay: float) -> None:
+        if self._nursery is not None:
+            self._nursery.start_soon(self._poke_later, delay)
+
+    async def _poke_later(self, delay: float) -> None:
+        await trio.sleep(delay)
+        self.poke()
+
     def _sync_punching(self) -> None:
         if self.punching is not None:
-            self.punching.sync_peers(self.model.peers.values())
+            self.punching.sync_peers(p for p in self.model.peers.values() if p.approved)
 
     async def reconcile_once(self) -> int:
         """One pass: returns the number of operations applied."""
@@ -264,7 +305,7 @@ class NetworkAgent:
             self._link_applied = link
         self.decide_paths()
         actual = await self.backend.get_device(ifname)
-        ops = plan(self.desired(), actual, time.time())
+        ops = plan(self.desired(actual), actual, time.time())
         for op in ops:
             if isinstance(op, SetDevice):
                 await self.backend.set_device(
@@ -279,6 +320,10 @@ class NetworkAgent:
                 self._applied_endpoints.pop(op.public_key, None)
         if ops:
             log.info("%s: applied %d change(s)", ifname, len(ops))
+        # Sessions follow WireGuard, not the model: a peer must be in WireGuard before
+        # its probes are answered, or its first handshake (sent the moment its session
+        # finds the path) meets an interface that drops it and waits 5 s to retry.
+        self._sync_punching()
         return len(ops)
 
     async def _reconcile_loop(self) -> None:
@@ -298,7 +343,6 @@ class NetworkAgent:
         """Resync the whole model from the server now."""
         snap = await self.client.get_state()
         self.model.apply_snapshot(snap)
-        self._sync_punching()
         await self.configure_resolver()
         self.poke()
 
@@ -329,7 +373,6 @@ class NetworkAgent:
                             self.removed = True
                             log.warning("%s: this node was deleted on the server", self.name)
                         self.model.apply(event)
-                        self._sync_punching()
                         if isinstance(event, api.PunchRequest):
                             self._rendezvous(event)
                         self.poke()

@@ -24,9 +24,11 @@ the peer's NAT until the peer's own pings open it). A ping from an address that 
 not a pair yet makes a peer-reflexive pair (§7.3.1.3) checked at once (a triggered
 check, §7.3.1.4). Each transmission has a fresh transaction id, so RTTs are exact.
 
-Success. A pair succeeds when the round trip worked both ways on that address: we got
-a pong for our ping from the address we sent it to AND the peer's ping reached us
-from it (and we answered). The first pair to succeed is selected (PathFound); checks
+Success. A pair succeeds when a pong for our ping comes back from the address the ping
+went to (RFC 8445 §7.2.5.2: a check succeeds on its response): that round trip used
+WireGuard's 5-tuple through both NATs, both ways. Waiting for the peer's own ping
+as well would cost a keepalive interval whenever our attempt restarted after the
+peer had already connected. The first pair to succeed is selected (PathFound); checks
 go on until the attempt's deadline, and a later pair replaces the selection
 (PathChanged) only with hysteresis: a LAN (host) pair over a public one at once; a
 pair of the same class only when its RTT is lower by 30 % and 5 ms, at most once per
@@ -472,7 +474,15 @@ class PunchSession:
                 return
             pair = self._pairs[src] = _Pair(src, "prflx", self._prflx_priority())
         pair.got_ping = True
-        if not pair.started or (not pair.succeeded and pair.next_tx == float("inf")):
+        if pair.started and not pair.succeeded and pair.rtt is None \
+                and pair.next_tx != float("inf"):
+            # In progress but unanswered: our earlier pings may have met a closed NAT or
+            # a peer not listening yet. The peer's ping says it listens now: ask again
+            # at once instead of waiting out the backoff (RFC 8445 §7.3.1.4).
+            self._send_ping(pair, now)
+            pair.rto = RTO_INITIAL
+            pair.next_tx = now + pair.rto
+        elif not pair.started or (not pair.succeeded and pair.next_tx == float("inf")):
             # Triggered check (RFC 8445 §7.3.1.4): answer their ping with ours at once.
             if pair in self._waiting:
                 self._waiting.remove(pair)
@@ -504,7 +514,7 @@ class PunchSession:
     # -- selection -------------------------------------------------------------------
 
     def _maybe_succeed(self, pair: _Pair, now: float) -> None:
-        if pair.succeeded or not pair.got_ping or pair.rtt is None:
+        if pair.succeeded or pair.rtt is None:
             return
         pair.succeeded = True
         rtt = pair.rtt
