@@ -9,6 +9,7 @@ it has no NAT — never the server's.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -85,6 +86,12 @@ def assert_direct(pair: Pair, *, lan: bool = False) -> float:
     for src, dst in ((pair.a, pair.b), (pair.b, pair.a)):
         res = src.ping(dst.mesh_address(NETWORK), count=3)
         assert res.returncode == 0, res.stdout + res.stderr
+    # punchctl ping: punch probes from WireGuard's port, each answer with its path.
+    probe = json.loads(pair.a.punchctl("ping", "b", "-c", "2", "--json").stdout)
+    assert probe["mode"] == "probe" and len(probe["replies"]) >= 2, probe
+    assert {(r["endpoint"], r["path"]) for r in probe["replies"]} == {(sa["endpoint"], "direct")}
+    text = pair.b.punchctl("ping", "a", "-c", "1", "--icmp").stdout
+    assert "pong from a" in text and "via direct" in text, text
     return took
 
 

@@ -509,6 +509,13 @@ class NetworkAgent:
             "peers": peers,
         }
 
+    def path_of(self, node_id: str, endpoint: str) -> str:
+        """What an address is for this peer: its direct path, the relay, or a candidate."""
+        decision = self.paths.get(node_id)
+        if decision is not None and decision.endpoint == endpoint:
+            return decision.kind
+        return "direct"  # probes reach the peer itself; only the relay forwards them
+
     def _punch_status(self, node_id: str) -> dict[str, object] | None:
         session = self.punching.session(node_id) if self.punching else None
         if session is None:

@@ -35,7 +35,7 @@ from nacl.public import PrivateKey, PublicKey
 from punchd.errors import ProbeParseError, PunchdError
 from punchd.punch.candidates import Addr
 from punchd.punch.driver import PunchDriver
-from punchd.punch.session import PunchEvent, PunchSession
+from punchd.punch.session import Pong, PunchEvent, PunchSession
 from punchd.wire import api
 from punchd.wire.probe import peek_sender
 
@@ -138,6 +138,22 @@ class Punching:
             return False
         peer.driver.punch()
         return True
+
+    async def ping(self, node_id: str, answer_within: float = 1.0) -> list[Pong]:
+        """One probe round to a peer (``punchctl ping``): the pongs that came back."""
+        peer = self._peers.get(node_id)
+        if peer is None:
+            return []
+        txids = set(peer.driver.ping())
+        session = peer.driver.session
+        with trio.move_on_after(answer_within):
+            while True:
+                answered = [p for p in session.pongs if p.txid in txids]
+                if answered:
+                    await trio.sleep(0.02)  # other paths' answers, if several were asked
+                    return [p for p in session.pongs if p.txid in txids]
+                await trio.sleep(0.005)
+        return []
 
     def route(self, data: bytes, source: Addr) -> None:
         """A probe arrived on the shared port: to its peer's session, or dropped."""

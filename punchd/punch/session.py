@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import ipaddress
 import random
+from collections import deque
 from typing import Literal
 
 from msgspec import Struct
@@ -130,6 +131,14 @@ class PunchFailed(Struct, frozen=True, tag=True):
 
 
 PunchEvent = PathFound | PathChanged | PathLost | PunchFailed
+
+
+class Pong(Struct, frozen=True):
+    """One answered ping: for ``punchctl ping``, which shows each probe's path."""
+
+    txid: bytes
+    addr: Addr
+    rtt: float
 
 
 class SessionStatistics(Struct, frozen=True):
@@ -245,6 +254,7 @@ class PunchSession:
         self._backoff = 0.0
         self._attempts = 0
         self._sent = self._received = self._rejected = self._replays = 0
+        self.pongs: deque[Pong] = deque(maxlen=64)  # the latest answered pings
 
     # -- public surface ------------------------------------------------------------
 
@@ -276,6 +286,18 @@ class PunchSession:
     def punch(self, now: float) -> None:
         """Start an attempt now (rendezvous request, rebinding, new address)."""
         self._start_attempt(now)
+
+    def ping_now(self, now: float, limit: int = 8) -> list[bytes]:
+        """A user's ping: on the selected path, else on the pairs being checked.
+
+        Returns the transaction ids; their answers appear in :attr:`pongs`.
+        """
+        if self.selected is not None and self.selected in self._pairs:
+            targets = [self._pairs[self.selected]]
+        else:
+            targets = sorted((p for p in self._pairs.values() if p.started),
+                             key=lambda p: -p.priority)[:limit]
+        return [self._send_ping(pair, now) for pair in targets]
 
     def next_deadline(self) -> float | None:
         times: list[float] = []
@@ -451,13 +473,14 @@ class PunchSession:
 
     # -- probes ----------------------------------------------------------------------
 
-    def _send_ping(self, pair: _Pair, now: float) -> None:
+    def _send_ping(self, pair: _Pair, now: float) -> bytes:
         txid = self._rng.randbytes(wire.TXID_LEN)
         self._outstanding[txid] = (pair.remote, now)
         nonce = self._rng.randbytes(wire.NONCE_LEN)
         ping = wire.Probe("ping", txid, now + self.wall_offset)
         self._out.append((self._codec.seal(ping, nonce), pair.remote))
         self._sent += 1
+        return txid
 
     def _on_ping(self, msg: wire.Probe, src: Addr, now: float) -> None:
         if not self._replay.accept(msg, now + self.wall_offset):
@@ -504,6 +527,7 @@ class PunchSession:
         if pair is None:
             return
         rtt = now - tx[1]
+        self.pongs.append(Pong(msg.txid, src, rtt))
         pair.rtt = rtt if pair.rtt is None else 0.75 * pair.rtt + 0.25 * rtt
         self.observed = msg.observed
         if src == self.selected:
