@@ -202,7 +202,7 @@ class NetworkAgent:
             # side starts the handshake: see the module docstring.
             known = endpoint is not None or peer.wg_public_key in self._applied_endpoints
             found = self._path_found_at.get(peer.id)
-            if known and decision is not None and decision.source == "punch" \
+            if known and decision is not None and decision.source in ("punch", "relay") \
                     and found is not None and peer.wg_public_key not in handshaken \
                     and not self._initiator(peer) and now - found < HANDSHAKE_WAIT_S:
                 known = False
@@ -230,8 +230,11 @@ class NetworkAgent:
             session = self.punching.session(peer.id) if self.punching else None
             if session is not None and session.selected is not None:
                 rtt = session.selected_rtt
+                relayed = session.selected_kind == "relay"
                 self.paths[peer.id] = PathDecision(
-                    endpoint=format_addr(session.selected), kind="direct", source="punch",
+                    endpoint=format_addr(session.selected),
+                    kind="relay" if relayed else "direct",
+                    source="relay" if relayed else "punch",
                     rtt_ms=round(rtt * 1000, 2) if rtt is not None else None)
                 continue
             # No session yet means one is about to start (sessions begin right after

@@ -72,6 +72,7 @@ class Punching:
         self._by_key: dict[bytes, _Peer] = {}  # by probe public key
         self._local: tuple[tuple[api.Candidate, ...], api.NatReport | None] | None = None
         self._peer_list: list[api.Node] = []
+        self._relays: dict[str, Addr] = {}  # by node id: our bound side of its relay
         self._nursery: trio.Nursery | None = None
         self.unknown_sender = 0
         self.inbox_full = 0
@@ -131,6 +132,16 @@ class Punching:
                 if node.candidates:
                     current.driver.punch()
 
+    def set_relay(self, node_id: str, relay: Addr | None) -> None:
+        """Our bound relay address for a peer (or None): its session's relay pair."""
+        if relay is None:
+            self._relays.pop(node_id, None)
+        else:
+            self._relays[node_id] = relay
+        peer = self._peers.get(node_id)
+        if peer is not None:
+            peer.driver.set_relay(relay)
+
     def punch(self, node_id: str) -> bool:
         """Start an attempt with one peer now (rendezvous, or a user's request)."""
         peer = self._peers.get(node_id)
@@ -188,6 +199,8 @@ class Punching:
             peer_nat=node.nat, local_nat=self._local[1], now=trio.current_time(),
             rng=random.Random(self._rng.getrandbits(64)),
             wall_offset=time.time() - trio.current_time())
+        if node.id in self._relays:
+            session.set_relay(self._relays[node.id], trio.current_time())
         if node.candidates:
             session.punch(trio.current_time())  # the driver sends these probes first
         node_id = node.id

@@ -1,7 +1,8 @@
 """The discovery service: the one reader of the shared WireGuard port.
 
 One receive loop sorts what arrives: punch probes go to ``on_probe`` (the punch
-sessions), STUN answers to the classification in progress. ``netcheck`` drives one
+sessions), STUN answers to ``on_stun`` first (the relay binds claim theirs) and then
+to the classification in progress. ``netcheck`` drives one
 :class:`~punchd.discovery.classify.NatClassifier` with trio's clock and the shared
 socket and returns the report; the public endpoint is handed to ``on_endpoint`` as
 soon as the first answer gives it, so candidates can be published before the
@@ -38,6 +39,7 @@ class Discovery:
         self._lock = trio.Lock()
         self.last_report: api.NatReport | None = None
         self.on_probe: Callable[[bytes, Addr], None] | None = None
+        self.on_stun: Callable[[bytes, Addr], bool] | None = None  # True: consumed
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -57,6 +59,8 @@ class Discovery:
         if is_probe(data):
             if self.on_probe is not None:
                 self.on_probe(data, source)
+            return
+        if self.on_stun is not None and self.on_stun(data, source):
             return
         clf = self._current
         if clf is not None:

@@ -49,6 +49,10 @@ class PunchDriver:
         self._wake()
         return txids
 
+    def set_relay(self, relay: Addr | None) -> None:
+        self.session.set_relay(relay, trio.current_time())
+        self._wake()
+
     def update_peer(self, candidates: list[Candidate], nat: NatReport | None) -> None:
         self.session.update_peer(candidates, nat)
 
