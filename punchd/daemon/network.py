@@ -24,6 +24,12 @@ because two initiations that cross make each side answer the other's and drop th
 answer to its own, and neither handshake completes until the 5 s retry. The other
 side turns its keepalive on when the handshake has happened, or after
 ``HANDSHAKE_WAIT_S`` if it never comes.
+
+Probes can pass where WireGuard does not (a firewall that knows WireGuard's message
+types), so a punched path is on probation until WireGuard itself proves it: a
+handshake after the switch, or bytes received while WireGuard's endpoint is that
+path. If WireGuard sends on it for ``CONFIRM_S`` (one handshake retry) without that
+proof, the path is distrusted for ``DISTRUST_S`` and the peer goes through the relay.
 """
 
 from __future__ import annotations
@@ -63,6 +69,19 @@ CANDIDATE_INTERVAL_S = 25.0
 BACKOFF_MIN_S = 0.5
 BACKOFF_MAX_S = 30.0
 HANDSHAKE_WAIT_S = 1.0  # the responder waits this long for the initiator's handshake
+CONFIRM_S = 6.0  # WireGuard retries a handshake after 5 s: one retry's worth of proof
+DISTRUST_S = 60.0
+
+
+@dataclass
+class _Probation:
+    """A punched endpoint WireGuard has not proven yet, and its counters at the switch."""
+
+    endpoint: str
+    since: float  # wall clock, like WireGuard's handshake times
+    rx: int
+    tx: int
+    confirmed: bool = False
 
 
 @dataclass
@@ -129,6 +148,8 @@ class NetworkAgent:
         self.discovery: Discovery | None = None
         self.punching: Punching | None = None
         self._path_found_at: dict[str, float] = {}  # peer id -> trio time of PathFound
+        self._probation: dict[str, _Probation] = {}  # peer id -> its punched endpoint
+        self._distrusted: dict[str, tuple[str, float]] = {}  # peer id -> (endpoint, until)
         self._nursery: trio.Nursery | None = None
         self.nat: api.NatReport | None = None
 
@@ -231,6 +252,13 @@ class NetworkAgent:
             if session is not None and session.selected is not None:
                 rtt = session.selected_rtt
                 relayed = session.selected_kind == "relay"
+                endpoint = format_addr(session.selected)
+                distrusted = self._distrusted.get(peer.id)
+                if not relayed and session.relay is not None and distrusted is not None \
+                        and distrusted[0] == endpoint and time.time() < distrusted[1]:
+                    self.paths[peer.id] = PathDecision(endpoint=format_addr(session.relay),
+                                                       kind="relay", source="relay")
+                    continue
                 self.paths[peer.id] = PathDecision(
                     endpoint=format_addr(session.selected),
                     kind="relay" if relayed else "direct",
@@ -250,10 +278,40 @@ class NetworkAgent:
             if current is not None and current.source == "candidate" and current.endpoint \
                     and any(c.address == current.endpoint for c in peer.candidates):
                 continue  # keep a chosen endpoint while the peer still offers it
-            endpoint = choose_endpoint(peer, self._local_networks, local_only=local_only)
-            self.paths[peer.id] = PathDecision(endpoint=endpoint, kind="direct")
+            guess = choose_endpoint(peer, self._local_networks, local_only=local_only)
+            self.paths[peer.id] = PathDecision(endpoint=guess, kind="direct")
         for gone in set(self.paths) - set(self.model.peers):
             del self.paths[gone]
+
+    def _judge_direct_paths(self, actual: WgDeviceState, now: float) -> None:
+        """Probation of punched endpoints: see the module docstring."""
+        by_key = {p.public_key: p for p in actual.peers}
+        for peer in self.model.peers.values():
+            decision, wg = self.paths.get(peer.id), by_key.get(peer.wg_public_key)
+            if decision is None or decision.source != "punch" or decision.endpoint is None \
+                    or wg is None:
+                self._probation.pop(peer.id, None)
+                continue
+            probation = self._probation.get(peer.id)
+            if probation is None or probation.endpoint != decision.endpoint:
+                self._probation[peer.id] = _Probation(decision.endpoint, now, wg.rx_bytes,
+                                                      wg.tx_bytes)
+                continue
+            if probation.confirmed:
+                continue
+            if wg.endpoint == probation.endpoint and (
+                    (wg.last_handshake or 0) > probation.since or wg.rx_bytes > probation.rx):
+                probation.confirmed = True
+            elif now - probation.since > CONFIRM_S and wg.tx_bytes > probation.tx:
+                known = self._distrusted.get(peer.id)
+                if known is not None and known[0] == decision.endpoint and now < known[1]:
+                    continue  # said already, and no relay to go to
+                log.warning("%s: WireGuard gets nothing back on %s from %s although probes "
+                            "pass; using the relay for %d s", self.name, decision.endpoint,
+                            peer.name, DISTRUST_S)
+                self._distrusted[peer.id] = (decision.endpoint, now + DISTRUST_S)
+                del self._probation[peer.id]
+                self.decide_paths()
 
     def _on_punch_event(self, node_id: str, event: PunchEvent) -> None:
         peer = self.model.peers.get(node_id)
@@ -308,6 +366,7 @@ class NetworkAgent:
             self._link_applied = link
         self.decide_paths()
         actual = await self.backend.get_device(ifname)
+        self._judge_direct_paths(actual, time.time())
         ops = plan(self.desired(actual), actual, time.time())
         for op in ops:
             if isinstance(op, SetDevice):
@@ -492,6 +551,8 @@ class NetworkAgent:
                 "in_wireguard": wg is not None,
                 "nat": msgspec.to_builtins(peer.nat),
                 "punch": self._punch_status(peer.id),
+                "confirmed": bool(self._probation.get(peer.id) and
+                                  self._probation[peer.id].confirmed),
             })
         node = self.model.node
         return {
