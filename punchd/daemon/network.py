@@ -60,6 +60,7 @@ from . import hostaddrs
 from .paths import PathDecision, choose_endpoint, host_candidates, path_kind
 from .punching import Punching
 from .reconcile import DesiredDevice, RemovePeer, SetDevice, SetPeer, plan
+from .relaying import Relaying
 from .state import NetworkConfig, NetworkKeys, StateDir
 
 log = logging.getLogger("punchd.network")
@@ -147,6 +148,7 @@ class NetworkAgent:
         self.dns_outcome: str | None = None
         self.discovery: Discovery | None = None
         self.punching: Punching | None = None
+        self.relaying: Relaying | None = None
         self._path_found_at: dict[str, float] = {}  # peer id -> trio time of PathFound
         self._probation: dict[str, _Probation] = {}  # peer id -> its punched endpoint
         self._distrusted: dict[str, tuple[str, float]] = {}  # peer id -> (endpoint, until)
@@ -195,6 +197,11 @@ class NetworkAgent:
             self.punching = Punching(sock, self.keys.probe, self._on_punch_event)
             await nursery.start(self.punching.run)
             self.discovery.on_probe = self.punching.route
+            # Relay allocations are bound from WireGuard's port and proven by the punch
+            # sessions, so they come with punching.
+            self.relaying = Relaying(self.client, sock, self.punching.set_relay)
+            await nursery.start(self.relaying.run)
+            self.discovery.on_stun = self.relaying.handle_stun
 
     # -- interface and reconciliation ------------------------------------------------------
 
@@ -350,8 +357,11 @@ class NetworkAgent:
         self.poke()
 
     def _sync_punching(self) -> None:
+        peers = [p for p in self.model.peers.values() if p.approved]
         if self.punching is not None:
-            self.punching.sync_peers(p for p in self.model.peers.values() if p.approved)
+            self.punching.sync_peers(peers)
+        if self.relaying is not None:
+            self.relaying.sync_peers(peers)
 
     async def reconcile_once(self) -> int:
         """One pass: returns the number of operations applied."""
@@ -500,6 +510,10 @@ class NetworkAgent:
                        *, force: bool) -> None:
         if self.punching is not None:
             self.punching.update_local(candidates, nat)
+        moved = nat is not None and self.nat is not None \
+            and nat.public_endpoint != self.nat.public_endpoint
+        if moved and self.relaying is not None:
+            self.relaying.kick()  # our mapping changed: the relay must learn the new one
         if candidates != self._published or nat != self.nat or force:
             await self.client.update_self(api.NodeUpdate(candidates=candidates, nat=nat))
             self._published = candidates
@@ -551,6 +565,7 @@ class NetworkAgent:
                 "in_wireguard": wg is not None,
                 "nat": msgspec.to_builtins(peer.nat),
                 "punch": self._punch_status(peer.id),
+                "relay": self._relay_status(peer.id),
                 "confirmed": bool(self._probation.get(peer.id) and
                                   self._probation[peer.id].confirmed),
             })
@@ -579,6 +594,14 @@ class NetworkAgent:
         if decision is not None and decision.endpoint == endpoint:
             return decision.kind
         return "direct"  # probes reach the peer itself; only the relay forwards them
+
+    def _relay_status(self, node_id: str) -> dict[str, object] | None:
+        state = self.relaying.states.get(node_id) if self.relaying else None
+        if state is None:
+            return None
+        return {"endpoint": format_addr(state.relay) if state.relay else None,
+                "mapped": format_addr(state.mapped) if state.mapped else None,
+                "error": state.error}
 
     def _punch_status(self, node_id: str) -> dict[str, object] | None:
         session = self.punching.session(node_id) if self.punching else None
