@@ -328,7 +328,7 @@ def test_short_outage_is_not_path_loss() -> None:
     connected(sim, a, b)
     sim.run_until(10.0)
     sim.net.down = True
-    sim.run_until(13.0)
+    sim.run_until(10.0 + LOST_AFTER / 2)  # a blip, shorter than what counts as loss
     sim.net.down = False
     sim.run_until(30.0)
     assert kinds(a) == kinds(b) == [PathFound]
