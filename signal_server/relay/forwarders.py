@@ -187,7 +187,15 @@ table ip {TABLE} {{
         return counts
 
     async def close(self) -> None:
-        with trio.CancelScope(shield=True):
-            await trio.run_process(["nft", "delete", "table", "ip", TABLE], check=False,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        await self.remove_stale()
         self._serial.clear()
+
+    @staticmethod
+    async def remove_stale() -> None:
+        """Delete the table if it exists (quietly: no nft, or no table, is fine)."""
+        with trio.CancelScope(shield=True):
+            try:
+                await trio.run_process(["nft", "delete", "table", "ip", TABLE], check=False,
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            except OSError:
+                pass

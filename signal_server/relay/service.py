@@ -84,6 +84,9 @@ class RelayService:
 
     async def _open_forwarder(self) -> Forwarder:
         if self.mode == "userspace":
+            # Rules a killed in-kernel relay left behind would still forward old
+            # allocations' ports: the table is ours, clear it.
+            await NftForwarder.remove_stale()
             return UserspaceForwarder()
         nft = NftForwarder(sorted({p.address for p in self.table.pools}))
         try:
