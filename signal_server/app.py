@@ -280,6 +280,11 @@ def build_app(service: Service, admin_token: str) -> Starlette:
         return _json(punch_req, 202)
 
     async def relay(request: Request) -> Response:
+        if request.method == "GET":  # admin: what the relay is doing
+            require_admin(request)
+            if service.relay is None:
+                raise Unavailable("this server has no relay")
+            return _json(service.relay.status())
         signer = await node_signer(request)
         req = await _decode(request, api.RelayCreate)
         node = await service.call(store.node_by_signing_key, signer)
@@ -327,7 +332,7 @@ def build_app(service: Service, admin_token: str) -> Starlette:
         Route("/api/v1/join", guarded(join), methods=["POST"]),
         Route("/api/v1/node", guarded(me), methods=["GET", "PATCH", "DELETE"]),
         Route("/api/v1/punch", guarded(punch), methods=["POST"]),
-        Route("/api/v1/relay", guarded(relay), methods=["POST"]),
+        Route("/api/v1/relay", guarded(relay), methods=["GET", "POST"]),
         Route("/api/v1/events", guarded(events), methods=["GET"]),
     ]
     return Starlette(routes=routes)

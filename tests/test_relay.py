@@ -220,10 +220,13 @@ async def test_userspace_relay_forwards_between_bound_endpoints(
                                       int(time.time() * 1000))
         await stranger.sendto(forged, relays[0])
     await trio.sleep(0.2)
-    relay = relay_server.server.relay
-    assert relay is not None
-    stats = relay.stats
-    assert stats.dropped >= 2 and stats.binds_refused >= 1 and stats.forwarded_userspace == 2
+    status = (await relay_server.admin.get("/relay")).json()
+    stats = status["statistics"]
+    assert status["forwarder"] == "userspace"
+    assert stats["dropped"] >= 2 and stats["binds_refused"] >= 1
+    assert stats["forwarded_userspace"] == 2
+    [alloc] = status["allocations"]
+    assert all(side["bound"] for side in alloc["sides"]) and alloc["forwarded"] == 2
     for sock in socks:
         sock.close()
     await alpha.aclose()

@@ -100,6 +100,18 @@ class RelayService:
         log.info("relay: forwarding in the kernel (nftables table ip punchd_relay)")
         return nft
 
+    def status(self) -> dict[str, object]:
+        """For the admin API: the forwarder, the counters, and each allocation's state."""
+        return {
+            "forwarder": self.forwarder.kind, "statistics": dict(self.stats.__dict__),
+            "allocations": [
+                {"id": a.id, "network": a.network, "forwarded": a.forwarded,
+                 "idle_s": round(time.time() - a.last_active, 1),
+                 "sides": [{"node": s.node_id, "relay": f"{s.local[0]}:{s.local[1]}",
+                            "bound": f"{s.bound[0]}:{s.bound[1]}" if s.bound else None}
+                           for s in a.sides]}
+                for a in self.table.allocations.values()]}
+
     # -- allocation (the HTTP API calls this) ----------------------------------------------
 
     async def allocate(self, network: str, node_id: str, peer_id: str) -> api.RelayAllocation:
