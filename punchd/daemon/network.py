@@ -11,7 +11,9 @@ change or use it:
 * the *reconcile* task computes the desired WireGuard device from the model and
   applies the diff (:mod:`punchd.daemon.reconcile`), on every model change and every
   few seconds, which also repairs drift and a restarted wireguard-go;
-* the *publish* task sends this node's candidates to the server when they change.
+* the *publish* task gathers this node's candidates every ~25 s and at once when
+  netlink reports a local address or link change, and sends them to the server when
+  they change.
 
 With discovery running and hole punching enabled for the network, a punch session
 per peer (:mod:`punchd.daemon.punching`) finds the direct path; its verdicts become
@@ -47,6 +49,7 @@ import msgspec
 import trio
 
 from punchd import resolver
+from punchd.discovery.addrwatch import watch_addresses
 from punchd.discovery.service import Discovery, parse_addr
 from punchd.discovery.sharedsock import SharedPortSocket
 from punchd.errors import APIError, PunchdError, ServerUnreachable, WireGuardError
@@ -149,6 +152,7 @@ class NetworkAgent:
         self.discovery: Discovery | None = None
         self.punching: Punching | None = None
         self.relaying: Relaying | None = None
+        self._regather = trio.Event()
         self._path_found_at: dict[str, float] = {}  # peer id -> trio time of PathFound
         self._probation: dict[str, _Probation] = {}  # peer id -> its punched endpoint
         self._distrusted: dict[str, tuple[str, float]] = {}  # peer id -> (endpoint, until)
@@ -172,6 +176,7 @@ class NetworkAgent:
                     nursery.start_soon(self._stream_loop)
                     nursery.start_soon(self._reconcile_loop)
                     nursery.start_soon(self._publish_loop)
+                    nursery.start_soon(self._watch_addresses)
                     task_status.started()
             finally:
                 with trio.CancelScope(shield=True):
@@ -467,13 +472,26 @@ class NetworkAgent:
         self.punching.punch(other)
 
     async def _publish_loop(self) -> None:
+        """Gather and publish every ~25 s (jittered), and at once on an address change."""
         while not self.removed:
+            self._regather = trio.Event()
             try:
                 await self.publish_candidates()
             except (ServerUnreachable, APIError) as exc:
                 self.last_error = str(exc)
-            await trio.sleep(CANDIDATE_INTERVAL_S * self._rng.uniform(0.8, 1.2) if
-                             self._published is not None else 1.0)
+            with trio.move_on_after(CANDIDATE_INTERVAL_S * self._rng.uniform(0.8, 1.2) if
+                                    self._published is not None else 1.0):
+                await self._regather.wait()
+
+    def regather(self) -> None:
+        """A local address or link changed (netlink): gather and publish now."""
+        self._regather.set()
+
+    async def _watch_addresses(self) -> None:
+        try:
+            await watch_addresses(self.regather, exclude=self._exclude)
+        except OSError as exc:  # no netlink here: the periodic re-gather still runs
+            log.warning("%s: cannot watch address changes: %s", self.name, exc)
 
     async def publish_candidates(self, *, force: bool = False) -> None:
         """Host candidates, plus the server-reflexive one when discovery works.
