@@ -9,6 +9,11 @@ Receiving: a raw UDP socket of the same kind, with the classic-BPF filter of
 :mod:`punchd.discovery.bpf` attached, so only STUN and probe datagrams to the
 WireGuard port are copied to punchd; WireGuard still receives them too and drops
 them (their first byte is not a WireGuard message type).
+
+Both families: an IPv4 pair and, where the host has IPv6, an IPv6 pair; one
+``receive()`` yields whichever has a datagram. An IPv4 raw socket delivers the IP
+header, an IPv6 one only the UDP header and payload (the source comes with
+``recvfrom``).
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from __future__ import annotations
 import ipaddress
 import socket
 import struct
+from collections import deque
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -44,20 +51,62 @@ class SharedPortSocket:
         except OSError as exc:
             raise SharedPortError(f"raw sockets for port {port}: {exc.strerror} "
                                   "(punchd needs CAP_NET_RAW)") from exc
+        self._send6: trio.socket.SocketType | None = None
+        self._recv6: trio.socket.SocketType | None = None
+        try:
+            self._send6 = trio.socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_UDP)
+            # IPv6 forbids a zero UDP checksum: the kernel computes it at offset 6.
+            self._send6.setsockopt(socket.IPPROTO_IPV6, IPV6_CHECKSUM, 6)
+            self._recv6 = trio.socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_UDP)
+            bpf.attach(self._recv6, bpf.program_ipv6(port))  # type: ignore[arg-type]
+        except OSError:  # no IPv6 on this host: IPv4 alone
+            for sock in (self._send6, self._recv6):
+                if sock is not None:
+                    sock.close()
+            self._send6 = self._recv6 = None
+        self._early: deque[tuple[bytes, Addr]] = deque()  # both families answered at once
         self.dropped = 0
 
+    @property
+    def ipv6(self) -> bool:
+        return self._send6 is not None
+
     def close(self) -> None:
-        self._send4.close()
-        self._recv4.close()
+        for sock in (self._send4, self._recv4, self._send6, self._recv6):
+            if sock is not None:
+                sock.close()
 
     async def send(self, payload: bytes, dest: Addr) -> None:
-        if ipaddress.ip_address(dest[0]).version != 4:
-            raise SharedPortError("IPv6 destinations are not supported yet")
         header = struct.pack("!HHHH", self.port, dest[1], 8 + len(payload), 0)
-        await self._send4.sendto(header + payload, (dest[0], 0))
+        if ipaddress.ip_address(dest[0]).version == 4:
+            await self._send4.sendto(header + payload, (dest[0], 0))
+        elif self._send6 is not None:
+            await self._send6.sendto(header + payload, (dest[0], 0))
+        else:
+            raise SharedPortError(f"no IPv6 on this host for {dest[0]}")
 
     async def receive(self) -> tuple[bytes, Addr]:
         """The next STUN or probe datagram sent to the WireGuard port, and its source."""
+        if self._early:
+            await trio.lowlevel.checkpoint()
+            return self._early.popleft()
+        if self._recv6 is None:
+            return await self._receive4()
+        async with trio.open_nursery() as nursery:
+            # Whichever family has a datagram first. If both read one before the
+            # cancellation lands, the second is kept for the next call.
+            result: list[tuple[bytes, Addr]] = []
+
+            async def one(receive: Callable[[], Awaitable[tuple[bytes, Addr]]]) -> None:
+                result.append(await receive())
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(one, self._receive4)
+            nursery.start_soon(one, self._receive6)
+        self._early.extend(result[1:])
+        return result[0]
+
+    async def _receive4(self) -> tuple[bytes, Addr]:
         while True:
             packet, _ = await self._recv4.recvfrom(65535)
             ihl = 4 * (packet[0] & 0x0F) if packet else 0
@@ -67,7 +116,25 @@ class SharedPortSocket:
             src_ip = socket.inet_ntoa(packet[12:16])
             src_port, dst_port = struct.unpack_from("!HH", packet, ihl)
             payload = packet[ihl + 8:]
-            if dst_port != self.port or not (stun.is_stun(payload) or payload[:4] == b"PNCH"):
-                self.dropped += 1  # the filter should have stopped it; count, never trust
+            if not self._ours(dst_port, payload):
                 continue
             return payload, (src_ip, src_port)
+
+    async def _receive6(self) -> tuple[bytes, Addr]:
+        assert self._recv6 is not None
+        while True:
+            datagram, source = await self._recv6.recvfrom(65535)
+            if len(datagram) < 8:
+                self.dropped += 1
+                continue
+            src_port, dst_port = struct.unpack_from("!HH", datagram)
+            payload = datagram[8:]
+            if not self._ours(dst_port, payload):
+                continue
+            return payload, (str(ipaddress.ip_address(str(source[0]).split("%")[0])), src_port)
+
+    def _ours(self, dst_port: int, payload: bytes) -> bool:
+        if dst_port != self.port or not (stun.is_stun(payload) or payload[:4] == b"PNCH"):
+            self.dropped += 1  # the filter should have stopped it; count, never trust
+            return False
+        return True
