@@ -37,7 +37,11 @@ RELAY_PORTS = (42000, 42099)
 # -- helpers run inside the lab ------------------------------------------------------------
 
 def serve(mode: str, address: str) -> int:
+    import logging
+
     import trio
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout)
 
     from signal_server.relay import RelayPool, RelayService
 
@@ -94,22 +98,28 @@ def bind(local: str, relay: str, alloc_id: str, side: int, secret: str) -> int:
 
 # -- the benchmark -----------------------------------------------------------------------------
 
-def one_round(lab: Any, mode: str, seconds: float, rate: str) -> dict[str, Any]:
+def one_round(lab: Any, mode: str, seconds: float, rate: str, index: int) -> dict[str, Any]:
     from netns_tests.lab.mesh import wait_for_log
 
     host_a, host_b = lab.sites["a"].hosts[0], lab.sites["b"].hosts[0]
+    # One log per round: the allocation printed at start is this round's.
     relay = lab.server.spawn([sys.executable, "-m", "bench.relay_capacity", "serve", mode,
-                              lab.server.ip], name=f"relay-{mode}")
+                              lab.server.ip], name=f"relay-{mode}-{index}")
     try:
         wait_for_log(relay, '"forwarder"', timeout=20)
         alloc = json.loads(next(line for line in relay.read_log().splitlines()
                                 if '"forwarder"' in line))
         for host, side, port in ((host_a, alloc["a"], CLIENT_PORT), (host_b, alloc["b"],
                                                                       SERVER_PORT)):
-            host.run([sys.executable, "-m", "bench.relay_capacity", "bind", f"{host.ip}:{port}",
-                      side["relay"], side["id"], str(side["side"]), side["secret"]])
+            res = host.run([sys.executable, "-m", "bench.relay_capacity", "bind",
+                            f"{host.ip}:{port}", side["relay"], side["id"], str(side["side"]),
+                            side["secret"]], check=False)
+            if res.returncode != 0:
+                raise RuntimeError(f"bind from {host.name} failed: {res.stderr.strip()}\n"
+                                   f"{relay.read_log()[-2000:]}")
+        # A large receive buffer: the receiving iperf2 must not be what drops datagrams.
         server = host_b.spawn(["iperf", "-s", "-u", "-p", str(SERVER_PORT), "-l", str(PAYLOAD),
-                               "-y", "C"], name=f"iperf-s-{mode}")
+                               "-w", "8M", "-y", "C"], name=f"iperf-s-{mode}-{index}")
         time.sleep(0.3)
         rhost, rport = alloc["a"]["relay"].rsplit(":", 1)
         client = host_a.run(["iperf", "-c", rhost, "-p", rport, "-u", "-l", str(PAYLOAD),
@@ -155,9 +165,9 @@ def run(rounds: int, seconds: float, rate: str, out: Path) -> dict[str, Any]:
     with Lab() as lab:
         lab.add_site("a", nat="none")
         lab.add_site("b", nat="none")
-        for _ in range(rounds):
+        for index in range(rounds):
             for mode in ("nft", "userspace"):
-                result = one_round(lab, mode, seconds, rate)
+                result = one_round(lab, mode, seconds, rate, index)
                 results[mode].append(result)
                 print(f"  {mode:9} offered {result['offered_pps']:>8.0f} pkt/s, delivered "
                       f"{result['delivered_pps']:>8.0f} pkt/s, loss {100 * result['loss']:.1f}%",

@@ -182,12 +182,15 @@ class RelayService:
         here = alloc.sides[side]
         try:
             claim = wire.parse_bind_request(data)
-        except StunParseError:
+        except StunParseError as exc:
             self.stats.binds_refused += 1
+            log.debug("relay %s side %d: not a bind from %s: %s", alloc.id, side, source, exc)
             return
         if (claim.alloc_id, claim.side) != (alloc.id, side) \
                 or not wire.verify_bind_request(data, here.secret):
             self.stats.binds_refused += 1
+            log.debug("relay %s side %d: bind for %s:%d from %s does not authenticate",
+                      alloc.id, side, claim.alloc_id, claim.side, source)
             return
         now = time.time()
         outcome = self.table.bind(here.local, alloc.id, side, source, claim.wall_ms, now,
