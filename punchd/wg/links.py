@@ -7,6 +7,7 @@ netdev). pyroute2 is blocking, so every call runs in a worker thread.
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -43,7 +44,14 @@ def _index(ipr: Any, ifname: str) -> int:
 
 
 async def link_exists(ifname: str) -> bool:
-    return await netlink_call(lambda ipr: bool(ipr.link_lookup(ifname=ifname)), f"lookup {ifname}")
+    # if_nametoindex is one ioctl; a pyroute2 IPRoute per check (reconciliation asks
+    # every few seconds) costs a thread and an event loop, most of an idle punchd's CPU.
+    await trio.lowlevel.checkpoint()
+    try:
+        socket.if_nametoindex(ifname)
+    except OSError:
+        return False
+    return True
 
 
 async def delete_link(ifname: str) -> None:
