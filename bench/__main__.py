@@ -1,4 +1,4 @@
-"""``python -m bench NAME``: run one benchmark (the lab matrix and data-plane sets are to come)."""
+"""``python -m bench NAME``: run one benchmark (see each module's docstring)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import sys
 
 
 def main() -> int:
-    choices = {"control": "bench.control_fanout", "dns": "bench.dns_qps"}
+    choices = {"control": "bench.control_fanout", "dns": "bench.dns_qps",
+               "relay": "bench.relay_capacity", "paths": "bench.paths",
+               "cpu": "bench.discovery_cpu"}
     if len(sys.argv) < 2 or sys.argv[1] not in choices:
         print(f"usage: python -m bench {{{','.join(choices)}}} [options]", file=sys.stderr)
         return 2

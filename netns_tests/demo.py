@@ -1,10 +1,11 @@
 """The README's main job: a demo mesh in the network-namespace lab.
 
 Builds a lab (a signal server on the "internet" with two public addresses, and
-sites behind different NAT types), starts the real ``signal-server`` and a real
-``punchd`` on every node, joins them with a token, waits for WireGuard handshakes,
-and then prints each node's ``punchctl status``, a DNS lookup through meshdns and a
-ping between every pair over the mesh. Everything shown is read from the running
+sites behind different NAT types), starts the real ``signal-server`` (with STUN,
+meshdns and the relay) and a real ``punchd`` on every node, joins them with a token,
+waits for WireGuard handshakes, and then prints each node's ``punchctl status``, a
+DNS lookup through meshdns, a ping between every pair over the mesh, and which pairs
+went direct and which through the relay. Everything shown is read from the running
 processes; nothing is faked. The lab tears itself down on exit, on error and on
 Ctrl-C.
 
@@ -33,7 +34,7 @@ def run_demo(sites: list[str], wait: float, log_dir: Path) -> int:
         mesh = Mesh(lab)
         print(f"== lab: server {' / '.join(lab.server.public_ips)}; sites: {', '.join(sites)}",
               flush=True)
-        mesh.start_server()
+        mesh.start_server(relay="auto")
         token = mesh.create_network(NETWORK, MESH_CIDR)
         print(f"== signal server up at {mesh.url}; network {NETWORK} {MESH_CIDR}; "
               f"join token {token[:20]}…", flush=True)
@@ -74,7 +75,13 @@ def run_demo(sites: list[str], wait: float, log_dir: Path) -> int:
                 print(f"   {a.name:6} -> {b.name:6} {target:12} "
                       f"{'ok  ' if res.returncode == 0 else 'FAIL'} {' | '.join(summary)}",
                       flush=True)
-        print(f"\n== {pairs - failures} of {pairs} directed pairs pass pings over WireGuard",
+        paths: dict[str, list[str]] = {}
+        for node in mesh.nodes:
+            for peer in node.network_status(NETWORK)["peers"]:
+                if node.name < peer["name"]:
+                    paths.setdefault(peer["path"], []).append(f"{node.name}-{peer['name']}")
+        print(f"\n== {pairs - failures} of {pairs} directed pairs pass pings over WireGuard; "
+              + "; ".join(f"{kind}: {', '.join(sorted(p))}" for kind, p in sorted(paths.items())),
               flush=True)
         return 0 if failures == 0 else 1
 

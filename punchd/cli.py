@@ -138,8 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--json", action="store_true")
         if name != "list":
             q.add_argument("--network")
-    p = sub.add_parser("ping", help="ping a peer over the mesh; shows each reply's path and RTT")
+    p = sub.add_parser("ping", help="ping a peer: each answer's path (direct or relay) and RTT")
     p.add_argument("peer")
+    p.add_argument("--icmp", action="store_true",
+                   help="ICMP echo through WireGuard instead of punch probes")
     p.add_argument("-c", "--count", type=int, default=4)
     p.add_argument("--json", action="store_true")
     p.add_argument("--network")
@@ -182,15 +184,15 @@ async def run(args: argparse.Namespace) -> int:
         else:
             print_netcheck(res)
     elif cmd == "ping":
-        args_ = {"peer": args.peer, "count": args.count} | (
+        args_ = {"peer": args.peer, "count": args.count, "icmp": args.icmp} | (
             {"network": args.network} if args.network else {})
         res = await call(sock, "ping", args_)
         if args.json:
             print(json.dumps(res, indent=2))
         else:
             for reply in res["replies"]:
-                print(f"pong from {res['peer']} ({res['address']}) via {res['path']} "
-                      f"{res['endpoint']} in {reply['rtt_ms']:.2f}ms (seq {reply['seq']})")
+                print(f"pong from {res['peer']} ({res['address']}) via {reply['path']} "
+                      f"{reply['endpoint']} in {reply['rtt_ms']:.2f}ms (seq {reply['seq']})")
             print(f"{len(res['replies'])}/{res['sent']} answered")
         if not res["replies"]:
             raise PunchdError(f"no answer from {res['peer']} ({res['address']})")

@@ -9,6 +9,7 @@ codec error), so callers catch ours and never a library's::
     PunchdError
     ├── CodecError                 untrusted bytes that do not parse
     │   ├── StunParseError
+    │   │   └── RelayBindError     a relay bind that does not authenticate
     │   ├── ProbeParseError
     │   └── TokenError             a join token that does not decode
     ├── ConfigError                bad configuration or state files; names the field
@@ -22,7 +23,9 @@ codec error), so callers catch ours and never a library's::
         ├── NotFound               (API: 404)
         ├── Conflict               (API: 409)
         ├── Invalid                (API: 400/422, names the field)
-        └── Unauthorized           (API: 401/403)
+        ├── Unauthorized           (API: 401/403)
+        ├── TooMany                (API: 429)
+        └── Unavailable            (API: 503)
 
 Packages add leaf classes under these branches in their own ``errors``/codec modules;
 no other roots.
@@ -41,6 +44,10 @@ class CodecError(PunchdError, ValueError):
 
 class StunParseError(CodecError):
     """A datagram that is not a well-formed STUN message."""
+
+
+class RelayBindError(StunParseError):
+    """A datagram that is not an authentic relay bind (or bind answer)."""
 
 
 class ProbeParseError(CodecError):
@@ -110,3 +117,11 @@ class Invalid(ServiceError):
 
 class Unauthorized(ServiceError):
     status = 401
+
+
+class TooMany(ServiceError):
+    status = 429
+
+
+class Unavailable(ServiceError):
+    status = 503

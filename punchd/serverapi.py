@@ -81,6 +81,11 @@ class ServerClient:
     async def request_punch(self, peer: str) -> api.PunchRequest:
         return await self._request("POST", "/punch", api.PunchCreate(peer=peer), api.PunchRequest)
 
+    async def relay(self, peer: str) -> api.RelayAllocation:
+        """This node's side of the relay allocation with ``peer`` (get or create)."""
+        return await self._request("POST", "/relay", api.RelayCreate(peer=peer),
+                                   api.RelayAllocation)
+
     async def leave(self) -> None:
         await self._request("DELETE", "/node", None, type(None))
 

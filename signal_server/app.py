@@ -22,11 +22,12 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from punchd.errors import Invalid, ServiceError, Unauthorized
+from punchd.errors import Invalid, ServiceError, Unauthorized, Unavailable
 from punchd.wire import api
 from punchd.wire.signing import ReplayGuard, verify_request
 from punchd.wire.token import encode_token
 
+from .relay import RelayService
 from .store import Store
 
 T = TypeVar("T")
@@ -65,11 +66,12 @@ class Service:
     """The store behind one worker thread, plus event fan-out and zone push hooks."""
 
     def __init__(self, store: Store, *, public_url: str, dns: api.MeshDns | None = None,
-                 stun: str | None = None) -> None:
+                 stun: str | None = None, relay: RelayService | None = None) -> None:
         self.store = store
         self.public_url = public_url
         self.dns = dns
         self.stun = stun
+        self.relay = relay
         self.hub = EventHub()
         self.guard = ReplayGuard()
         self._limiter = trio.CapacityLimiter(1)
@@ -277,6 +279,23 @@ def build_app(service: Service, admin_token: str) -> Starlette:
         service.hub.notify(node.network)
         return _json(punch_req, 202)
 
+    async def relay(request: Request) -> Response:
+        if request.method == "GET":  # admin: what the relay is doing
+            require_admin(request)
+            if service.relay is None:
+                raise Unavailable("this server has no relay")
+            return _json(service.relay.status())
+        signer = await node_signer(request)
+        req = await _decode(request, api.RelayCreate)
+        node = await service.call(store.node_by_signing_key, signer)
+        peer = await service.call(store.get_node, node.network, req.peer)
+        if peer.id == node.id:
+            raise Invalid("a node cannot relay to itself", "peer")
+        if service.relay is None:
+            raise Unavailable("this server has no relay (signal-server serve --relay "
+                              "HOST:LOW-HIGH)")
+        return _json(await service.relay.allocate(node.network, node.id, peer.id))
+
     async def events(request: Request) -> Response:
         signer = await node_signer(request)
         node = await service.call(store.touch_node, signer)
@@ -313,6 +332,7 @@ def build_app(service: Service, admin_token: str) -> Starlette:
         Route("/api/v1/join", guarded(join), methods=["POST"]),
         Route("/api/v1/node", guarded(me), methods=["GET", "PATCH", "DELETE"]),
         Route("/api/v1/punch", guarded(punch), methods=["POST"]),
+        Route("/api/v1/relay", guarded(relay), methods=["GET", "POST"]),
         Route("/api/v1/events", guarded(events), methods=["GET"]),
     ]
     return Starlette(routes=routes)
@@ -378,6 +398,7 @@ def openapi_spec() -> dict[str, Any]:
         api.NetworkCreate, api.NetworkUpdate, api.Network, api.AccessKeyCreate,
         api.AccessKeyCreated, api.AccessKey, api.JoinRequest, api.JoinResponse, api.NodeUpdate,
         api.Node, api.NetworkSnapshot, api.PunchCreate, api.DnsRecord, api.ErrorBody, api.Event,
+        api.RelayCreate, api.RelayAllocation,
     ]
     schemas, components = msgspec.json.schema_components(
         bodies, ref_template="#/components/schemas/{name}"
@@ -418,6 +439,12 @@ def openapi_spec() -> dict[str, Any]:
         "/api/v1/punch": {
             "post": {"summary": "rendezvous with a peer (signed)", "requestBody": body(11),
                      "responses": {"202": {"description": "punch requests sent"}}},
+        },
+        "/api/v1/relay": {
+            "post": {"summary": "this node's side of the relay allocation with a peer (signed)",
+                     "requestBody": body(15),
+                     "responses": {"200": {"description": "allocated", **body(16)},
+                                   "4XX": err, "5XX": err}},
         },
         "/api/v1/events": {
             "get": {"summary": "server-sent events: the network's changes (signed)",

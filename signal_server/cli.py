@@ -6,6 +6,7 @@ Errors are one line on stderr and a non-zero exit, never a traceback.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import re
 import sys
@@ -19,6 +20,7 @@ import trio
 from punchd.errors import ConfigError, PunchdError
 
 from .main import ServerOptions, parse_hostport, serve_forever
+from .relay import RelayPool
 
 _DURATION = re.compile(r"^(\d+)([smhd])$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -153,6 +155,21 @@ def run_admin(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_relay(text: str) -> RelayPool:
+    """``HOST:LOW-HIGH`` -> a relay pool (IPv4: the in-kernel forwarder is IPv4)."""
+    host, sep, ports = text.rpartition(":")
+    low_text, dash, high_text = ports.partition("-")
+    try:
+        ip = ipaddress.ip_address(host)
+        low, high = int(low_text), int(high_text)
+    except ValueError as exc:
+        raise ConfigError(f"--relay {text!r}: expected IPv4:LOW-HIGH, e.g. "
+                          "203.0.113.10:40000-40999") from exc
+    if not sep or not dash or ip.version != 4 or not 1024 <= low < high <= 65535:
+        raise ConfigError(f"--relay {text!r}: expected IPv4:LOW-HIGH with 1024 <= LOW < HIGH")
+    return RelayPool(str(ip), low, high)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="signal-server", description="punchd's control plane")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -170,6 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--public-url", help="URL put into join tokens (default from --http)")
     serve.add_argument("--certfile")
     serve.add_argument("--keyfile")
+    serve.add_argument("--relay", action="append", default=[], metavar="HOST:LOW-HIGH",
+                       help="relay address and port range for allocations (repeatable)")
+    serve.add_argument("--relay-mode", choices=["auto", "nft", "userspace"], default="auto",
+                       help="forward in the kernel (nft), in Python, or nft when it works")
 
     admin = sub.add_parser("admin", help="administer a running server over its API")
     admin.add_argument("--server", required=True, metavar="URL")
@@ -243,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
                 dns=parse_hostport(args.dns, "--dns") if args.dns else None,
                 domain=args.domain, public_url=args.public_url,
                 certfile=args.certfile, keyfile=args.keyfile,
+                relay=[parse_relay(r) for r in args.relay], relay_mode=args.relay_mode,
             )
             if len(options.stun) > 2:
                 raise ConfigError("--stun: give at most two (primary and alternate)")

@@ -23,6 +23,7 @@ from punchd.errors import ConfigError
 from punchd.wire import api
 
 from .app import Service, build_app
+from .relay import RelayMode, RelayPool, RelayService
 from .store import Store
 
 ADMIN_TOKEN_FILE = "admin.token"
@@ -63,6 +64,8 @@ class ServerOptions:
     public_url: str | None = None
     certfile: str | None = None
     keyfile: str | None = None
+    relay: list[RelayPool] = field(default_factory=list)
+    relay_mode: RelayMode = "auto"
 
 
 class SignalServer:
@@ -76,9 +79,11 @@ class SignalServer:
         host, port = options.http
         url_host = f"[{host}]" if ":" in host else host
         self.public_url = options.public_url or f"{scheme}://{url_host}:{port}"
+        self.relay = RelayService(options.relay, options.relay_mode) if options.relay else None
         self.service = Service(self.store, public_url=self.public_url,
                                dns=self._mesh_dns(options, self.public_url),
-                               stun=self._stun_address(options, self.public_url))
+                               stun=self._stun_address(options, self.public_url),
+                               relay=self.relay)
         self.app = build_app(self.service, self.admin_token)
 
     @staticmethod
@@ -130,6 +135,8 @@ class SignalServer:
                 await nursery.start(StunResponder(primary, alternate).run)
             if self.options.dns:
                 await nursery.start(self.run_dns)
+            if self.relay is not None:
+                await nursery.start(self.relay.run)
             task_status.started()
 
     async def run_dns(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

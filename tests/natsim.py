@@ -16,7 +16,11 @@ through the NAT's public address. ``flush()`` forgets every mapping, like
 :class:`Network` — hosts on LANs behind NATs or on the public side; a datagram is
 translated on the way out when sent and filtered on the way in when it arrives (so
 simultaneous-open races are real); loss, duplication, reordering and latency jitter
-come from one seeded RNG. ``down`` black-holes everything (a path outage).
+come from one seeded RNG. ``down`` black-holes everything (a path outage);
+``block(ip1, ip2)`` drops what travels between two public addresses (one path dies).
+
+:class:`SimRelay` — the relay: a port per side; what reaches a side's port from that
+side's bound endpoint leaves from the other side's port toward the other's endpoint.
 """
 
 from __future__ import annotations
@@ -149,11 +153,18 @@ class Network:
         self.latency, self.lan_latency, self.jitter = latency, lan_latency, jitter
         self.loss, self.duplicate, self.reorder = loss, duplicate, reorder
         self.down = False
+        self.blocked: set[frozenset[str]] = set()
         self.stats = NetStats()
         self._hosts: dict[Addr, tuple[Nat | None, Receiver]] = {}
         self._nats: dict[str, Nat] = {}
         self._queue: list[tuple[float, int, bytes, Addr, Addr, bool]] = []
         self._seq = 0
+
+    def block(self, ip1: str, ip2: str) -> None:
+        self.blocked.add(frozenset((ip1, ip2)))
+
+    def unblock(self, ip1: str, ip2: str) -> None:
+        self.blocked.discard(frozenset((ip1, ip2)))
 
     def add_nat(self, nat: Nat) -> Nat:
         self._nats[nat.public_ip] = nat
@@ -192,6 +203,9 @@ class Network:
         else:
             wire_src = nat.outbound(src, dst, now) if nat is not None else src
             base, wan = self.latency, True
+            if frozenset((wire_src[0], dst[0])) in self.blocked:
+                self.stats.lost += 1
+                return
         copies = 2 if self.duplicate and self.rng.random() < self.duplicate else 1
         self.stats.duplicated += copies - 1
         for _ in range(copies):
@@ -284,6 +298,36 @@ class Simulation:
                 return stop is not None and stop()
             self.step()
         raise AssertionError("simulation did not settle (a busy loop?)")
+
+
+class SimRelay:
+    """The relay, as the signal server runs it: one port per side of an allocation."""
+
+    def __init__(self, net: Network, ip: str = "192.0.2.20", ports: tuple[int, int] = (40000, 40001)
+                 ) -> None:
+        self.net = net
+        self.addrs = ((ip, ports[0]), (ip, ports[1]))
+        self.bound: list[Addr | None] = [None, None]
+        self.forwarded = self.dropped = 0
+        for side in (0, 1):
+            net.attach(self.addrs[side], None,
+                       lambda data, src, at, side=side: self._receive(side, data, src, at))
+
+    def bind(self, side: int, node: Node, now: float) -> None:
+        """The node's bind from WireGuard's port: its NAT maps the port toward the relay,
+        the relay records that mapping, and the node's session gets its relay address."""
+        self.bound[side] = (node.nat.outbound(node.addr, self.addrs[side], now)
+                            if node.nat is not None else node.addr)
+        node.s.set_relay(self.addrs[side], now)
+        node._collect(now)
+
+    def _receive(self, side: int, data: bytes, src: Addr, at: float) -> None:
+        other = self.bound[1 - side]
+        if src != self.bound[side] or other is None:
+            self.dropped += 1
+            return
+        self.forwarded += 1
+        self.net.send(data, self.addrs[1 - side], other, at)
 
 
 # -- two punchd nodes behind simulated NATs ------------------------------------------------

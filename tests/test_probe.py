@@ -258,4 +258,6 @@ def test_pongs_count_only_for_outstanding_ids_from_the_pinged_address() -> None:
     assert a.observed == ("192.0.2.1", 51820)  # the pong doubles as STUN
     a.handle_datagram(good, dst, 0.03)  # the same pong replayed
     assert a.statistics().replays == 3
-    assert a.state == "punching"  # a pong alone is half a round trip
+    # the genuine pong from the pinged address is a round trip: one path, found once
+    assert a.state == "connected"
+    assert [type(e).__name__ for e in a.events()] == ["PathFound"]

@@ -212,11 +212,12 @@ def test_path_found_then_lan_replaces_public_at_once() -> None:
         f.s.handle_timer(t)
         f.pump()
     assert set(f.pings) == {LAN_B, PUB_B, PUB_B2}
-    # half a round trip (only the pong) is not a path
+    # a pong from elsewhere is not a path; the pong from the address pinged is one
+    f.s.handle_datagram(B_CODEC.seal(w.Probe("pong", f.pings[PUB_B][-1].txid, 0.3,
+                                             ("192.0.2.1", 1))), PUB_B2, 0.31)
+    assert state(f.s) == "punching"
     f.s.handle_datagram(B_CODEC.seal(w.Probe("pong", f.pings[PUB_B][-1].txid, 0.3,
                                              ("192.0.2.1", 1))), PUB_B, 0.32)
-    assert state(f.s) == "punching"
-    f.s.handle_datagram(peer_ping(b"a" * 16, 0.33), PUB_B, 0.33)
     assert state(f.s) == "connected" and f.s.selected == PUB_B
     assert [type(e) for e in f.s.events()] == [PathFound]
     f.pump()
@@ -273,6 +274,21 @@ def test_a_peers_ping_makes_a_prflx_pair_and_wakes_an_idle_session() -> None:
     assert found.rtt == pytest.approx(0.03)
 
 
+def test_a_peers_ping_on_an_unanswered_pair_asks_again_at_once() -> None:
+    # Our first pings met a peer that was not listening yet; its ping says it is now:
+    # a new ping goes out at once, not after the backoff has grown.
+    s = a_session([candidate("srflx", PUB_B)])
+    s.punch(0.0)
+    for t in (0.1, 0.3, 0.7):
+        s.handle_timer(t)
+    assert (s.next_deadline() or 0) > 1.0  # backed off
+    s.datagrams_to_send()
+    s.handle_datagram(peer_ping(), PUB_B, 0.9)
+    out = [(B_CODEC.open(d).kind, to) for d, to in s.datagrams_to_send()]
+    assert out == [("pong", PUB_B), ("ping", PUB_B)]
+    assert s.next_deadline() == pytest.approx(0.9 + sess.RTO_INITIAL)
+
+
 def test_no_candidates_fails_at_once() -> None:
     s = a_session([])
     s.punch(0.0)
@@ -312,7 +328,7 @@ def test_short_outage_is_not_path_loss() -> None:
     connected(sim, a, b)
     sim.run_until(10.0)
     sim.net.down = True
-    sim.run_until(13.0)
+    sim.run_until(10.0 + LOST_AFTER / 2)  # a blip, shorter than what counts as loss
     sim.net.down = False
     sim.run_until(30.0)
     assert kinds(a) == kinds(b) == [PathFound]

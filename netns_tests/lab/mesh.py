@@ -97,8 +97,10 @@ class Mesh:
     def url(self) -> str:
         return f"http://{self.lab.server.ip}:{HTTP_PORT}"
 
-    def start_server(self, *, dns: bool = True, stun_server: str | None = None) -> Proc:
-        """Our server; with ``stun_server`` it advertises that STUN server instead of its own."""
+    def start_server(self, *, dns: bool = True, stun_server: str | None = None,
+                     relay: str | None = None, relay_mode: str = "auto") -> Proc:
+        """Our server; with ``stun_server`` it advertises that STUN server instead of its own;
+        ``relay`` ("auto" for the lab's default, or HOST:LOW-HIGH) runs the relay."""
         ip1, ip2 = self.lab.server.public_ips[:2]
         argv = [tool("signal-server"), "serve", "--data-dir", str(self.data_dir),
                 "--http", f"{ip1}:{HTTP_PORT}"]
@@ -108,6 +110,9 @@ class Mesh:
             argv += ["--stun", f"{ip1}:3478", "--stun", f"{ip2}:3479"]
         if dns:
             argv += ["--dns", f"{ip1}:53"]
+        if relay:
+            pool = f"{ip1}:40000-40999" if relay == "auto" else relay
+            argv += ["--relay", pool, "--relay-mode", relay_mode]
         self.server_proc = self.lab.server.spawn(argv, name="signal-server")
         wait_for_log(self.server_proc, "signal-server: ready", timeout=20)
         return self.server_proc

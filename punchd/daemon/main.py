@@ -21,6 +21,7 @@ import msgspec
 import trio
 
 from punchd.errors import ConfigError, ControlError, PunchdError
+from punchd.punch.candidates import format_addr
 from punchd.serverapi import ServerClient
 from punchd.wg import BackendKind, WireGuardBackend, open_backend, public_key
 from punchd.wire.signing import b64
@@ -177,15 +178,19 @@ class Daemon:
                 return entry
         raise ControlError(f"no peer named {peer!r} in {agent.name}")
 
-    async def cmd_ping(self, peer: str, network: str | None = None,
-                       count: int = 4) -> dict[str, Any]:
-        """ICMP echo to the peer's mesh address through WireGuard, with the path each
-        reply took (the endpoint WireGuard used). Probe-level pings come with punching."""
+    async def cmd_ping(self, peer: str, network: str | None = None, count: int = 4,
+                       icmp: bool = False) -> dict[str, Any]:
+        """Ping a peer: punch probes from WireGuard's port (the default, like
+        ``tailscale ping``: each answer shows the address it came back from and whether
+        that is the direct path or the relay), or ICMP echo through WireGuard itself."""
         agent = self._agent(network)
-        target = (await self._peer_status(agent, peer))["address"]
+        status = await self._peer_status(agent, peer)
+        target = status["address"]
+        count = max(1, min(int(count), 20))
+        if not icmp:
+            return await self._probe_ping(agent, peer, target, count)
         if not target:
             raise ControlError(f"{peer} has no mesh address")
-        count = max(1, min(int(count), 20))
         result = await trio.run_process(
             ["ping", "-n", "-c", str(count), "-i", "0.2", "-W", "2", str(target)],
             check=False, capture_stdout=True, capture_stderr=True)
@@ -196,8 +201,29 @@ class Daemon:
                 rtt = float(line.split("time=")[1].split()[0])
                 replies.append({"seq": seq, "rtt_ms": rtt})
         after = await self._peer_status(agent, peer)
-        return {"peer": peer, "address": target, "sent": count, "replies": replies,
-                "path": after["path"], "endpoint": after["endpoint"]}
+        for reply in replies:
+            reply |= {"endpoint": after["endpoint"], "path": after["path"]}
+        return {"peer": peer, "address": target, "sent": count, "mode": "icmp",
+                "replies": replies, "path": after["path"], "endpoint": after["endpoint"]}
+
+    @staticmethod
+    async def _probe_ping(agent: NetworkAgent, peer: str, target: str | None,
+                          count: int) -> dict[str, Any]:
+        node = next((p for p in agent.model.peers.values() if p.name == peer), None)
+        if agent.punching is None or node is None or agent.punching.session(node.id) is None:
+            raise ControlError(f"no punch session with {peer} (discovery off, or hole "
+                               "punching disabled for the network): try --icmp")
+        replies = []
+        for seq in range(count):
+            if seq:
+                await trio.sleep(0.2)
+            for pong in await agent.punching.ping(node.id):
+                endpoint = format_addr(pong.addr)
+                replies.append({"seq": seq, "rtt_ms": round(pong.rtt * 1000, 3),
+                                "endpoint": endpoint, "path": agent.path_of(node.id, endpoint)})
+        after = await Daemon._peer_status(agent, peer)
+        return {"peer": peer, "address": target, "sent": count, "mode": "probe",
+                "replies": replies, "path": after["path"], "endpoint": after["endpoint"]}
 
 
 async def run_daemon(state_dir: Path, socket_path: Path, backend_kind: BackendKind) -> None:

@@ -11,32 +11,59 @@ change or use it:
 * the *reconcile* task computes the desired WireGuard device from the model and
   applies the diff (:mod:`punchd.daemon.reconcile`), on every model change and every
   few seconds, which also repairs drift and a restarted wireguard-go;
-* the *publish* task sends this node's candidates to the server when they change.
+* the *publish* task gathers this node's candidates every ~25 s and at once when
+  netlink reports a local address or link change, and sends them to the server when
+  they change.
+
+With discovery running and hole punching enabled for the network, a punch session
+per peer (:mod:`punchd.daemon.punching`) finds the direct path; its verdicts become
+path decisions here. Until a session has a path, the peer is in WireGuard without an
+endpoint and without keepalive, so WireGuard sends no handshake that would be lost:
+its first handshake goes out the moment the endpoint is set (turning keepalive on
+makes WireGuard send at once), instead of after its 5 s retry timer. Only one side
+starts that handshake — the one with the larger probe key, as in the punch session —
+because two initiations that cross make each side answer the other's and drop the
+answer to its own, and neither handshake completes until the 5 s retry. The other
+side turns its keepalive on when the handshake has happened, or after
+``HANDSHAKE_WAIT_S`` if it never comes.
+
+Probes can pass where WireGuard does not (a firewall that knows WireGuard's message
+types), so a punched path is on probation until WireGuard itself proves it: a
+handshake after the switch, or bytes received while WireGuard's endpoint is that
+path. If WireGuard sends on it for ``CONFIRM_S`` (one handshake retry) without that
+proof, the path is distrusted for ``DISTRUST_S`` and the peer goes through the relay.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import logging
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import msgspec
 import trio
 
 from punchd import resolver
+from punchd.discovery.addrwatch import watch_addresses
 from punchd.discovery.service import Discovery, parse_addr
 from punchd.discovery.sharedsock import SharedPortSocket
 from punchd.errors import APIError, PunchdError, ServerUnreachable, WireGuardError
+from punchd.punch.candidates import format_addr
+from punchd.punch.session import PathChanged, PathFound, PathLost, PunchEvent, PunchFailed
 from punchd.serverapi import ServerClient
 from punchd.wg.base import LinkConfig, WgDeviceState, WgPeer, WireGuardBackend, public_key
 from punchd.wire import api
 
 from . import hostaddrs
 from .paths import PathDecision, choose_endpoint, host_candidates, path_kind
+from .punching import Punching
 from .reconcile import DesiredDevice, RemovePeer, SetDevice, SetPeer, plan
+from .relaying import Relaying
 from .state import NetworkConfig, NetworkKeys, StateDir
 
 log = logging.getLogger("punchd.network")
@@ -45,6 +72,20 @@ RECONCILE_INTERVAL_S = 2.0
 CANDIDATE_INTERVAL_S = 25.0
 BACKOFF_MIN_S = 0.5
 BACKOFF_MAX_S = 30.0
+HANDSHAKE_WAIT_S = 1.0  # the responder waits this long for the initiator's handshake
+CONFIRM_S = 6.0  # WireGuard retries a handshake after 5 s: one retry's worth of proof
+DISTRUST_S = 60.0
+
+
+@dataclass
+class _Probation:
+    """A punched endpoint WireGuard has not proven yet, and its counters at the switch."""
+
+    endpoint: str
+    since: float  # wall clock, like WireGuard's handshake times
+    rx: int
+    tx: int
+    confirmed: bool = False
 
 
 @dataclass
@@ -109,6 +150,13 @@ class NetworkAgent:
         self._dns_applied: api.MeshDns | None = None
         self.dns_outcome: str | None = None
         self.discovery: Discovery | None = None
+        self.punching: Punching | None = None
+        self.relaying: Relaying | None = None
+        self._regather = trio.Event()
+        self._path_found_at: dict[str, float] = {}  # peer id -> trio time of PathFound
+        self._probation: dict[str, _Probation] = {}  # peer id -> its punched endpoint
+        self._distrusted: dict[str, tuple[str, float]] = {}  # peer id -> (endpoint, until)
+        self._nursery: trio.Nursery | None = None
         self.nat: api.NatReport | None = None
 
     @property
@@ -123,10 +171,12 @@ class NetworkAgent:
             try:
                 await self.ensure_interface()
                 async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
                     await self._start_discovery(nursery)
                     nursery.start_soon(self._stream_loop)
                     nursery.start_soon(self._reconcile_loop)
                     nursery.start_soon(self._publish_loop)
+                    nursery.start_soon(self._watch_addresses)
                     task_status.started()
             finally:
                 with trio.CancelScope(shield=True):
@@ -148,6 +198,15 @@ class NetworkAgent:
             return
         self.discovery = Discovery(sock, parse_addr(self.model.stun))
         await nursery.start(self.discovery.run)
+        if self.model.network is None or self.model.network.hole_punching:
+            self.punching = Punching(sock, self.keys.probe, self._on_punch_event)
+            await nursery.start(self.punching.run)
+            self.discovery.on_probe = self.punching.route
+            # Relay allocations are bound from WireGuard's port and proven by the punch
+            # sessions, so they come with punching.
+            self.relaying = Relaying(self.client, sock, self.punching.set_relay)
+            await nursery.start(self.relaying.run)
+            self.discovery.on_stun = self.relaying.handle_stun
 
     # -- interface and reconciliation ------------------------------------------------------
 
@@ -157,9 +216,11 @@ class NetworkAgent:
         await self.backend.set_device(ifname, private_key=self.keys.wireguard,
                                       listen_port=self.config.listen_port)
 
-    def desired(self) -> DesiredDevice:
+    def desired(self, actual: WgDeviceState | None = None) -> DesiredDevice:
         network = self.model.network
         keepalive = network.keepalive if network else 25
+        handshaken = {p.public_key for p in actual.peers if p.last_handshake} if actual else set()
+        now = trio.current_time()
         peers = []
         for peer in self.model.peers.values():
             if not peer.approved:
@@ -169,9 +230,18 @@ class NetworkAgent:
                 for a in (peer.ipv4, peer.ipv6) if a
             )
             decision = self.paths.get(peer.id)
-            peers.append(WgPeer(public_key=peer.wg_public_key,
-                                endpoint=decision.endpoint if decision else None,
-                                allowed_ips=allowed, persistent_keepalive=keepalive))
+            endpoint = decision.endpoint if decision else None
+            # No keepalive before the first endpoint, and on a punched path only one
+            # side starts the handshake: see the module docstring.
+            known = endpoint is not None or peer.wg_public_key in self._applied_endpoints
+            found = self._path_found_at.get(peer.id)
+            if known and decision is not None and decision.source in ("punch", "relay") \
+                    and found is not None and peer.wg_public_key not in handshaken \
+                    and not self._initiator(peer) and now - found < HANDSHAKE_WAIT_S:
+                known = False
+            peers.append(WgPeer(public_key=peer.wg_public_key, endpoint=endpoint,
+                                allowed_ips=allowed,
+                                persistent_keepalive=keepalive if known else 0))
         changed = frozenset(p.public_key for p in peers if p.endpoint is not None
                             and self._applied_endpoints.get(p.public_key) not in (None, p.endpoint))
         return DesiredDevice(private_key_public=public_key(self.keys.wireguard),
@@ -187,16 +257,116 @@ class NetworkAgent:
                           mtu=network.mtu)
 
     def decide_paths(self) -> None:
+        """Per peer: the punched path; else, while punching, nothing yet; else a guess."""
         local_only = bool(self.model.network and self.model.network.local_only)
         for peer in self.model.peers.values():
+            session = self.punching.session(peer.id) if self.punching else None
+            if session is not None and session.selected is not None:
+                rtt = session.selected_rtt
+                relayed = session.selected_kind == "relay"
+                endpoint = format_addr(session.selected)
+                distrusted = self._distrusted.get(peer.id)
+                if not relayed and session.relay is not None and distrusted is not None \
+                        and distrusted[0] == endpoint and time.time() < distrusted[1]:
+                    self.paths[peer.id] = PathDecision(endpoint=format_addr(session.relay),
+                                                       kind="relay", source="relay")
+                    continue
+                self.paths[peer.id] = PathDecision(
+                    endpoint=format_addr(session.selected),
+                    kind="relay" if relayed else "direct",
+                    source="relay" if relayed else "punch",
+                    rtt_ms=round(rtt * 1000, 2) if rtt is not None else None)
+                continue
+            # No session yet means one is about to start (sessions begin right after
+            # the peer is in WireGuard): guessing an endpoint now would send a
+            # handshake before the NATs are open, lost for WireGuard's 5 s retry.
+            punching_soon = self.punching is not None and (
+                session is None or session.state == "punching")
+            if punching_soon and peer.wg_public_key not in self._applied_endpoints:
+                self.paths[peer.id] = PathDecision(endpoint=None, kind="direct",
+                                                   source="pending")
+                continue
             current = self.paths.get(peer.id)
-            if current is not None and current.kind == "direct" and current.endpoint and \
-                    any(c.address == current.endpoint for c in peer.candidates):
+            if current is not None and current.source == "candidate" and current.endpoint \
+                    and any(c.address == current.endpoint for c in peer.candidates):
                 continue  # keep a chosen endpoint while the peer still offers it
-            endpoint = choose_endpoint(peer, self._local_networks, local_only=local_only)
-            self.paths[peer.id] = PathDecision(endpoint=endpoint, kind="direct")
+            guess = choose_endpoint(peer, self._local_networks, local_only=local_only)
+            self.paths[peer.id] = PathDecision(endpoint=guess, kind="direct")
         for gone in set(self.paths) - set(self.model.peers):
             del self.paths[gone]
+
+    def _judge_direct_paths(self, actual: WgDeviceState, now: float) -> None:
+        """Probation of punched endpoints: see the module docstring."""
+        by_key = {p.public_key: p for p in actual.peers}
+        for peer in self.model.peers.values():
+            decision, wg = self.paths.get(peer.id), by_key.get(peer.wg_public_key)
+            if decision is None or decision.source != "punch" or decision.endpoint is None \
+                    or wg is None:
+                self._probation.pop(peer.id, None)
+                continue
+            probation = self._probation.get(peer.id)
+            if probation is None or probation.endpoint != decision.endpoint:
+                self._probation[peer.id] = _Probation(decision.endpoint, now, wg.rx_bytes,
+                                                      wg.tx_bytes)
+                continue
+            if probation.confirmed:
+                continue
+            if wg.endpoint == probation.endpoint and (
+                    (wg.last_handshake or 0) > probation.since or wg.rx_bytes > probation.rx):
+                probation.confirmed = True
+            elif now - probation.since > CONFIRM_S and wg.tx_bytes > probation.tx:
+                known = self._distrusted.get(peer.id)
+                if known is not None and known[0] == decision.endpoint and now < known[1]:
+                    continue  # said already, and no relay to go to
+                log.warning("%s: WireGuard gets nothing back on %s from %s although probes "
+                            "pass; using the relay for %d s", self.name, decision.endpoint,
+                            peer.name, DISTRUST_S)
+                self._distrusted[peer.id] = (decision.endpoint, now + DISTRUST_S)
+                del self._probation[peer.id]
+                self.decide_paths()
+
+    def _on_punch_event(self, node_id: str, event: PunchEvent) -> None:
+        peer = self.model.peers.get(node_id)
+        name = peer.name if peer else node_id
+        if isinstance(event, PathFound):
+            self._path_found_at[node_id] = trio.current_time()
+            if peer is not None and not self._initiator(peer):
+                self._wake_after(HANDSHAKE_WAIT_S)
+            log.info("%s: direct path to %s via %s (%.1f ms)", self.name, name,
+                     format_addr(event.addr), event.rtt * 1000)
+        elif isinstance(event, PathChanged):
+            log.info("%s: path to %s moves %s -> %s (%.1f ms)", self.name, name,
+                     format_addr(event.old), format_addr(event.new), event.rtt * 1000)
+        elif isinstance(event, PathLost):
+            log.info("%s: path to %s via %s lost; punching again", self.name, name,
+                     format_addr(event.addr))
+        elif isinstance(event, PunchFailed):
+            log.info("%s: no direct path to %s: %s", self.name, name, event.reason)
+        self.poke()
+
+    def _initiator(self, peer: api.Node) -> bool:
+        """Whether this node starts WireGuard's first handshake with ``peer``."""
+        ours = bytes(self.keys.probe.public_key)
+        try:
+            theirs = base64.b64decode(peer.probe_public_key, validate=True)
+        except (binascii.Error, ValueError):
+            return True
+        return ours > theirs
+
+    def _wake_after(self, delay: float) -> None:
+        if self._nursery is not None:
+            self._nursery.start_soon(self._poke_later, delay)
+
+    async def _poke_later(self, delay: float) -> None:
+        await trio.sleep(delay)
+        self.poke()
+
+    def _sync_punching(self) -> None:
+        peers = [p for p in self.model.peers.values() if p.approved]
+        if self.punching is not None:
+            self.punching.sync_peers(peers)
+        if self.relaying is not None:
+            self.relaying.sync_peers(peers)
 
     async def reconcile_once(self) -> int:
         """One pass: returns the number of operations applied."""
@@ -211,7 +381,8 @@ class NetworkAgent:
             self._link_applied = link
         self.decide_paths()
         actual = await self.backend.get_device(ifname)
-        ops = plan(self.desired(), actual, time.time())
+        self._judge_direct_paths(actual, time.time())
+        ops = plan(self.desired(actual), actual, time.time())
         for op in ops:
             if isinstance(op, SetDevice):
                 await self.backend.set_device(
@@ -226,6 +397,10 @@ class NetworkAgent:
                 self._applied_endpoints.pop(op.public_key, None)
         if ops:
             log.info("%s: applied %d change(s)", ifname, len(ops))
+        # Sessions follow WireGuard, not the model: a peer must be in WireGuard before
+        # its probes are answered, or its first handshake (sent the moment its session
+        # finds the path) meets an interface that drops it and waits 5 s to retry.
+        self._sync_punching()
         return len(ops)
 
     async def _reconcile_loop(self) -> None:
@@ -275,6 +450,8 @@ class NetworkAgent:
                             self.removed = True
                             log.warning("%s: this node was deleted on the server", self.name)
                         self.model.apply(event)
+                        if isinstance(event, api.PunchRequest):
+                            self._rendezvous(event)
                         self.poke()
             except (ServerUnreachable, APIError) as exc:
                 self.last_error = str(exc)
@@ -287,48 +464,96 @@ class NetworkAgent:
             await trio.sleep(self._rng.uniform(0, backoff))
             backoff = min(BACKOFF_MAX_S, backoff * 2)
 
+    def _rendezvous(self, request: api.PunchRequest) -> None:
+        me = self.model.node.id if self.model.node else None
+        if self.punching is None or me not in request.nodes:
+            return
+        other = request.nodes[1] if request.nodes[0] == me else request.nodes[0]
+        self.punching.punch(other)
+
     async def _publish_loop(self) -> None:
+        """Gather and publish every ~25 s (jittered), and at once on an address change."""
         while not self.removed:
+            self._regather = trio.Event()
             try:
                 await self.publish_candidates()
             except (ServerUnreachable, APIError) as exc:
                 self.last_error = str(exc)
-            await trio.sleep(CANDIDATE_INTERVAL_S * self._rng.uniform(0.8, 1.2) if
-                             self._published is not None else 1.0)
+            with trio.move_on_after(CANDIDATE_INTERVAL_S * self._rng.uniform(0.8, 1.2) if
+                                    self._published is not None else 1.0):
+                await self._regather.wait()
+
+    def regather(self) -> None:
+        """A local address or link changed (netlink): gather and publish now."""
+        self._regather.set()
+
+    async def _watch_addresses(self) -> None:
+        try:
+            await watch_addresses(self.regather, exclude=self._exclude)
+        except OSError as exc:  # no netlink here: the periodic re-gather still runs
+            log.warning("%s: cannot watch address changes: %s", self.name, exc)
 
     async def publish_candidates(self, *, force: bool = False) -> None:
-        """Host candidates, plus the server-reflexive one when discovery works."""
+        """Host candidates, plus the server-reflexive one when discovery works.
+
+        A new public endpoint is published the moment the first STUN answer gives it
+        (peers start punching on it), the NAT's behaviour when classification ends.
+        """
         addresses = await hostaddrs.local_addresses(self._exclude)
         self._local_networks = [ipaddress.ip_interface(a).network for a in addresses]
-        candidates = host_candidates(addresses, self.config.listen_port)
-        nat = await self.netcheck_quietly()
-        if nat is not None and nat.public_endpoint:
-            # RFC 8445 §5.1.2.1: server-reflexive type preference 100.
-            srflx = api.Candidate(kind="srflx", address=nat.public_endpoint,
-                                  priority=(100 << 24) + (65535 << 8) + 255)
-            if srflx.address not in {c.address for c in candidates}:
-                candidates = (*candidates, srflx)
+        host = host_candidates(addresses, self.config.listen_port)
+        early: list[str] = []
+        endpoint_known = trio.Event()
+        report: list[api.NatReport | None] = []
+
+        def on_endpoint(endpoint: str) -> None:
+            early.append(endpoint)
+            endpoint_known.set()
+
+        async def classify() -> None:
+            report.append(await self.netcheck_quietly(on_endpoint))
+            endpoint_known.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(classify)
+            await endpoint_known.wait()
+            if early and (self.nat is None or self.nat.public_endpoint != early[0]):
+                await self._publish(_with_srflx(host, early[0]),
+                                    api.NatReport(public_endpoint=early[0]), force=False)
+        nat = report[0]
+        await self._publish(_with_srflx(host, nat.public_endpoint if nat else None), nat,
+                            force=force)
+
+    async def _publish(self, candidates: tuple[api.Candidate, ...], nat: api.NatReport | None,
+                       *, force: bool) -> None:
+        if self.punching is not None:
+            self.punching.update_local(candidates, nat)
+        moved = nat is not None and self.nat is not None \
+            and nat.public_endpoint != self.nat.public_endpoint
+        if moved and self.relaying is not None:
+            self.relaying.kick()  # our mapping changed: the relay must learn the new one
         if candidates != self._published or nat != self.nat or force:
             await self.client.update_self(api.NodeUpdate(candidates=candidates, nat=nat))
             self._published = candidates
             self.nat = nat
 
-    async def netcheck_quietly(self) -> api.NatReport | None:
+    async def netcheck_quietly(self, on_endpoint: Callable[[str], None] | None = None
+                               ) -> api.NatReport | None:
         if self.model.stun is None or self.discovery is None:
             return None  # no STUN offered, or no raw sockets: host candidates only
         try:
-            return await self.netcheck()
+            return await self.netcheck(on_endpoint)
         except PunchdError as exc:
             self.last_error = str(exc)
             return None
 
-    async def netcheck(self) -> api.NatReport:
+    async def netcheck(self, on_endpoint: Callable[[str], None] | None = None) -> api.NatReport:
         """Classify this node's NAT as seen from WireGuard's own port (RFC 5780)."""
         if self.model.stun is None:
             raise PunchdError("the signal server offers no STUN address (serve --stun)")
         if self.discovery is None:
             raise PunchdError("discovery is not running (raw sockets need CAP_NET_RAW)")
-        return await self.discovery.netcheck()
+        return await self.discovery.netcheck(on_endpoint)
 
     # -- status --------------------------------------------------------------------------------
 
@@ -357,6 +582,10 @@ class NetworkAgent:
                 "tx_bytes": wg.tx_bytes if wg else 0,
                 "in_wireguard": wg is not None,
                 "nat": msgspec.to_builtins(peer.nat),
+                "punch": self._punch_status(peer.id),
+                "relay": self._relay_status(peer.id),
+                "confirmed": bool(self._probation.get(peer.id) and
+                                  self._probation[peer.id].confirmed),
             })
         node = self.model.node
         return {
@@ -377,6 +606,32 @@ class NetworkAgent:
             "peers": peers,
         }
 
+    def path_of(self, node_id: str, endpoint: str) -> str:
+        """What an address is for this peer: its direct path, the relay, or a candidate."""
+        decision = self.paths.get(node_id)
+        if decision is not None and decision.endpoint == endpoint:
+            return decision.kind
+        return "direct"  # probes reach the peer itself; only the relay forwards them
+
+    def _relay_status(self, node_id: str) -> dict[str, object] | None:
+        state = self.relaying.states.get(node_id) if self.relaying else None
+        if state is None:
+            return None
+        return {"endpoint": format_addr(state.relay) if state.relay else None,
+                "mapped": format_addr(state.mapped) if state.mapped else None,
+                "error": state.error}
+
+    def _punch_status(self, node_id: str) -> dict[str, object] | None:
+        session = self.punching.session(node_id) if self.punching else None
+        if session is None:
+            return None
+        stats = session.statistics()
+        return {"state": session.state, "failure": session.failure,
+                "attempts": stats.attempts, "probes_sent": stats.probes_sent,
+                "probes_received": stats.probes_received, "rejected": stats.rejected,
+                "replays": stats.replays,
+                "observed": format_addr(session.observed) if session.observed else None}
+
     async def leave(self) -> None:
         """Deregister, then remove the interface and the state."""
         try:
@@ -391,3 +646,11 @@ class NetworkAgent:
                                                   resolved=resolver.resolved_running()))
         await self.backend.delete_interface(self.config.interface)
         self.state.remove(self.name)
+
+
+def _with_srflx(host: tuple[api.Candidate, ...], endpoint: str | None) -> tuple[api.Candidate, ...]:
+    if not endpoint or endpoint in {c.address for c in host}:
+        return host
+    # RFC 8445 §5.1.2.1: server-reflexive type preference 100.
+    return (*host, api.Candidate(kind="srflx", address=endpoint,
+                                 priority=(100 << 24) + (65535 << 8) + 255))

@@ -20,6 +20,9 @@ import msgspec
 from punchd.wire import api
 
 PathKind = Literal["direct", "relay", "none"]
+# Where a decision came from: a guess from the peer's published candidates, a path a
+# punch session proved, the relay, or nothing yet because punching is under way.
+PathSource = Literal["candidate", "punch", "relay", "pending"]
 # WireGuard considers a session dead after 180 s without a handshake (REJECT_AFTER_TIME).
 HANDSHAKE_ALIVE_S = 180.0
 
@@ -28,6 +31,7 @@ class PathDecision(msgspec.Struct, frozen=True):
     endpoint: str | None
     kind: PathKind  # what the endpoint is when it works: "direct" or "relay"
     rtt_ms: float | None = None
+    source: PathSource = "candidate"
 
 
 def _split(address: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int] | None:

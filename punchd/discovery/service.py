@@ -1,17 +1,23 @@
-"""The discovery service: runs NAT classification over the shared WireGuard port.
+"""The discovery service: the one reader of the shared WireGuard port.
 
-One receive loop feeds whatever classification is in progress; ``netcheck`` drives
-one :class:`~punchd.discovery.classify.NatClassifier` with trio's clock and the
-shared socket, and returns the report.
+One receive loop sorts what arrives: punch probes go to ``on_probe`` (the punch
+sessions), STUN answers to ``on_stun`` first (the relay binds claim theirs) and then
+to the classification in progress. ``netcheck`` drives one
+:class:`~punchd.discovery.classify.NatClassifier` with trio's clock and the shared
+socket and returns the report; the public endpoint is handed to ``on_endpoint`` as
+soon as the first answer gives it, so candidates can be published before the
+slower filtering tests end.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import trio
 
 from punchd.wire import api
+from punchd.wire.probe import is_probe
 
 from .classify import NatClassifier
 from .sharedsock import Addr, SharedPortSocket
@@ -32,6 +38,8 @@ class Discovery:
         self._arrived = trio.Event()
         self._lock = trio.Lock()
         self.last_report: api.NatReport | None = None
+        self.on_probe: Callable[[bytes, Addr], None] | None = None
+        self.on_stun: Callable[[bytes, Addr], bool] | None = None  # True: consumed
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -47,18 +55,29 @@ class Discovery:
             self.sock.close()
 
     def _dispatch(self, data: bytes, source: Addr) -> None:
-        """Feed the classification in progress; between classifications, drop."""
+        """Probes to the punch sessions; STUN to the classification in progress."""
+        if is_probe(data):
+            if self.on_probe is not None:
+                self.on_probe(data, source)
+            return
+        if self.on_stun is not None and self.on_stun(data, source):
+            return
         clf = self._current
         if clf is not None:
             clf.handle_datagram(data, source, trio.current_time())
             self._arrived.set()
 
-    async def netcheck(self) -> api.NatReport:
+    async def netcheck(self, on_endpoint: Callable[[str], None] | None = None) -> api.NatReport:
         async with self._lock:  # one classification at a time on the port
             clf = NatClassifier(self.stun_server, self.sock.port, trio.current_time())
             self._current = clf
             try:
                 while not clf.done:
+                    if on_endpoint is not None and clf.m1 is not None:
+                        endpoint = clf.report().public_endpoint
+                        assert endpoint is not None
+                        on_endpoint(endpoint)
+                        on_endpoint = None
                     while (out := clf.datagram_to_send(trio.current_time())) is not None:
                         await self.sock.send(*out)
                     deadline = clf.next_deadline()

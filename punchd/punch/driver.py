@@ -43,6 +43,16 @@ class PunchDriver:
         self.session.punch(trio.current_time())
         self._wake()
 
+    def ping(self) -> list[bytes]:
+        """A user's ping now (see :meth:`PunchSession.ping_now`); wakes the loop to send it."""
+        txids = self.session.ping_now(trio.current_time())
+        self._wake()
+        return txids
+
+    def set_relay(self, relay: Addr | None) -> None:
+        self.session.set_relay(relay, trio.current_time())
+        self._wake()
+
     def update_peer(self, candidates: list[Candidate], nat: NatReport | None) -> None:
         self.session.update_peer(candidates, nat)
 

@@ -24,9 +24,11 @@ the peer's NAT until the peer's own pings open it). A ping from an address that 
 not a pair yet makes a peer-reflexive pair (§7.3.1.3) checked at once (a triggered
 check, §7.3.1.4). Each transmission has a fresh transaction id, so RTTs are exact.
 
-Success. A pair succeeds when the round trip worked both ways on that address: we got
-a pong for our ping from the address we sent it to AND the peer's ping reached us
-from it (and we answered). The first pair to succeed is selected (PathFound); checks
+Success. A pair succeeds when a pong for our ping comes back from the address the ping
+went to (RFC 8445 §7.2.5.2: a check succeeds on its response): that round trip used
+WireGuard's 5-tuple through both NATs, both ways. Waiting for the peer's own ping
+as well would cost a keepalive interval whenever our attempt restarted after the
+peer had already connected. The first pair to succeed is selected (PathFound); checks
 go on until the attempt's deadline, and a later pair replaces the selection
 (PathChanged) only with hysteresis: a LAN (host) pair over a public one at once; a
 pair of the same class only when its RTT is lower by 30 % and 5 ms, at most once per
@@ -45,6 +47,16 @@ the attempt gives up on public pairs at once, tries LAN pairs for ``LAN_TIMEOUT`
 (two hosts behind one NAT) and fails with the reason, so the pair goes to the relay;
 both sides reach the same verdict from the same two NAT reports (:func:`assess`).
 
+The relay. When this node holds a relay allocation for the peer (``set_relay``), its
+own side of it — the relay address it sends to — is one more pair, of kind
+``relay``: probes sent there come out at the peer from the relay, the peer's pongs go
+back the same way, so the relay path is proven like any other before WireGuard is
+pointed at it. Its check starts first in every attempt (a lost direct path falls back
+to it within a round trip) and it ranks below every direct pair: a LAN pair beats a
+public one, a public one beats the relay, at once; within a rank only a clearly lower
+RTT switches. While connected through the relay, direct checks go on: an attempt
+that ends without a direct pair schedules the next with the usual backoff, forever.
+
 Failure and retry. No pair within ``PUNCH_TIMEOUT`` -> PunchFailed(reason) and a
 retry after a backoff (10 s doubling to 5 min; 60 s first when it cannot work); never
 a tight loop. Keepalive: once connected, a ping on the selected path every
@@ -60,6 +72,7 @@ from __future__ import annotations
 
 import ipaddress
 import random
+from collections import deque
 from typing import Literal
 
 from msgspec import Struct
@@ -90,9 +103,11 @@ LAN_TIMEOUT = 1.0  # when only LAN pairs can work: their answer comes fast or ne
 SPRAY_BUDGET = 64  # predicted ports per attempt
 SPRAY_BURST = 16  # predicted ports started per Ta tick
 MAX_PORT_DELTA = 64  # larger or inconsistent deltas are not predictable
-KEEPALIVE = 2.0  # RFC 4787 REQ-5 allows NATs 2 min; many use 30 s. Cheap, so often.
-LOST_AFTER = 5.0  # no pong on the selected path for this long -> lost
-KEEPALIVE_RETRY = 0.5  # keepalive pace while a pong is overdue
+# RFC 4787 REQ-5 allows NATs 2 min; many use 30 s. Cheap (one ~100-byte probe), and
+# it is also how a dead path is noticed: fall back to the relay within ~2 s.
+KEEPALIVE = 0.5
+LOST_AFTER = 1.5  # no pong on the selected path for this long -> lost
+KEEPALIVE_RETRY = 0.25  # keepalive pace while a pong is overdue
 RETRY_FIRST = 10.0
 RETRY_FIRST_HOPELESS = 60.0
 RETRY_MAX = 300.0
@@ -130,6 +145,14 @@ class PunchFailed(Struct, frozen=True, tag=True):
 PunchEvent = PathFound | PathChanged | PathLost | PunchFailed
 
 
+class Pong(Struct, frozen=True):
+    """One answered ping: for ``punchctl ping``, which shows each probe's path."""
+
+    txid: bytes
+    addr: Addr
+    rtt: float
+
+
 class SessionStatistics(Struct, frozen=True):
     probes_sent: int
     probes_received: int
@@ -157,6 +180,13 @@ class _Pair:
         self.rtt: float | None = None
         self.got_ping = False
         self.succeeded = False
+
+    @property
+    def rank(self) -> int:
+        """2 LAN, 1 public direct, 0 relay: a higher rank replaces a lower one at once."""
+        if self.kind == "relay":
+            return 0
+        return 2 if self.lan else 1
 
     @property
     def lan(self) -> bool:
@@ -230,6 +260,7 @@ class PunchSession:
         self._events: list[PunchEvent] = []
         self.selected: Addr | None = None
         self.selected_rtt: float | None = None
+        self.relay: Addr | None = None  # our side of the relay allocation for this peer
         self.observed: Addr | None = None  # where the peer sees us (from its pongs)
         self.failure: str | None = None
         self._hopeless: str | None = None  # assess()'s verdict for this attempt
@@ -243,6 +274,7 @@ class PunchSession:
         self._backoff = 0.0
         self._attempts = 0
         self._sent = self._received = self._rejected = self._replays = 0
+        self.pongs: deque[Pong] = deque(maxlen=64)  # the latest answered pings
 
     # -- public surface ------------------------------------------------------------
 
@@ -275,6 +307,33 @@ class PunchSession:
         """Start an attempt now (rendezvous request, rebinding, new address)."""
         self._start_attempt(now)
 
+    def set_relay(self, relay: Addr | None, now: float) -> None:
+        """Our relay address for this peer (bound and ready), or None; checked at once."""
+        if relay == self.relay:
+            return
+        old, self.relay = self.relay, relay
+        if old is not None and old in self._pairs and old != self.selected:
+            del self._pairs[old]
+        if relay is not None:
+            self._start_attempt(now)
+
+    @property
+    def selected_kind(self) -> CandidateKind | None:
+        pair = self._pairs.get(self.selected) if self.selected is not None else None
+        return pair.kind if pair is not None else None
+
+    def ping_now(self, now: float, limit: int = 8) -> list[bytes]:
+        """A user's ping: on the selected path, else on the pairs being checked.
+
+        Returns the transaction ids; their answers appear in :attr:`pongs`.
+        """
+        if self.selected is not None and self.selected in self._pairs:
+            targets = [self._pairs[self.selected]]
+        else:
+            targets = sorted((p for p in self._pairs.values() if p.started),
+                             key=lambda p: -p.priority)[:limit]
+        return [self._send_ping(pair, now) for pair in targets]
+
     def next_deadline(self) -> float | None:
         times: list[float] = []
         if self._retry_at is not None:
@@ -304,7 +363,12 @@ class PunchSession:
                 pair.next_tx = now + pair.rto
         if self._deadline is not None and now >= self._deadline:
             self._deadline = None
-            if self._state == "punching" and self._hopeless is not None:
+            on_relay = self._state == "connected" and self.selected_kind == "relay"
+            if on_relay:
+                self._fail(now, self._hopeless or "no direct pair answered within "
+                           f"{PUNCH_TIMEOUT:g} s", RETRY_FIRST_HOPELESS if self._hopeless
+                           else RETRY_FIRST, keep_path=True)
+            elif self._state == "punching" and self._hopeless is not None:
                 self._fail(now, self._hopeless, RETRY_FIRST_HOPELESS)
             elif self._state == "punching":
                 self._fail(now, "no candidate pair answered both ways within "
@@ -364,9 +428,12 @@ class PunchSession:
         if self.selected is not None and self.selected not in self._pairs:
             self._pairs[self.selected] = _Pair(self.selected, "prflx",
                                                self._prflx_priority())
+        if self.relay is not None:
+            self._pairs[self.relay] = _Pair(self.relay, "relay", 0)
         if hopeless is not None:
-            # Through the NATs it cannot work; two hosts on one LAN still can, directly.
-            self._pairs = {a: p for a, p in self._pairs.items() if p.lan}
+            # Through the NATs it cannot work; two hosts on one LAN still can, directly,
+            # and the relay can.
+            self._pairs = {a: p for a, p in self._pairs.items() if p.lan or p.kind == "relay"}
             if not self._pairs:
                 self._fail(now, hopeless, RETRY_FIRST_HOPELESS)
                 return
@@ -379,6 +446,11 @@ class PunchSession:
         if self._state != "connected":
             self._state = "punching"
         self._deadline = now + (PUNCH_TIMEOUT if hopeless is None else LAN_TIMEOUT)
+        if self.relay is not None and self.relay in self._pairs:
+            # The fallback is checked first, unpaced: after a lost path it is the way on.
+            relay = self._pairs[self.relay]
+            self._waiting.remove(relay)
+            self._start_check(relay, now)
         self._next_pace = now
         self._pace(now)
 
@@ -408,7 +480,9 @@ class PunchSession:
                 self._pairs[(ip, guess)] = _Pair((ip, guess), "predicted", prio - k)
                 budget -= 1
 
-    def _fail(self, now: float, reason: str, first: float) -> None:
+    def _fail(self, now: float, reason: str, first: float, *, keep_path: bool = False) -> None:
+        """No direct pair this attempt: schedule the next. ``keep_path``: connected
+        through the relay, which stays selected (and kept alive) meanwhile."""
         self._backoff = first if self._backoff == 0 else min(self._backoff * 2, RETRY_MAX)
         self._backoff = max(self._backoff, first)
         jitter = self._rng.uniform(0.9, 1.1)  # two peers' retries stay close, not lockstep
@@ -418,7 +492,8 @@ class PunchSession:
         self._waiting = []
         for pair in self._pairs.values():
             pair.next_tx = float("inf")
-        self._state = "failed"
+        if not keep_path:
+            self._state = "failed"
         self.failure = reason
         self._events.append(PunchFailed(reason, self._retry_at))
 
@@ -449,13 +524,14 @@ class PunchSession:
 
     # -- probes ----------------------------------------------------------------------
 
-    def _send_ping(self, pair: _Pair, now: float) -> None:
+    def _send_ping(self, pair: _Pair, now: float) -> bytes:
         txid = self._rng.randbytes(wire.TXID_LEN)
         self._outstanding[txid] = (pair.remote, now)
         nonce = self._rng.randbytes(wire.NONCE_LEN)
         ping = wire.Probe("ping", txid, now + self.wall_offset)
         self._out.append((self._codec.seal(ping, nonce), pair.remote))
         self._sent += 1
+        return txid
 
     def _on_ping(self, msg: wire.Probe, src: Addr, now: float) -> None:
         if not self._replay.accept(msg, now + self.wall_offset):
@@ -472,7 +548,15 @@ class PunchSession:
                 return
             pair = self._pairs[src] = _Pair(src, "prflx", self._prflx_priority())
         pair.got_ping = True
-        if not pair.started or (not pair.succeeded and pair.next_tx == float("inf")):
+        if pair.started and not pair.succeeded and pair.rtt is None \
+                and pair.next_tx != float("inf"):
+            # In progress but unanswered: our earlier pings may have met a closed NAT or
+            # a peer not listening yet. The peer's ping says it listens now: ask again
+            # at once instead of waiting out the backoff (RFC 8445 §7.3.1.4).
+            self._send_ping(pair, now)
+            pair.rto = RTO_INITIAL
+            pair.next_tx = now + pair.rto
+        elif not pair.started or (not pair.succeeded and pair.next_tx == float("inf")):
             # Triggered check (RFC 8445 §7.3.1.4): answer their ping with ours at once.
             if pair in self._waiting:
                 self._waiting.remove(pair)
@@ -494,6 +578,7 @@ class PunchSession:
         if pair is None:
             return
         rtt = now - tx[1]
+        self.pongs.append(Pong(msg.txid, src, rtt))
         pair.rtt = rtt if pair.rtt is None else 0.75 * pair.rtt + 0.25 * rtt
         self.observed = msg.observed
         if src == self.selected:
@@ -504,7 +589,7 @@ class PunchSession:
     # -- selection -------------------------------------------------------------------
 
     def _maybe_succeed(self, pair: _Pair, now: float) -> None:
-        if pair.succeeded or not pair.got_ping or pair.rtt is None:
+        if pair.succeeded or pair.rtt is None:
             return
         pair.succeeded = True
         rtt = pair.rtt
@@ -520,26 +605,29 @@ class PunchSession:
             self._events.append(PathChanged(old, pair.remote, rtt))
 
     def _better(self, new: _Pair, cur: _Pair, now: float) -> bool:
-        if new.lan != cur.lan:
-            return new.lan
+        if new.rank != cur.rank:
+            return new.rank > cur.rank
         if cur.rtt is None or new.rtt is None or now - self._last_switch < SWITCH_HOLD:
             return False
         return new.rtt < cur.rtt * RTT_SWITCH_RATIO and cur.rtt - new.rtt > RTT_SWITCH_MIN
 
     def _select(self, pair: _Pair, now: float) -> None:
-        # Guesses are only worth their datagrams until something works; and nothing
-        # replaces a LAN path but another LAN path.
+        # Guesses are only worth their datagrams until a direct path works; and nothing
+        # replaces a path but one of the same or a higher rank.
+        def useless(other: _Pair) -> bool:
+            return (other.kind == "predicted" and pair.rank > 0) or other.rank < pair.rank
+
         for other in self._pairs.values():
-            if other.kind == "predicted" or (pair.lan and not other.lan):
+            if useless(other):
                 other.next_tx = float("inf")
-        self._waiting = [p for p in self._waiting
-                         if p.kind != "predicted" and (p.lan or not pair.lan)]
+        self._waiting = [p for p in self._waiting if not useless(p)]
         self.selected = pair.remote
         self.selected_rtt = pair.rtt
         self._state = "connected"
-        self.failure = None
-        self._backoff = 0.0
-        self._retry_at = None
+        if pair.rank > 0:  # direct: done; through the relay, direct attempts go on
+            self.failure = None
+            self._backoff = 0.0
+            self._retry_at = None
         self._last_pong = self._ka_sent = now
         self._next_keepalive = now + KEEPALIVE
 

@@ -166,6 +166,27 @@ class PunchCreate(Struct, frozen=True, forbid_unknown_fields=True):
     peer: Name
 
 
+class RelayCreate(Struct, frozen=True, forbid_unknown_fields=True):
+    peer: Name  # the other node of the pair, in the caller's network
+
+
+class RelayAllocation(Struct, frozen=True):
+    """The caller's side of the relay allocation for a node pair.
+
+    Both nodes ask; each gets its own port and secret of the one allocation. A node
+    binds its side (:mod:`punchd.wire.relay`) from WireGuard's port; what then reaches
+    its port from its bound endpoint leaves the peer's port toward the peer's.
+    """
+
+    id: str
+    peer: str  # the peer's node id
+    relay: str  # "ip:port": where this node sends (its side's port)
+    side: int  # 0 or 1
+    secret: str  # hex: this side's key for MESSAGE-INTEGRITY on binds
+    expires_at: float  # server wall clock, unless binds or traffic refresh it
+    refresh_s: float  # bind again this often
+
+
 class NetworkSnapshot(Struct, frozen=True):
     seq: int
     network: Network

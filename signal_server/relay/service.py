@@ -1,0 +1,251 @@
+"""The relay service: allocations' sockets, binds, forwarding and expiry, in trio.
+
+Decisions are the table's (:mod:`.table`); the forwarder (:mod:`.forwarders`) moves
+datagrams in the kernel when it can. Each allocation side has a UDP socket on its
+relay port for as long as the allocation lives. What arrives there:
+
+* a bind (STUN Binding request with the side's MESSAGE-INTEGRITY): the table records
+  the source, the relay answers from the same port, and when both sides are bound
+  (or one moved) the forwarder is (re)programmed;
+* a datagram from the side's bound endpoint while the other side is bound: forwarded
+  from the other side's port to the other endpoint (the kernel forwarder takes these
+  before they reach the socket; the few that race its programming are forwarded
+  here too);
+* anything else: dropped and counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+import trio
+
+from punchd.errors import StunParseError, Unavailable
+from punchd.wire import api, stun
+from punchd.wire import relay as wire
+
+from .forwarders import Forwarder, NftForwarder, RelayError, UserspaceForwarder
+from .table import REFRESH_S, Allocation, BindOutcome, RelayPool, RelayTable
+
+log = logging.getLogger("signal_server.relay")
+
+RelayMode = Literal["auto", "nft", "userspace"]
+EXPIRY_SWEEP_S = 5.0
+RECEIVE_BUFFER = 65535
+Addr = tuple[str, int]
+
+
+@dataclass
+class RelayStatistics:
+    binds: int = 0  # accepted (bound, refreshed, moved)
+    binds_refused: int = 0  # bad integrity, stale, clock, unknown
+    forwarded_userspace: int = 0
+    dropped: int = 0  # neither a bind nor forwardable
+    allocations: int = 0
+    expired: int = 0
+
+
+@dataclass
+class _Sockets:
+    scope: trio.CancelScope
+    by_side: list[trio.socket.SocketType] = field(default_factory=list)
+
+
+class RelayService:
+    def __init__(self, pools: list[RelayPool], mode: RelayMode = "auto", *,
+                 per_node_limit: int = 64, idle_timeout: float = 120.0,
+                 refresh_s: float = REFRESH_S) -> None:
+        self.table = RelayTable(pools, per_node_limit=per_node_limit, idle_timeout=idle_timeout)
+        self.mode = mode
+        self.refresh_s = refresh_s
+        self.forwarder: Forwarder = UserspaceForwarder()
+        self.stats = RelayStatistics()
+        self._sockets: dict[str, _Sockets] = {}
+        self._nursery: trio.Nursery | None = None
+        self._lock = trio.Lock()  # one allocation at a time: sockets and table agree
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.forwarder = await self._open_forwarder()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._expire_loop)
+                task_status.started()
+        finally:
+            self._nursery = None
+            for sockets in self._sockets.values():
+                for sock in sockets.by_side:
+                    sock.close()
+            await self.forwarder.close()
+
+    async def _open_forwarder(self) -> Forwarder:
+        if self.mode == "userspace":
+            # Rules a killed in-kernel relay left behind would still forward old
+            # allocations' ports: the table is ours, clear it.
+            await NftForwarder.remove_stale()
+            return UserspaceForwarder()
+        nft = NftForwarder(sorted({p.address for p in self.table.pools}))
+        try:
+            await nft.open()
+        except RelayError as exc:
+            if self.mode == "nft":
+                raise
+            log.warning("relay: in-kernel forwarding unavailable (%s); forwarding in "
+                        "userspace", exc)
+            return UserspaceForwarder()
+        log.info("relay: forwarding in the kernel (nftables table ip punchd_relay)")
+        return nft
+
+    def status(self) -> dict[str, object]:
+        """For the admin API: the forwarder, the counters, and each allocation's state."""
+        return {
+            "forwarder": self.forwarder.kind, "statistics": dict(self.stats.__dict__),
+            "allocations": [
+                {"id": a.id, "network": a.network, "forwarded": a.forwarded,
+                 "idle_s": round(time.time() - a.last_active, 1),
+                 "sides": [{"node": s.node_id, "relay": f"{s.local[0]}:{s.local[1]}",
+                            "bound": f"{s.bound[0]}:{s.bound[1]}" if s.bound else None}
+                           for s in a.sides]}
+                for a in self.table.allocations.values()]}
+
+    # -- allocation (the HTTP API calls this) ----------------------------------------------
+
+    async def allocate(self, network: str, node_id: str, peer_id: str) -> api.RelayAllocation:
+        if self._nursery is None:
+            raise Unavailable("the relay is not running")
+        async with self._lock:
+            for _ in range(8):  # a port someone else holds is skipped, not fatal
+                alloc, side = self.table.allocate(network, node_id, peer_id, time.time())
+                if alloc.id in self._sockets:
+                    return self._answer(alloc, side)
+                try:
+                    socks = [await _bind_udp(s.local) for s in alloc.sides]
+                except OSError as exc:
+                    log.warning("relay: port of %s unusable: %s", alloc.id, exc)
+                    self.table.discard(alloc)
+                    continue
+                entry = self._sockets[alloc.id] = _Sockets(trio.CancelScope(), socks)
+                self._nursery.start_soon(self._serve_allocation, alloc, entry)
+                self.stats.allocations += 1
+                return self._answer(alloc, side)
+            raise Unavailable("no usable relay ports")
+
+    def _answer(self, alloc: Allocation, side: int) -> api.RelayAllocation:
+        mine, other = alloc.sides[side], alloc.sides[1 - side]
+        host, port = mine.local
+        return api.RelayAllocation(
+            id=alloc.id, peer=other.node_id, relay=f"{host}:{port}", side=side,
+            secret=mine.secret.hex(), expires_at=time.time() + self.table.idle_timeout,
+            refresh_s=self.refresh_s)
+
+    # -- datagrams --------------------------------------------------------------------------
+
+    async def _serve_allocation(self, alloc: Allocation, entry: _Sockets) -> None:
+        with entry.scope:  # cancelled when the allocation expires
+            async with trio.open_nursery() as nursery:
+                for index, sock in enumerate(entry.by_side):
+                    nursery.start_soon(self._serve, alloc, index, sock)
+
+    async def _serve(self, alloc: Allocation, side: int, sock: trio.socket.SocketType) -> None:
+        while True:
+            try:
+                data, source = await sock.recvfrom(RECEIVE_BUFFER)
+            except OSError:
+                continue  # ICMP errors surface here; the socket stays usable
+            await self._datagram(alloc, side, data, (str(source[0]), int(source[1])))
+
+    async def _datagram(self, alloc: Allocation, side: int, data: bytes, source: Addr) -> None:
+        here = alloc.sides[side]
+        if stun.is_stun(data):
+            await self._bind(alloc, side, data, source)
+            return
+        there = alloc.sides[1 - side]
+        if source != here.bound or there.bound is None:
+            self.stats.dropped += 1
+            return
+        entry = self._sockets.get(alloc.id)
+        if entry is None:
+            return
+        try:
+            await entry.by_side[1 - side].sendto(data, there.bound)
+        except OSError:
+            self.stats.dropped += 1
+            return
+        self.stats.forwarded_userspace += 1
+        self.table.traffic(alloc, alloc.forwarded + 1, time.time())
+
+    async def _bind(self, alloc: Allocation, side: int, data: bytes, source: Addr) -> None:
+        here = alloc.sides[side]
+        try:
+            claim = wire.parse_bind_request(data)
+        except StunParseError:
+            self.stats.binds_refused += 1
+            return
+        if (claim.alloc_id, claim.side) != (alloc.id, side) \
+                or not wire.verify_bind_request(data, here.secret):
+            self.stats.binds_refused += 1
+            return
+        now = time.time()
+        outcome = self.table.bind(here.local, alloc.id, side, source, claim.wall_ms, now,
+                                  int(now * 1000))
+        if outcome not in (BindOutcome.BOUND, BindOutcome.REFRESHED, BindOutcome.MOVED):
+            self.stats.binds_refused += 1
+            log.info("relay %s side %d: bind from %s:%d refused (%s)", alloc.id, side,
+                     *source, outcome.value)
+            return
+        self.stats.binds += 1
+        if outcome != BindOutcome.REFRESHED and alloc.ready:
+            try:
+                await self.forwarder.install(alloc)
+            except RelayError as exc:
+                log.warning("relay %s: %s; forwarding in userspace", alloc.id, exc)
+        entry = self._sockets.get(alloc.id)
+        if entry is not None:
+            try:
+                await entry.by_side[side].sendto(
+                    wire.bind_success(claim.transaction_id, source, here.secret), source)
+            except OSError as exc:
+                log.debug("bind answer to %s: %s", source, exc)
+
+    # -- expiry -----------------------------------------------------------------------------
+
+    async def _expire_loop(self) -> None:
+        while True:
+            await trio.sleep(EXPIRY_SWEEP_S)
+            await self.sweep()
+
+    async def sweep(self) -> None:
+        now = time.time()
+        counts = await self.forwarder.forwarded()
+        for alloc in self.table.allocations.values():
+            if alloc.id in counts:
+                self.table.traffic(alloc, max(alloc.forwarded, counts[alloc.id]), now)
+        for alloc in self.table.expire(now):
+            await self._close(alloc)
+
+    async def _close(self, alloc: Allocation) -> None:
+        self.stats.expired += 1
+        entry = self._sockets.pop(alloc.id, None)
+        if entry is not None:
+            entry.scope.cancel()
+            for sock in entry.by_side:
+                sock.close()
+        try:
+            await self.forwarder.remove(alloc)
+        except RelayError as exc:
+            log.warning("relay %s: removing its rules: %s", alloc.id, exc)
+        log.info("relay %s expired", alloc.id)
+
+
+async def _bind_udp(local: Addr) -> trio.socket.SocketType:
+    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        await sock.bind(local)
+    except OSError:
+        sock.close()
+        raise
+    return sock
