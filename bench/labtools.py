@@ -245,24 +245,34 @@ def add_wg_peer(iface: WgGoInterface, public_key: str, allowed_ip: str, endpoint
 
 
 class WanWatcher:
-    """Where the tunnel's packets go right now, from conntrack counters between two calls.
+    """Where the tunnel's packets go right now, from conntrack counters over a window.
 
-    ``path()`` compares the packet counters with the previous call: "direct" when at
-    least ``min_packets`` went both ways to the peer's public address since then,
-    "relay" when that happened towards the server instead, "none" otherwise. Needs
-    steady traffic through the tunnel (the benchmarks ping at 10/s while watching).
+    ``path()`` compares the packet counters with those of at least ``window_s`` ago:
+    "direct" when ``min_packets`` went both ways to the peer's public address in that
+    time, "relay" when that happened towards the server instead, "none" otherwise.
+    Needs steady traffic through the tunnel (the benchmarks ping at 10/s while
+    watching): 1 s at 10/s is 10 packets, far above the odd punch or keepalive.
     """
 
-    def __init__(self, site: Site, peer_site: Site, min_packets: int = 2) -> None:
+    def __init__(self, site: Site, peer_site: Site, window_s: float = 1.0,
+                 min_packets: int = 5) -> None:
         self.site = site
         self.peer_site = peer_site
+        self.window_s = window_s
         self.min_packets = min_packets
-        self._last = packets_towards(udp_flows(site), site, peer_site)
+        self._samples = [(time.monotonic(), packets_towards(udp_flows(site), site, peer_site))]
 
     def path(self) -> str:
-        now = packets_towards(udp_flows(self.site), self.site, self.peer_site)
-        grew = {kind: now[kind] - self._last.get(kind, 0) for kind in now}
-        self._last = now
+        now = time.monotonic()
+        counts = packets_towards(udp_flows(self.site), self.site, self.peer_site)
+        self._samples.append((now, counts))
+        # Compare with the newest sample at least a window old (the first one until then),
+        # and forget the samples older than that one.
+        old = [i for i, (t, _) in enumerate(self._samples) if now - t >= self.window_s]
+        if old:
+            del self._samples[:old[-1]]
+        base = self._samples[0][1]
+        grew = {kind: counts[kind] - base[kind] for kind in counts}
         if grew["direct"] >= self.min_packets:
             return "direct"
         if grew["relay"] >= self.min_packets:

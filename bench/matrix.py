@@ -61,12 +61,16 @@ def run_trial(lab: Lab, contender: Contender, site_a: Site, site_b: Site, run_id
         # Steady traffic while waiting for direct: Nebula's path (conntrack counters)
         # needs it, and a real mesh carries traffic while it upgrades.
         steady = handle.host_a.spawn(["ping", "-n", "-q", "-i", "0.1", "-W", "1",
-                                      "-w", str(int(direct_timeout) + 2), handle.mesh_ip_b],
+                                      "-w", str(int(first_ping_timeout + direct_timeout) + 2),
+                                      handle.mesh_ip_b],
                                      name=f"steadyping-{run_id}")
         reported = "none"
+        timeline: list[tuple[float, str]] = []
         try:
             while True:
                 reported = handle.reported_path()
+                if not timeline or timeline[-1][1] != reported:
+                    timeline.append((round(time.monotonic() - t0, 2), reported))
                 if reported == "direct" and trial["direct_s"] is None:
                     trial["direct_s"] = round(time.monotonic() - t0, 3)
                 if reported == "direct" or not can_go_direct:
@@ -77,6 +81,7 @@ def run_trial(lab: Lab, contender: Contender, site_a: Site, site_b: Site, run_id
         finally:
             steady.stop(timeout=1)
         trial["reported_path"] = reported
+        trial["path_timeline"] = timeline
         trial["path"] = wan_path_during(
             site_a, site_b,
             lambda: handle.host_a.run(["ping", "-n", "-q", "-c", "20", "-i", "0.05", "-W", "1",

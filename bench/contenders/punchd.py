@@ -70,7 +70,7 @@ class PunchdContender:
         mesh = self._meshes.get(lab.prefix)
         if mesh is None:
             mesh = Mesh(lab)
-            mesh.start_server(dns=False)
+            mesh.start_server(dns=False, relay="auto")
             self._meshes[lab.prefix] = mesh
         return mesh
 

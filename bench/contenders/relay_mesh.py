@@ -17,8 +17,8 @@ from netns_tests.lab.mesh import wait_for_log
 from ..labtools import WgGoInterface, add_wg_peer, start_wg_go
 
 WG_PORT = 51820
-RELAY_PORT_A = 40000
-RELAY_PORT_B = 40001
+RELAY_PORT_A = 45000
+RELAY_PORT_B = 45001
 RELAY_SCRIPT = Path(__file__).resolve().parents[1] / "udp_relay.py"
 
 
