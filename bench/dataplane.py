@@ -121,7 +121,7 @@ def run_sample(lab: Lab, contender: Contender, scenario: str, site_a: Site, site
         return sample
     try:
         want = "relay" if scenario == "relay" else "direct"
-        sample["reported_path"] = wait_for_path(handle, want, timeout=15)
+        sample["reported_path"] = wait_for_path(handle, want, timeout=contender.DIRECT_WAIT_S + 5)
         rtt: dict[str, Any] = {}
 
         def pings() -> None:

@@ -36,7 +36,10 @@ POLL_S = 0.2
 
 
 def run_trial(lab: Lab, contender: Contender, site_a: Site, site_b: Site, run_id: int,
-              first_ping_timeout: float, direct_timeout: float) -> dict[str, Any]:
+              first_ping_timeout: float, direct_timeout: float | None) -> dict[str, Any]:
+    """One start-to-path measurement; ``direct_timeout`` None = the contender's own wait."""
+    if direct_timeout is None:
+        direct_timeout = contender.DIRECT_WAIT_S
     trial: dict[str, Any] = {"contender": contender.NAME, "nat_a": site_a.nat,
                              "nat_b": site_b.nat, "status": "ok", "first_ping_s": None,
                              "direct_s": None, "reported_path": "none", "path": "none"}
@@ -96,7 +99,7 @@ def run_trial(lab: Lab, contender: Contender, site_a: Site, site_b: Site, run_id
 
 
 def run_matrix(pairs: list[tuple[str, str]], reps: int, contenders: list[Contender],
-               first_ping_timeout: float, direct_timeout: float, console: Console
+               first_ping_timeout: float, direct_timeout: float | None, console: Console
                ) -> list[dict[str, Any]]:
     trials: list[dict[str, Any]] = []
     run_id = 0
@@ -138,6 +141,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="4 pairs, 1 repetition")
     parser.add_argument("--reps", type=int, default=None, help="repetitions (default 5; quick 1)")
     parser.add_argument("--pairs", default=None, help="e.g. prc-prc,cone-sym (default: all)")
+    parser.add_argument("--direct-wait", type=float, default=None,
+                        help="seconds to wait for direct after the first ping "
+                             "(default: each contender's DIRECT_WAIT_S)")
     parser.add_argument("--contenders", default=None, help="comma-separated names (default: all)")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
 
@@ -153,12 +159,13 @@ def select_contenders(names: str | None) -> list[Contender]:
 def main_with(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     pairs = parse_pairs(args.pairs) if args.pairs else (QUICK_PAIRS if args.quick else ALL_PAIRS)
     reps = args.reps or (1 if args.quick else 5)
-    direct_timeout = 6.0 if args.quick else 10.0
+    direct_timeout = args.direct_wait
     started = time.monotonic()
     trials = run_matrix(pairs, reps, select_contenders(args.contenders), first_ping_timeout=6.0,
                         direct_timeout=direct_timeout, console=console)
+    waits = {c.NAME: direct_timeout or c.DIRECT_WAIT_S for c in select_contenders(args.contenders)}
     return {"kind": "matrix", "machine": machine_info(), "reps": reps,
-            "first_ping_timeout_s": 6.0, "direct_timeout_s": direct_timeout,
+            "first_ping_timeout_s": 6.0, "direct_wait_s": waits,
             "seconds": round(time.monotonic() - started, 1), "trials": trials}
 
 

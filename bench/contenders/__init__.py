@@ -31,6 +31,8 @@ class Handle(Protocol):
 
 class Contender(Protocol):
     NAME: str
+    # How long the matrix waits for "direct" after the first ping (an upper bound).
+    DIRECT_WAIT_S: float
 
     def applies(self, site_a: Site, site_b: Site) -> bool: ...
 

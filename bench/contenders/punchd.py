@@ -59,6 +59,8 @@ class PunchdHandle:
 
 class PunchdContender:
     NAME = "punchd"
+    # punchd's goal is direct within 0.5 s; a pair not direct after 10 s stays relayed.
+    DIRECT_WAIT_S = 10.0
 
     def __init__(self) -> None:
         self._meshes: dict[str, Mesh] = {}

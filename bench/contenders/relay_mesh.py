@@ -48,6 +48,7 @@ class RelayMeshHandle:
 class RelayMeshContender:
     NAME = "relay-mesh"
     CAN_GO_DIRECT = False
+    DIRECT_WAIT_S = 0.0
 
     def applies(self, site_a: Site, site_b: Site) -> bool:
         return True

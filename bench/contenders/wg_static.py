@@ -38,6 +38,7 @@ class WgStaticHandle:
 
 class WgStaticContender:
     NAME = "wg-static"
+    DIRECT_WAIT_S = 10.0
 
     def applies(self, site_a: Site, site_b: Site) -> bool:
         return site_a.nat == "none" and site_b.nat == "none"
