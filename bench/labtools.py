@@ -54,8 +54,10 @@ def enable_wan_accounting(site: Site) -> None:
 
 @dataclass(frozen=True)
 class Flow:
-    """One UDP conntrack entry seen from the LAN: where it goes and how much came back."""
+    """One UDP conntrack entry in its original direction: who started it, to whom, and
+    how many packets went each way."""
 
+    src: str
     dst: str
     dport: int
     packets_out: int
@@ -79,26 +81,28 @@ def udp_flows(site: Site) -> list[Flow]:
             (orig if key not in orig else reply)[key] = value
         if "dst" not in orig:
             continue
-        flows.append(Flow(dst=orig["dst"], dport=int(orig.get("dport", 0)),
+        flows.append(Flow(src=orig.get("src", ""), dst=orig["dst"], dport=int(orig.get("dport", 0)),
                           packets_out=int(orig.get("packets", 0)),
                           packets_in=int(reply.get("packets", 0))))
     return flows
 
 
 def packets_towards(flows: list[Flow], site: Site, peer_site: Site) -> dict[str, int]:
-    """Packets both ways between this site and {peer, server}, summed per kind.
+    """Packets that went both ways between this site and {peer, server}, per kind.
 
-    Only flows that started on this side count (the peer's inbound punches show up
-    with the peer as ``dst`` too, which is what we want: both are the direct path).
+    A flow counts whichever side started it: behind a cone NAT the peer's first packet
+    can open the flow (then the peer is its ``src``). Both directions must carry
+    packets (the smaller count is taken), so one-way punches and unanswered
+    handshakes count for nothing.
     """
     peer = public_ip(peer_site)
-    own = {h.ip for h in site.hosts} | {public_ip(site)}
     totals = {"direct": 0, "relay": 0}
     for flow in flows:
-        if flow.dst == peer:
-            totals["direct"] += min(flow.packets_out, flow.packets_in)
-        elif flow.dst in SERVER_IPS or flow.dst in own:
-            totals["relay"] += min(flow.packets_out, flow.packets_in)
+        both_ways = min(flow.packets_out, flow.packets_in)
+        if peer in (flow.src, flow.dst):
+            totals["direct"] += both_ways
+        elif flow.src in SERVER_IPS or flow.dst in SERVER_IPS:
+            totals["relay"] += both_ways
     return totals
 
 
