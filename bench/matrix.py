@@ -45,12 +45,16 @@ def run_trial(lab: Lab, contender: Contender, site_a: Site, site_b: Site, run_id
                              "direct_s": None, "reported_path": "none", "path": "none"}
     for site in (site_a, site_b):
         site.flush_conntrack()
+    launched = time.monotonic()
     try:
         handle = contender.start(lab, site_a, site_b, run_id)
     except Exception as exc:
         trial.update(status="failed", error=f"{type(exc).__name__}: {exc}"[-800:])
         return trial
     t0_wall, t0 = time.time(), time.monotonic()
+    # How long the contender took to bring both nodes up (not part of the timings below,
+    # which start when both are up, but kept so start-up costs are visible too).
+    trial["start_s"] = round(t0 - launched, 3)
     try:
         can_go_direct = getattr(contender, "CAN_GO_DIRECT", True)
         ping = spawn_first_ping(handle.host_a, handle.mesh_ip_b, first_ping_timeout,
