@@ -65,17 +65,26 @@ def matrix_cells(trials: list[dict[str, Any]]) -> dict[tuple[str, str, str], dic
             "path": final_path(group),
             "first_ping": summarize(t["first_ping_s"] for t in group),
             "direct": summarize(t["direct_s"] for t in group),
+            "reported": final_path([{**t, "path": t.get("reported_path", t["path"])}
+                                    for t in group]),
             "runs": len(group),
             "failed": sum(t["status"] != "ok" for t in group),
         }
     return cells
 
 
+NAT_ORDER = ("none", "cone", "prc", "sym", "block", "cgnat")
+
+
+def pair_order(pair: tuple[str, str]) -> tuple[int, int]:
+    return tuple(NAT_ORDER.index(n) if n in NAT_ORDER else len(NAT_ORDER) for n in pair)  # type: ignore[return-value]
+
+
 def matrix_markdown(trials: list[dict[str, Any]]) -> str:
     """One row per NAT pair, per contender: final path, time-to-direct, first ping."""
     cells = matrix_cells(trials)
     contenders = sorted({k[0] for k in cells}, key=lambda c: (c != "punchd", c))
-    pairs = sorted({(k[1], k[2]) for k in cells}, key=lambda p: [t for t in p])
+    pairs = sorted({(k[1], k[2]) for k in cells}, key=pair_order)
     lines = ["| NAT pair | " + " | ".join(contenders) + " |",
              "|---|" + "---|" * len(contenders)]
     for nat_a, nat_b in pairs:
@@ -86,6 +95,9 @@ def matrix_markdown(trials: list[dict[str, Any]]) -> str:
                 row.append("n/a")
                 continue
             text = f"**{cell['path']}**"
+            if cell["reported"] != cell["path"]:
+                # The contender said something else than the WAN side showed: say both.
+                text += f" (says {cell['reported']})"
             if cell["direct"]["n"]:
                 text += f" direct {fmt_summary(cell['direct'], ' s')}"
             text += f"; 1st ping {fmt_summary(cell['first_ping'], ' s')}"
@@ -161,7 +173,7 @@ def matrix_chart(trials: list[dict[str, Any]], path: Path) -> None:
 
     cells = matrix_cells(trials)
     contenders = sorted({k[0] for k in cells}, key=lambda c: (c != "punchd", c))
-    nats = [n for n in ("none", "cone", "prc", "sym", "block", "cgnat")
+    nats = [n for n in NAT_ORDER
             if any(n in (k[1], k[2]) for k in cells)]
     fig, axes = plt.subplots(1, len(contenders), figsize=(3.4 * len(contenders), 3.6),
                              squeeze=False)
@@ -173,7 +185,7 @@ def matrix_chart(trials: list[dict[str, Any]], path: Path) -> None:
                 colour = PATH_COLOURS.get(path_name, "#999999")
                 ax.add_patch(plt.Rectangle((j, i), 1, 1, color=colour, ec="white"))
                 if cell and cell["direct"]["n"]:
-                    ax.text(j + 0.5, i + 0.5, f"{cell['direct']['median']:.1f}s", ha="center",
+                    ax.text(j + 0.5, i + 0.5, f"{cell['direct']['median']:.2f}s", ha="center",
                             va="center", fontsize=7)
                 elif cell and "/" in cell["path"]:
                     ax.text(j + 0.5, i + 0.5, "mixed", ha="center", va="center", fontsize=6)

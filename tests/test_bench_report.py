@@ -67,6 +67,19 @@ def test_matrix_markdown_has_a_row_per_pair_and_a_column_per_contender() -> None
     assert len(lines) == 4
 
 
+def test_matrix_markdown_shows_the_contenders_claim_when_the_wan_side_disagrees() -> None:
+    claimed = {**trial("punchd", "cone", "sym", "relay", direct=0.3), "reported_path": "direct"}
+    table = report.matrix_markdown([claimed])
+    assert "| cone/sym | **relay** (says direct) direct 0.30 s; 1st ping 0.10 s |" in table
+
+
+def test_matrix_rows_follow_the_nat_order_not_the_alphabet() -> None:
+    trials = [trial("punchd", "sym", "sym", "relay"), trial("punchd", "none", "cone", "direct"),
+              trial("punchd", "cone", "prc", "direct")]
+    rows = [line.split("|")[1].strip() for line in report.matrix_markdown(trials).splitlines()[2:]]
+    assert rows == ["none/cone", "cone/prc", "sym/sym"]
+
+
 def test_matrix_markdown_says_n_a_where_a_contender_did_not_apply() -> None:
     trials = [trial("wg-static", "none", "none", "direct", direct=0.1),
               trial("punchd", "none", "none", "direct", direct=0.2),
