@@ -3,7 +3,8 @@
 Per trial: t0 is the moment ``start()`` returns with both nodes up. Node A then pings
 B's mesh address every 50 ms until the first reply (first-ping time); afterwards it
 pings at 10/s while the contender's own status is polled every 0.2 s, until it says
-"direct" (time-to-direct) or the wait runs out. Finally a 20-ping burst through the
+"direct" (time-to-direct) or its wait runs out (each contender's ``DIRECT_WAIT_S``,
+or ``--direct-wait``). Finally a 20-ping burst through the
 tunnel is counted on site A's WAN side (conntrack counters) to confirm where the
 traffic goes; ``path`` is that confirmed path, ``reported_path`` the contender's own.
 Between trials both sites' conntrack tables are flushed, so no NAT state carries over.
