@@ -108,27 +108,47 @@ def run_matrix(pairs: list[tuple[str, str]], reps: int, contenders: list[Contend
                ) -> list[dict[str, Any]]:
     trials: list[dict[str, Any]] = []
     run_id = 0
-    jobs = sum(reps * sum(1 for _ in contenders) for _ in pairs)
+    jobs = len(pairs) * reps * len(contenders)
     with Progress(console=console, transient=False) as progress:
         task = progress.add_task("NAT matrix", total=jobs)
         for nat_a, nat_b in pairs:
-            with Lab() as lab:
-                site_a = add_site(lab, "a", nat_a)
-                site_b = add_site(lab, "b", nat_b)
-                for rep in range(reps):
-                    # Contenders interleaved within a repetition: drift hits all alike.
-                    for contender in contenders:
-                        progress.update(task, description=f"{nat_a}/{nat_b} {contender.NAME} #{rep + 1}")
-                        if not contender.applies(site_a, site_b):
-                            progress.advance(task)
-                            continue
-                        run_id += 1
-                        trial = run_trial(lab, contender, site_a, site_b, run_id,
-                                          first_ping_timeout, direct_timeout)
-                        trial["rep"] = rep
-                        trials.append(trial)
-                        progress.console.print(report.trial_line(trial))
-                        progress.advance(task)
+            try:
+                run_id = run_pair(nat_a, nat_b, reps, contenders, first_ping_timeout,
+                                  direct_timeout, run_id, trials, progress, task)
+            except Exception as exc:
+                # The lab itself failed (not a contender): every contender of the pair is
+                # reported as failed rather than left out.
+                for contender in contenders:
+                    trials.append({"contender": contender.NAME, "nat_a": nat_a, "nat_b": nat_b,
+                                   "status": "failed", "first_ping_s": None, "direct_s": None,
+                                   "path": "none", "reported_path": "none", "rep": 0,
+                                   "error": f"lab: {type(exc).__name__}: {exc}"[-800:]})
+                progress.console.print(f"{nat_a}/{nat_b} [red]lab failed[/]: {exc}")
+    return trials
+
+
+def run_pair(nat_a: str, nat_b: str, reps: int, contenders: list[Contender],
+             first_ping_timeout: float, direct_timeout: float | None, run_id: int,
+             trials: list[dict[str, Any]], progress: Progress, task: Any) -> int:
+    """All repetitions of one NAT pair in one fresh lab; returns the last run id used."""
+    with Lab() as lab:
+        site_a = add_site(lab, "a", nat_a)
+        site_b = add_site(lab, "b", nat_b)
+        for rep in range(reps):
+            # Contenders interleaved within a repetition: drift hits all alike.
+            for contender in contenders:
+                progress.update(task, description=f"{nat_a}/{nat_b} {contender.NAME} #{rep + 1}")
+                if not contender.applies(site_a, site_b):
+                    progress.advance(task)
+                    continue
+                run_id += 1
+                trial = run_trial(lab, contender, site_a, site_b, run_id,
+                                  first_ping_timeout, direct_timeout)
+                trial["rep"] = rep
+                trials.append(trial)
+                progress.console.print(report.trial_line(trial))
+                progress.advance(task)
+    return run_id
     return trials
 
 
