@@ -53,10 +53,12 @@ def main() -> int:
             failed.append(name)
 
     # The fan-out and DNS benchmarks are others' modules: run them as they are run alone.
+    # A quick run writes *-quick.json so it never replaces the full-size figures.
+    suffix = "-quick" if args.quick else ""
     others = {
-        "control": ["bench.control_fanout", "--out", str(args.out / "fanout.json")]
+        "control": ["bench.control_fanout", "--out", str(args.out / f"fanout{suffix}.json")]
         + (["--nodes", "200", "--arrivals", "3"] if args.quick else []),
-        "dns": ["bench.dns_qps", "--out", str(args.out / "dns.json")]
+        "dns": ["bench.dns_qps", "--out", str(args.out / f"dns{suffix}.json")]
         + (["--rounds", "1", "--seconds", "2"] if args.quick else []),
     }
     for name, argv in others.items():
