@@ -130,6 +130,26 @@ def dataplane_rows(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def relay_over_direct(samples: list[dict[str, Any]]) -> dict[str, float]:
+    """Per contender with both scenarios measured: relayed ÷ direct median throughput.
+
+    Only where the WAN side saw the scenario's path in every sample: a "direct" run
+    that really went through the relay would make the ratio meaningless.
+    """
+    rows = {(r["contender"], r["scenario"]): r for r in dataplane_rows(samples)}
+    ratios = {}
+    for (contender, scenario), row in rows.items():
+        direct = rows.get((contender, "direct"))
+        if scenario != "relay" or direct is None:
+            continue
+        if row["paths"] != "relay" or direct["paths"] != "direct":
+            continue
+        value = ratio(row["mbps"]["median"], direct["mbps"]["median"])
+        if value is not None:
+            ratios[contender] = value
+    return ratios
+
+
 def dataplane_markdown(samples: list[dict[str, Any]]) -> str:
     def fmt_ratio(value: float | None) -> str:
         return "-" if value is None else f"{value:.2f}x"
@@ -142,6 +162,11 @@ def dataplane_markdown(samples: list[dict[str, Any]]) -> str:
         lines.append(f"| {row['scenario']} | {row['contender']}{failed} | {row['paths']} | "
                      f"{fmt_summary(row['mbps'], '', 0)} | {fmt_summary(row['rtt_ms'], '', 2)} | "
                      f"{fmt_ratio(row['vs_ceiling'])} | {fmt_ratio(row['vs_nebula'])} |")
+    relayed = relay_over_direct(samples)
+    if relayed:
+        lines.append("")
+        lines.append("Relayed ÷ direct throughput (WAN-confirmed paths only): " + ", ".join(
+            f"{contender} {value:.2f}x" for contender, value in sorted(relayed.items())))
     return "\n".join(lines) + "\n"
 
 
@@ -209,7 +234,10 @@ def throughput_chart(samples: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = dataplane_rows(samples)
-    labels = [f"{r['contender']}\n{r['scenario']}" for r in rows]
+    # The label names the path the WAN side saw when it is not the scenario's own.
+    labels = [f"{r['contender']}\n{r['scenario']}"
+              + ("" if r["paths"] == {"ceiling": "direct"}.get(r["scenario"], r["scenario"])
+                 else f"\n(via {r['paths']})") for r in rows]
     medians = [r["mbps"]["median"] or 0 for r in rows]
     lows = [m - (r["mbps"]["min"] or 0) for m, r in zip(medians, rows, strict=True)]
     highs = [(r["mbps"]["max"] or 0) - m for m, r in zip(medians, rows, strict=True)]
@@ -255,3 +283,20 @@ def write_dataplane(result: dict[str, Any], out: Path, console: Console) -> None
     throughput_chart(result["samples"], out / "throughput.png")
     console.print(table + extra)
     console.print(f"dataplane: wrote {out}/dataplane.json, dataplane.md, throughput.png")
+
+
+def main() -> int:
+    """``python -m bench.report [DIR]``: redraw the tables and charts from the JSON there."""
+    import sys
+
+    out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("bench/results")
+    console = Console()
+    if (out / "matrix.json").exists():
+        write_matrix(json.loads((out / "matrix.json").read_text()), out, console)
+    if (out / "dataplane.json").exists():
+        write_dataplane(json.loads((out / "dataplane.json").read_text()), out, console)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

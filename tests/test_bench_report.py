@@ -108,6 +108,16 @@ def test_dataplane_ratios_against_the_ceiling_and_nebula_in_the_same_scenario() 
     assert "| relay | nebula (1/1 failed) | failed | - | 1.00 | - | - |" in table
 
 
+def test_relay_over_direct_only_where_the_wan_side_saw_both_paths() -> None:
+    samples = [sample("punchd", "direct", 200.0), sample("punchd", "relay", 160.0, path="relay"),
+               # Nebula's "direct" run went through its relay: no ratio for it.
+               sample("nebula", "direct", 150.0, path="relay"),
+               sample("nebula", "relay", 150.0, path="relay")]
+    assert report.relay_over_direct(samples) == {"punchd": 0.8}
+    assert "Relayed ÷ direct throughput (WAN-confirmed paths only): punchd 0.80x" in \
+        report.dataplane_markdown(samples)
+
+
 NEBULA_LOG = """\
 time="t" level=info msg="Handshake message sent" udpAddrs="[198.18.1.10:4242]" vpnIp=198.19.100.3
 time="t" level=info msg="Send handshake via relay" relay=198.19.100.1 vpnIp=198.19.100.3
