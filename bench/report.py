@@ -272,9 +272,13 @@ def write_dataplane(result: dict[str, Any], out: Path, console: Console) -> None
     extra = ""
     cpu = [s for s in result["samples"] if s.get("punchd_cpu")]
     if cpu:
-        extra = "\npunchd during iperf3 (node A): " + "; ".join(
-            f"{s['scenario']}: CPU {s['punchd_cpu']['cpu_percent']:.1f}%, "
-            f"max RSS {s['punchd_cpu']['max_rss_mb']:.1f} MB" for s in cpu) + "\n"
+        extra = "\npunchd during iperf3 (node A; punchd is not in the data path, "
+        extra += "wireguard-go is): " + "; ".join(
+            f"{s['scenario']}: punchd CPU {s['punchd_cpu']['cpu_percent']:.1f}%, "
+            f"max RSS {s['punchd_cpu']['max_rss_mb']:.1f} MB"
+            + (f", wireguard-go CPU {s['wireguard_go_cpu_a']['cpu_percent']:.0f}%"
+               if s.get("wireguard_go_cpu_a") else "")
+            for s in cpu) + "\n"
     (out / "dataplane.md").write_text(
         "# Data plane\n\n"
         f"{result['machine']['time_utc']}, {result['reps']} round(s), iperf3 TCP "
