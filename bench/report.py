@@ -65,6 +65,7 @@ def matrix_cells(trials: list[dict[str, Any]]) -> dict[tuple[str, str, str], dic
             "path": final_path(group),
             "first_ping": summarize(t["first_ping_s"] for t in group),
             "direct": summarize(t["direct_s"] for t in group),
+            "start": summarize(t.get("start_s") for t in group),
             "reported": final_path([{**t, "path": t.get("reported_path", t["path"])}
                                     for t in group]),
             "runs": len(group),
@@ -101,6 +102,8 @@ def matrix_markdown(trials: list[dict[str, Any]]) -> str:
             if cell["direct"]["n"]:
                 text += f" direct {fmt_summary(cell['direct'], ' s')}"
             text += f"; 1st ping {fmt_summary(cell['first_ping'], ' s')}"
+            if cell["start"]["n"]:
+                text += f"; start-up {fmt_summary(cell['start'], ' s')}"
             if cell["failed"]:
                 text += f"; {cell['failed']}/{cell['runs']} failed"
             row.append(text)
@@ -259,8 +262,9 @@ def write_matrix(result: dict[str, Any], out: Path, console: Console) -> None:
         "# NAT matrix\n\n"
         f"{result['machine']['time_utc']}, {result['reps']} repetition(s), "
         f"{result['seconds']} s. Cells: final path confirmed on the NAT's WAN side; "
-        "median time to direct (min-max); median time to first ping. "
-        "t0 = both nodes up.\n\n" + table)
+        "median time to direct (min-max); median time to first ping; t0 = both nodes up "
+        "(start-up: how long the contender took to get both nodes up, before t0).\n\n"
+        + table)
     matrix_chart(result["trials"], out / "matrix.png")
     console.print(table)
     console.print(f"matrix: wrote {out}/matrix.json, matrix.md, matrix.png")

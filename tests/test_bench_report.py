@@ -67,6 +67,12 @@ def test_matrix_markdown_has_a_row_per_pair_and_a_column_per_contender() -> None
     assert len(lines) == 4
 
 
+def test_matrix_markdown_shows_start_up_time_when_measured() -> None:
+    timed = [{**trial("nebula", "prc", "prc", "relay"), "start_s": s} for s in (0.2, 0.4, 0.3)]
+    assert "| prc/prc | **relay**; 1st ping 0.10 s; start-up 0.30 s (0.20-0.40) |" in \
+        report.matrix_markdown(timed)
+
+
 def test_matrix_markdown_shows_the_contenders_claim_when_the_wan_side_disagrees() -> None:
     claimed = {**trial("punchd", "cone", "sym", "relay", direct=0.3), "reported_path": "direct"}
     table = report.matrix_markdown([claimed])
