@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,7 @@ class NebulaHandle:
     mesh_ip_a: str
     mesh_ip_b: str
     procs: list[Proc] = field(default_factory=list)
+    start_s: float = 0.0
 
     def reported_path(self) -> str:
         return path_from_log(self.procs[1].read_log()) if len(self.procs) > 1 else "none"
@@ -116,8 +118,11 @@ class NebulaContender:
                 handle.procs.append(proc)
                 if name == "lh":
                     wait_for_log(proc, "Nebula interface is active", timeout=10)
+                    # Start-up counts the nodes only, not the lighthouse or certificates.
+                    nodes_started = time.monotonic()
             for proc in handle.procs[1:]:
                 wait_for_log(proc, "Nebula interface is active", timeout=10)
+            handle.start_s = time.monotonic() - nodes_started
         except BaseException:
             handle.stop()
             raise

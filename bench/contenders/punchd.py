@@ -9,6 +9,7 @@ nodes of earlier runs (stopped) are not peers of this one. Path: ``punchctl stat
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,7 @@ class PunchdHandle:
     network: str
     mesh_ip_a: str
     mesh_ip_b: str
+    start_s: float = 0.0
 
     @property
     def host_a(self) -> Any:
@@ -80,6 +82,8 @@ class PunchdContender:
         mesh = self._mesh(lab)
         network = f"bench{run_id}"
         token = mesh.create_network(network, f"198.19.{run_id % 100}.0/24")
+        # Start-up counts the nodes only (daemons started and joined), not the server.
+        nodes_started = time.monotonic()
         node_a = mesh.start_node(site_a.hosts[0], f"a{run_id}")
         try:
             node_b = mesh.start_node(site_b.hosts[0], f"b{run_id}")
@@ -89,8 +93,10 @@ class PunchdContender:
         try:
             node_a.join(token)
             node_b.join(token)
-            return PunchdHandle(node_a, node_b, network, node_a.mesh_address(network),
-                                node_b.mesh_address(network))
+            handle = PunchdHandle(node_a, node_b, network, node_a.mesh_address(network),
+                                  node_b.mesh_address(network))
+            handle.start_s = time.monotonic() - nodes_started
+            return handle
         except BaseException:
             for node in (node_a, node_b):
                 node.proc.stop(timeout=3)
