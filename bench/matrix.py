@@ -67,8 +67,9 @@ def run_trial(lab: Lab, contender: Contender, site_a: Site, site_b: Site, run_id
         reply = first_reply_wall_time(ping)
         if reply is not None:
             trial["first_ping_s"] = round(reply - t0_wall, 3)
-        # Steady traffic while waiting for direct: Nebula's path (conntrack counters)
-        # needs it, and a real mesh carries traffic while it upgrades.
+        # Steady traffic while waiting for direct: a real mesh carries traffic while it
+        # upgrades, and some contenders only move a path that carries traffic.
+        deadline = t0 + (trial["first_ping_s"] or first_ping_timeout) + direct_timeout
         steady = handle.host_a.spawn(["ping", "-n", "-q", "-i", "0.1", "-W", "1",
                                       "-w", str(int(first_ping_timeout + direct_timeout) + 2),
                                       handle.mesh_ip_b],
@@ -84,7 +85,7 @@ def run_trial(lab: Lab, contender: Contender, site_a: Site, site_b: Site, run_id
                     trial["direct_s"] = round(time.monotonic() - t0, 3)
                 if reported == "direct" or not can_go_direct:
                     break
-                if time.monotonic() - t0 > first_ping_timeout + direct_timeout:
+                if time.monotonic() > deadline:
                     break
                 time.sleep(POLL_S)
         finally:
