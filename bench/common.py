@@ -6,6 +6,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,18 @@ def machine_info() -> dict[str, Any]:
             "wg": _first_line(["wg", "--version"]),
         },
     }
+
+
+_RUN_LOG_DIR: Path | None = None
+
+
+def lab_log_dir(name: str) -> Path:
+    """Per-lab log folder inside one temp folder per benchmark process (kept for
+    post-mortems; every process, namespace and socket is still removed at teardown)."""
+    global _RUN_LOG_DIR
+    if _RUN_LOG_DIR is None:
+        _RUN_LOG_DIR = Path(tempfile.mkdtemp(prefix="punchd-bench-"))
+    return _RUN_LOG_DIR / name
 
 
 def add_site(lab: Lab, name: str, nat: str) -> Site:

@@ -31,7 +31,7 @@ from rich.progress import Progress
 from netns_tests.lab import Lab, Site
 
 from . import report
-from .common import add_site, machine_info
+from .common import add_site, lab_log_dir, machine_info
 from .contenders import Contender, Handle, all_contenders
 from .contenders.punchd import PunchdHandle
 from .labtools import cpu_seconds, pids_named, ping_rtt, rss_mb, wan_path_during
@@ -161,7 +161,7 @@ def sample_line(sample: dict[str, Any]) -> str:
 def run_dataplane(rounds: int, seconds: float, contenders: list[Contender], console: Console
                   ) -> list[dict[str, Any]]:
     samples: list[dict[str, Any]] = []
-    with Lab() as lab:
+    with Lab(log_dir=lab_log_dir("dataplane")) as lab:
         sites = {}
         for scenario, nat_a, nat_b in SCENARIOS:
             sites[scenario] = (add_site(lab, f"{scenario[:3]}a", nat_a),
@@ -203,6 +203,7 @@ def main_with(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     samples = run_dataplane(rounds, seconds, contenders, console)
     return {"kind": "dataplane", "machine": machine_info(), "reps": rounds,
             "iperf_seconds": seconds, "seconds": round(time.monotonic() - started, 1),
+            "logs": str(lab_log_dir("")),
             "samples": samples}
 
 

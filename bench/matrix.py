@@ -27,7 +27,7 @@ from rich.progress import Progress
 from netns_tests.lab import NAT_TYPES, Lab, Site
 
 from . import report
-from .common import add_site, machine_info
+from .common import add_site, lab_log_dir, machine_info
 from .contenders import Contender, all_contenders
 from .labtools import first_reply_wall_time, spawn_first_ping, wan_path_during
 
@@ -133,7 +133,7 @@ def run_pair(nat_a: str, nat_b: str, reps: int, contenders: list[Contender],
              first_ping_timeout: float, direct_timeout: float | None, run_id: int,
              trials: list[dict[str, Any]], progress: Progress, task: Any) -> int:
     """All repetitions of one NAT pair in one fresh lab; returns the last run id used."""
-    with Lab() as lab:
+    with Lab(log_dir=lab_log_dir(f"matrix-{nat_a}-{nat_b}")) as lab:
         site_a = add_site(lab, "a", nat_a)
         site_b = add_site(lab, "b", nat_b)
         for rep in range(reps):
@@ -193,7 +193,8 @@ def main_with(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     waits = {c.NAME: direct_timeout or c.DIRECT_WAIT_S for c in select_contenders(args.contenders)}
     return {"kind": "matrix", "machine": machine_info(), "reps": reps,
             "first_ping_timeout_s": 6.0, "direct_wait_s": waits,
-            "seconds": round(time.monotonic() - started, 1), "trials": trials}
+            "seconds": round(time.monotonic() - started, 1), "logs": str(lab_log_dir("")),
+            "trials": trials}
 
 
 def main() -> int:
