@@ -1,0 +1,103 @@
+"""punchd itself: the real signal server (with STUN) on the lab's server host and two
+real punchd daemons (wireguard-go backend) joined by token, via ``netns_tests.lab.mesh``.
+
+The signal server is started once per lab; every run gets a network of its own so the
+nodes of earlier runs (stopped) are not peers of this one. Path: ``punchctl status
+--json``'s ``peers[].path`` on node A.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from netns_tests.lab import Lab, Site
+from netns_tests.lab.mesh import Mesh, MeshNode
+
+
+@dataclass
+class PunchdHandle:
+    node_a: MeshNode
+    node_b: MeshNode
+    network: str
+    mesh_ip_a: str
+    mesh_ip_b: str
+    start_s: float = 0.0
+
+    @property
+    def host_a(self) -> Any:
+        return self.node_a.host
+
+    @property
+    def host_b(self) -> Any:
+        return self.node_b.host
+
+    def peer_status(self) -> dict[str, Any] | None:
+        for peer in self.node_a.network_status(self.network)["peers"]:
+            if peer["name"] == self.node_b.name:
+                return dict(peer)
+        return None
+
+    def reported_path(self) -> str:
+        try:
+            peer = self.peer_status()
+        except Exception:
+            return "none"
+        return str(peer["path"]) if peer else "none"
+
+    def stop(self) -> None:
+        for node in (self.node_a, self.node_b):
+            with contextlib.suppress(Exception):
+                node.proc.stop(timeout=3)
+
+    def info(self) -> dict[str, Any]:
+        try:
+            return {"peer_status_a": self.peer_status()}
+        except Exception as exc:
+            return {"peer_status_error": str(exc)}
+
+
+class PunchdContender:
+    NAME = "punchd"
+    # punchd's goal is direct within 0.5 s; a pair not direct after 10 s stays relayed.
+    DIRECT_WAIT_S = 10.0
+
+    def __init__(self) -> None:
+        self._meshes: dict[str, Mesh] = {}
+
+    def applies(self, site_a: Site, site_b: Site) -> bool:
+        return True
+
+    def _mesh(self, lab: Lab) -> Mesh:
+        mesh = self._meshes.get(lab.prefix)
+        if mesh is None:
+            mesh = Mesh(lab)
+            mesh.start_server(dns=False, relay="auto")
+            self._meshes[lab.prefix] = mesh
+        return mesh
+
+    def start(self, lab: Lab, site_a: Site, site_b: Site, run_id: int) -> PunchdHandle:
+        mesh = self._mesh(lab)
+        network = f"bench{run_id}"
+        token = mesh.create_network(network, f"198.19.{run_id % 100}.0/24")
+        # Start-up counts the nodes only (daemons started and joined), not the server.
+        nodes_started = time.monotonic()
+        node_a = mesh.start_node(site_a.hosts[0], f"a{run_id}")
+        try:
+            node_b = mesh.start_node(site_b.hosts[0], f"b{run_id}")
+        except BaseException:
+            node_a.proc.stop(timeout=3)
+            raise
+        try:
+            node_a.join(token)
+            node_b.join(token)
+            handle = PunchdHandle(node_a, node_b, network, node_a.mesh_address(network),
+                                  node_b.mesh_address(network))
+            handle.start_s = time.monotonic() - nodes_started
+            return handle
+        except BaseException:
+            for node in (node_a, node_b):
+                node.proc.stop(timeout=3)
+            raise

@@ -1,0 +1,211 @@
+"""The NAT matrix: every pair of the lab's NAT types, every contender, N repetitions.
+
+Per trial: t0 is the moment ``start()`` returns with both nodes up. Node A then pings
+B's mesh address every 50 ms until the first reply (first-ping time); afterwards it
+pings at 10/s while the contender's own status is polled every 0.2 s, until it says
+"direct" (time-to-direct) or its wait runs out (each contender's ``DIRECT_WAIT_S``,
+or ``--direct-wait``). Finally a 20-ping burst through the
+tunnel is counted on site A's WAN side (conntrack counters) to confirm where the
+traffic goes; ``path`` is that confirmed path, ``reported_path`` the contender's own.
+Between trials both sites' conntrack tables are flushed, so no NAT state carries over.
+
+    python -m bench.matrix [--quick] [--reps 5] [--pairs prc-prc,cone-sym] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import Progress
+
+from netns_tests.lab import NAT_TYPES, Lab, Site
+
+from . import report
+from .common import add_site, lab_log_dir, machine_info
+from .contenders import Contender, all_contenders
+from .labtools import first_reply_wall_time, spawn_first_ping, wan_path_during
+
+ALL_PAIRS = list(itertools.combinations_with_replacement(NAT_TYPES, 2))
+QUICK_PAIRS = [("none", "none"), ("prc", "prc"), ("cone", "sym"), ("sym", "sym")]
+POLL_S = 0.2
+
+
+def run_trial(lab: Lab, contender: Contender, site_a: Site, site_b: Site, run_id: int,
+              first_ping_timeout: float, direct_timeout: float | None) -> dict[str, Any]:
+    """One start-to-path measurement; ``direct_timeout`` None = the contender's own wait."""
+    if direct_timeout is None:
+        direct_timeout = contender.DIRECT_WAIT_S
+    trial: dict[str, Any] = {"contender": contender.NAME, "nat_a": site_a.nat,
+                             "nat_b": site_b.nat, "status": "ok", "first_ping_s": None,
+                             "direct_s": None, "reported_path": "none", "path": "none"}
+    for site in (site_a, site_b):
+        site.flush_conntrack()
+    launched = time.monotonic()
+    try:
+        handle = contender.start(lab, site_a, site_b, run_id)
+    except Exception as exc:
+        trial.update(status="failed", error=f"{type(exc).__name__}: {exc}"[-800:])
+        return trial
+    t0_wall, t0 = time.time(), time.monotonic()
+    # How long the contender took to bring both nodes up (not part of the timings below,
+    # which start when both are up, but kept so start-up costs are visible too). A
+    # contender that also starts its servers says how long its nodes alone took.
+    trial["start_s"] = round(getattr(handle, "start_s", 0.0) or (t0 - launched), 3)
+    try:
+        can_go_direct = getattr(contender, "CAN_GO_DIRECT", True)
+        ping = spawn_first_ping(handle.host_a, handle.mesh_ip_b, first_ping_timeout,
+                                name=f"firstping-{run_id}")
+        while ping.alive() and time.monotonic() - t0 < first_ping_timeout + 2:
+            time.sleep(0.02)
+        ping.stop(timeout=1)
+        reply = first_reply_wall_time(ping)
+        if reply is not None:
+            trial["first_ping_s"] = round(reply - t0_wall, 3)
+        # Steady traffic while waiting for direct: a real mesh carries traffic while it
+        # upgrades, and some contenders only move a path that carries traffic.
+        deadline = t0 + (trial["first_ping_s"] or first_ping_timeout) + direct_timeout
+        steady = handle.host_a.spawn(["ping", "-n", "-q", "-i", "0.1", "-W", "1",
+                                      "-w", str(int(first_ping_timeout + direct_timeout) + 2),
+                                      handle.mesh_ip_b],
+                                     name=f"steadyping-{run_id}")
+        reported = "none"
+        timeline: list[tuple[float, str]] = []
+        try:
+            while True:
+                reported = handle.reported_path()
+                if not timeline or timeline[-1][1] != reported:
+                    timeline.append((round(time.monotonic() - t0, 2), reported))
+                if reported == "direct" and trial["direct_s"] is None:
+                    trial["direct_s"] = round(time.monotonic() - t0, 3)
+                if reported == "direct" or not can_go_direct:
+                    break
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(POLL_S)
+        finally:
+            steady.stop(timeout=1)
+        trial["reported_path"] = reported
+        trial["path_timeline"] = timeline
+        trial["path"] = wan_path_during(
+            site_a, site_b,
+            lambda: handle.host_a.run(["ping", "-n", "-q", "-c", "20", "-i", "0.05", "-W", "1",
+                                       handle.mesh_ip_b], check=False, timeout=20))
+        trial["agree"] = trial["path"] == reported
+        trial["info"] = handle.info()
+    except Exception as exc:
+        trial.update(status="error", error=f"{type(exc).__name__}: {exc}"[-800:])
+    finally:
+        handle.stop()
+    return trial
+
+
+def run_matrix(pairs: list[tuple[str, str]], reps: int, contenders: list[Contender],
+               first_ping_timeout: float, direct_timeout: float | None, console: Console
+               ) -> list[dict[str, Any]]:
+    trials: list[dict[str, Any]] = []
+    run_id = 0
+    jobs = len(pairs) * reps * len(contenders)
+    with Progress(console=console, transient=False) as progress:
+        task = progress.add_task("NAT matrix", total=jobs)
+        for nat_a, nat_b in pairs:
+            try:
+                run_id = run_pair(nat_a, nat_b, reps, contenders, first_ping_timeout,
+                                  direct_timeout, run_id, trials, progress, task)
+            except Exception as exc:
+                # The lab itself failed (not a contender): every contender of the pair is
+                # reported as failed rather than left out.
+                for contender in contenders:
+                    trials.append({"contender": contender.NAME, "nat_a": nat_a, "nat_b": nat_b,
+                                   "status": "failed", "first_ping_s": None, "direct_s": None,
+                                   "path": "none", "reported_path": "none", "rep": 0,
+                                   "error": f"lab: {type(exc).__name__}: {exc}"[-800:]})
+                progress.console.print(f"{nat_a}/{nat_b} [red]lab failed[/]: {exc}")
+    return trials
+
+
+def run_pair(nat_a: str, nat_b: str, reps: int, contenders: list[Contender],
+             first_ping_timeout: float, direct_timeout: float | None, run_id: int,
+             trials: list[dict[str, Any]], progress: Progress, task: Any) -> int:
+    """All repetitions of one NAT pair in one fresh lab; returns the last run id used."""
+    with Lab(log_dir=lab_log_dir(f"matrix-{nat_a}-{nat_b}")) as lab:
+        site_a = add_site(lab, "a", nat_a)
+        site_b = add_site(lab, "b", nat_b)
+        for rep in range(reps):
+            # Contenders interleaved within a repetition: drift hits all alike.
+            for contender in contenders:
+                progress.update(task, description=f"{nat_a}/{nat_b} {contender.NAME} #{rep + 1}")
+                if not contender.applies(site_a, site_b):
+                    progress.advance(task)
+                    continue
+                run_id += 1
+                trial = run_trial(lab, contender, site_a, site_b, run_id,
+                                  first_ping_timeout, direct_timeout)
+                trial["rep"] = rep
+                trials.append(trial)
+                progress.console.print(report.trial_line(trial))
+                progress.advance(task)
+    return run_id
+    return trials
+
+
+def parse_pairs(text: str) -> list[tuple[str, str]]:
+    pairs = []
+    for item in text.split(","):
+        a, _, b = item.strip().partition("-")
+        if a not in NAT_TYPES or b not in NAT_TYPES:
+            raise SystemExit(f"matrix: bad pair {item!r}; NAT types: {', '.join(NAT_TYPES)}")
+        pairs.append((a, b))
+    return pairs
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quick", action="store_true", help="4 pairs, 1 repetition")
+    parser.add_argument("--reps", type=int, default=None, help="repetitions (default 5; quick 1)")
+    parser.add_argument("--pairs", default=None, help="e.g. prc-prc,cone-sym (default: all)")
+    parser.add_argument("--direct-wait", type=float, default=None,
+                        help="seconds to wait for direct after the first ping "
+                             "(default: each contender's DIRECT_WAIT_S)")
+    parser.add_argument("--contenders", default=None, help="comma-separated names (default: all)")
+    parser.add_argument("--out", type=Path, default=Path("bench/results"))
+
+
+def select_contenders(names: str | None) -> list[Contender]:
+    contenders = all_contenders()
+    if names:
+        wanted = names.split(",")
+        contenders = [c for c in contenders if c.NAME in wanted]
+    return contenders
+
+
+def main_with(args: argparse.Namespace, console: Console) -> dict[str, Any]:
+    pairs = parse_pairs(args.pairs) if args.pairs else (QUICK_PAIRS if args.quick else ALL_PAIRS)
+    reps = args.reps or (1 if args.quick else 5)
+    direct_timeout = args.direct_wait
+    started = time.monotonic()
+    trials = run_matrix(pairs, reps, select_contenders(args.contenders), first_ping_timeout=6.0,
+                        direct_timeout=direct_timeout, console=console)
+    waits = {c.NAME: direct_timeout or c.DIRECT_WAIT_S for c in select_contenders(args.contenders)}
+    return {"kind": "matrix", "machine": machine_info(), "reps": reps,
+            "first_ping_timeout_s": 6.0, "direct_wait_s": waits,
+            "seconds": round(time.monotonic() - started, 1), "logs": str(lab_log_dir("")),
+            "trials": trials}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    add_arguments(parser)
+    args = parser.parse_args()
+    console = Console()
+    result = main_with(args, console)
+    report.write_matrix(result, args.out, console)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
