@@ -46,9 +46,22 @@ def test_ipv4_filter(packet: bytes, passes: bool) -> None:
     assert bpf.run(V4, packet) is passes
 
 
+def with_cookie(msg_type: int) -> bytes:
+    """A WireGuard message whose bytes 4..8 (its receiver index) happen to be the cookie."""
+    return struct.pack("<I", msg_type) + b"\x21\x12\xa4\x42" + b"\x00" * 40
+
+
+# An AF_INET6 raw socket's filter sees the UDP header at offset 0, no IP header
+# (checked on this kernel by tests/test_sharedsock.py, which attaches the program).
 @pytest.mark.parametrize(("packet", "passes"), [
-    (udp(STUN_REQ), True), (udp(PROBE), True), (udp(WG_INIT), False), (udp(WG_DATA), False),
-    (udp(STUN_REQ, dport=4500), False), (b"\x00\x01", False),
+    (udp(STUN_REQ), True), (udp(PROBE), True),
+    (udp(b"\x00\x01\x00\x00\x21\x12\xa4\x42"), True),  # bare header: the filter looks at the cookie only
+    *[(udp(struct.pack("<I", t) + b"\x00" * 60), False) for t in (1, 2, 3, 4)],
+    (udp(STUN_REQ, dport=4500), False), (udp(PROBE, dport=WG_PORT + 1), False),
+    (udp(STUN_REQ[:4] + b"\x21\x12\xa4\x43" + STUN_REQ[8:]), False),  # wrong cookie
+    (udp(b"PNCx" + b"\x00" * 8), False),  # wrong probe magic
+    (udp(b"PNC"), False), (udp(STUN_REQ[:7]), False), (udp(b""), False),  # too short
+    (b"\x00\x01", False), (b"", False),
 ])
 def test_ipv6_filter(packet: bytes, passes: bool) -> None:
     assert bpf.run(V6, packet) is passes
