@@ -56,7 +56,14 @@ from punchd.errors import APIError, PunchdError, ServerUnreachable, WireGuardErr
 from punchd.punch.candidates import format_addr
 from punchd.punch.session import PathChanged, PathFound, PathLost, PunchEvent, PunchFailed
 from punchd.serverapi import ServerClient
-from punchd.wg.base import LinkConfig, WgDeviceState, WgPeer, WireGuardBackend, public_key
+from punchd.wg.base import (
+    LinkConfig,
+    WgDeviceState,
+    WgPeer,
+    WgPeerState,
+    WireGuardBackend,
+    public_key,
+)
 from punchd.wire import api
 
 from . import hostaddrs
@@ -575,7 +582,7 @@ class NetworkAgent:
                 "address6": peer.ipv6.split("/")[0] if peer.ipv6 else None,
                 "public_key": peer.wg_public_key,
                 "endpoint": wg.endpoint if wg else None,
-                "path": path_kind(decision, hs, now),
+                "path": self._path_shown(peer.id, decision, wg, now),
                 "rtt_ms": decision.rtt_ms if decision else None,
                 "last_handshake_age_s": round(now - hs, 1) if hs else None,
                 "rx_bytes": wg.rx_bytes if wg else 0,
@@ -605,6 +612,17 @@ class NetworkAgent:
             "last_error": self.last_error,
             "peers": peers,
         }
+
+    def _path_shown(self, node_id: str, decision: PathDecision | None,
+                    wg: WgPeerState | None, now: float) -> str:
+        """The path as WireGuard uses it: a peer that roamed WireGuard onto the relay
+        (it sends through the relay while we chose direct) is shown as relayed."""
+        kind = path_kind(decision, wg.last_handshake if wg else None, now)
+        state = self.relaying.states.get(node_id) if self.relaying else None
+        if kind == "direct" and wg is not None and state is not None and state.relay \
+                and wg.endpoint == format_addr(state.relay):
+            return "relay"
+        return kind
 
     def path_of(self, node_id: str, endpoint: str) -> str:
         """What an address is for this peer: its direct path, the relay, or a candidate."""
