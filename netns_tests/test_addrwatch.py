@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -20,11 +21,17 @@ def netns() -> Iterator[str]:
     name = f"pdaw{uuid.uuid4().hex[:8]}"
     subprocess.run(["ip", "netns", "add", name], check=True)
     try:
+        # No IPv6 link-local addresses: they appear a moment after a link comes up (DAD)
+        # and would be changes the test did not make.
+        for scope in ("all", "default"):
+            subprocess.run(["ip", "netns", "exec", name, "sysctl", "-qw",
+                            f"net.ipv6.conf.{scope}.addr_gen_mode=1"], check=True)
         # A veth pair (this kernel has no dummy links): one watched, one excluded.
         subprocess.run(["ip", "-n", name, "link", "add", "watched", "type", "veth", "peer",
                         "name", "wgtest"], check=True)
         for link in ("watched", "wgtest"):
             subprocess.run(["ip", "-n", name, "link", "set", link, "up"], check=True)
+        time.sleep(1.5)  # the kernel reports carrier changes up to a second late
         yield name
     finally:
         subprocess.run(["ip", "netns", "del", name], check=False)
