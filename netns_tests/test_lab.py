@@ -122,13 +122,18 @@ def test_block_udp_between_sites_and_lift_it(lab: Lab) -> None:
                       b.hosts[0].ip, b.hosts[0].ip, "4000", "4001"], name="echo")
     script = ("import socket,sys; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
               "s.settimeout(1.0); s.sendto(b'see x', (sys.argv[1], 4000)); s.recvfrom(100)")
-    import time
-    time.sleep(0.3)
-    a.hosts[0].run([sys.executable, "-c", script, b.hosts[0].ip])
+
+    def echoed(attempts: int) -> bool:
+        # Several tries where it must pass: the echo server is a Python process that
+        # may still be starting on a loaded machine.
+        return any(a.hosts[0].run([sys.executable, "-c", script, b.hosts[0].ip],
+                                  check=False).returncode == 0 for _ in range(attempts))
+
+    assert echoed(5)
     lab.block_udp(a, b)
-    assert a.hosts[0].run([sys.executable, "-c", script, b.hosts[0].ip], check=False).returncode != 0
+    assert not echoed(1)
     lab.unblock_udp(a, b)
-    a.hosts[0].run([sys.executable, "-c", script, b.hosts[0].ip])
+    assert echoed(5)
 
 
 def test_teardown_leaves_nothing_even_when_the_body_raises(tmp_path) -> None:  # type: ignore[no-untyped-def]
