@@ -251,6 +251,11 @@ class NetworkAgent:
                                 persistent_keepalive=keepalive if known else 0))
         changed = frozenset(p.public_key for p in peers if p.endpoint is not None
                             and self._applied_endpoints.get(p.public_key) not in (None, p.endpoint))
+        # WireGuard follows the source of the peer's packets. A peer still sending
+        # through the relay would pull our direct path back onto it; insisting on the
+        # direct endpoint makes the peer's WireGuard follow us onto the direct path.
+        on_relay = self._roamed_onto_relay(actual)
+        changed |= frozenset(p.public_key for p in peers if p.public_key in on_relay)
         return DesiredDevice(private_key_public=public_key(self.keys.wireguard),
                              listen_port=self.config.listen_port,
                              peers=tuple(sorted(peers, key=lambda p: p.public_key)),
@@ -302,6 +307,21 @@ class NetworkAgent:
         for gone in set(self.paths) - set(self.model.peers):
             del self.paths[gone]
 
+    def _roamed_onto_relay(self, actual: WgDeviceState | None) -> set[str]:
+        """WireGuard keys of peers with a punched direct path whose WireGuard endpoint
+        is the relay."""
+        if actual is None or self.relaying is None:
+            return set()
+        wg_endpoint = {p.public_key: p.endpoint for p in actual.peers}
+        keys = set()
+        for peer in self.model.peers.values():
+            decision, state = self.paths.get(peer.id), self.relaying.states.get(peer.id)
+            if decision is not None and decision.source == "punch" and state is not None \
+                    and state.relay is not None \
+                    and wg_endpoint.get(peer.wg_public_key) == format_addr(state.relay):
+                keys.add(peer.wg_public_key)
+        return keys
+
     def _judge_direct_paths(self, actual: WgDeviceState, now: float) -> None:
         """Probation of punched endpoints: see the module docstring."""
         by_key = {p.public_key: p for p in actual.peers}
@@ -318,10 +338,15 @@ class NetworkAgent:
                 continue
             if probation.confirmed:
                 continue
-            if wg.endpoint == probation.endpoint and (
-                    (wg.last_handshake or 0) > probation.since or wg.rx_bytes > probation.rx):
+            if wg.endpoint != probation.endpoint:
+                # WireGuard followed the peer elsewhere (the relay) and is being put back:
+                # bytes received meanwhile came that other way and prove nothing. The
+                # clock runs on, so a peer that never follows us ends on the relay.
+                probation.rx = wg.rx_bytes
+            elif (wg.last_handshake or 0) > probation.since or wg.rx_bytes > probation.rx:
                 probation.confirmed = True
-            elif now - probation.since > CONFIRM_S and wg.tx_bytes > probation.tx:
+                continue
+            if now - probation.since > CONFIRM_S and wg.tx_bytes > probation.tx:
                 known = self._distrusted.get(peer.id)
                 if known is not None and known[0] == decision.endpoint and now < known[1]:
                     continue  # said already, and no relay to go to
