@@ -36,8 +36,6 @@ proof, the path is distrusted for ``DISTRUST_S`` and the peer goes through the r
 
 from __future__ import annotations
 
-import base64
-import binascii
 import ipaddress
 import logging
 import random
@@ -68,7 +66,7 @@ from punchd.wire import api
 
 from . import hostaddrs
 from .paths import PathDecision, choose_endpoint, host_candidates, path_kind
-from .punching import Punching
+from .punching import Punching, probe_key
 from .reconcile import DesiredDevice, RemovePeer, SetDevice, SetPeer, plan
 from .relaying import Relaying
 from .state import NetworkConfig, NetworkKeys, StateDir
@@ -284,8 +282,7 @@ class NetworkAgent:
                                                        kind="relay", source="relay")
                     continue
                 self.paths[peer.id] = PathDecision(
-                    endpoint=format_addr(session.selected),
-                    kind="relay" if relayed else "direct",
+                    endpoint=endpoint, kind="relay" if relayed else "direct",
                     source="relay" if relayed else "punch",
                     rtt_ms=round(rtt * 1000, 2) if rtt is not None else None)
                 continue
@@ -315,12 +312,17 @@ class NetworkAgent:
         wg_endpoint = {p.public_key: p.endpoint for p in actual.peers}
         keys = set()
         for peer in self.model.peers.values():
-            decision, state = self.paths.get(peer.id), self.relaying.states.get(peer.id)
-            if decision is not None and decision.source == "punch" and state is not None \
-                    and state.relay is not None \
-                    and wg_endpoint.get(peer.wg_public_key) == format_addr(state.relay):
+            decision = self.paths.get(peer.id)
+            if decision is not None and decision.source == "punch" \
+                    and self._is_relay(peer.id, wg_endpoint.get(peer.wg_public_key)):
                 keys.add(peer.wg_public_key)
         return keys
+
+    def _is_relay(self, node_id: str, endpoint: str | None) -> bool:
+        """Whether ``endpoint`` is our bound side of the relay for this peer."""
+        state = self.relaying.states.get(node_id) if self.relaying else None
+        return endpoint is not None and state is not None and state.relay is not None \
+            and endpoint == format_addr(state.relay)
 
     def _judge_direct_paths(self, actual: WgDeviceState, now: float) -> None:
         """Probation of punched endpoints: see the module docstring."""
@@ -378,12 +380,8 @@ class NetworkAgent:
 
     def _initiator(self, peer: api.Node) -> bool:
         """Whether this node starts WireGuard's first handshake with ``peer``."""
-        ours = bytes(self.keys.probe.public_key)
-        try:
-            theirs = base64.b64decode(peer.probe_public_key, validate=True)
-        except (binascii.Error, ValueError):
-            return True
-        return ours > theirs
+        # The punch session's controlling side: the larger probe key.
+        return bytes(self.keys.probe.public_key) > probe_key(peer)
 
     def _wake_after(self, delay: float) -> None:
         if self._nursery is not None:
@@ -643,9 +641,7 @@ class NetworkAgent:
         """The path as WireGuard uses it: a peer that roamed WireGuard onto the relay
         (it sends through the relay while we chose direct) is shown as relayed."""
         kind = path_kind(decision, wg.last_handshake if wg else None, now)
-        state = self.relaying.states.get(node_id) if self.relaying else None
-        if kind == "direct" and wg is not None and state is not None and state.relay \
-                and wg.endpoint == format_addr(state.relay):
+        if kind == "direct" and wg is not None and self._is_relay(node_id, wg.endpoint):
             return "relay"
         return kind
 

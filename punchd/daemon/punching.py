@@ -120,7 +120,7 @@ class Punching:
         for node_id in list(self._peers):
             peer = self._peers[node_id]
             node = wanted.get(node_id)
-            if node is None or _key(node) != peer.probe_key:
+            if node is None or probe_key(node) != peer.probe_key:
                 self._drop(node_id)
         for node_id, node in wanted.items():
             current = self._peers.get(node_id)
@@ -229,7 +229,8 @@ class Punching:
             raise OSError(str(exc)) from exc
 
 
-def _key(node: api.Node) -> bytes:
+def probe_key(node: api.Node) -> bytes:
+    """The node's probe public key, raw; empty if it does not decode."""
     try:
         return base64.b64decode(node.probe_public_key, validate=True)
     except (binascii.Error, ValueError):
