@@ -128,13 +128,6 @@ class RelayTable:
             return None
         return self.allocations[found[0]], found[1]
 
-    def secret_for(self, local: Addr, alloc_id: str, side: int) -> bytes | None:
-        """The secret a bind to ``local`` claiming (alloc_id, side) must be keyed with."""
-        found = self.at(local)
-        if found is None or found[0].id != alloc_id or found[1] != side:
-            return None
-        return found[0].sides[side].secret
-
     def bind(self, local: Addr, alloc_id: str, side: int, source: Addr, wall_ms: int,
              now: float, now_ms: int) -> BindOutcome:
         """An *authenticated* bind (the caller checked MESSAGE-INTEGRITY)."""
@@ -166,24 +159,15 @@ class RelayTable:
         """Remove and return the allocations idle for ``idle_timeout``."""
         gone = [a for a in self.allocations.values() if now - a.last_active > self.idle_timeout]
         for alloc in gone:
-            del self.allocations[alloc.id]
-            self._by_pair.pop((alloc.network, frozenset(s.node_id for s in alloc.sides)), None)
+            self.discard(alloc)
             for side in alloc.sides:
-                self._by_local.pop(side.local, None)
                 self._free[side.local[0]].append(side.local[1])
         return gone
 
     def discard(self, alloc: Allocation) -> None:
-        """Forget an allocation whose ports could not be opened; the ports stay out of
-        the pool (someone else on the host holds at least one of them)."""
+        """Forget an allocation without freeing its ports: used as it is when the ports
+        could not be opened (someone else on the host holds at least one of them)."""
         self.allocations.pop(alloc.id, None)
         self._by_pair.pop((alloc.network, frozenset(s.node_id for s in alloc.sides)), None)
         for side in alloc.sides:
             self._by_local.pop(side.local, None)
-
-    def remove_node(self, node_id: str) -> list[Allocation]:
-        """A node left: its allocations go at once."""
-        for alloc in self.allocations.values():
-            if node_id in (alloc.sides[0].node_id, alloc.sides[1].node_id):
-                alloc.last_active = float("-inf")
-        return self.expire(0.0)
