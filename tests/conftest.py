@@ -33,6 +33,21 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
         return int(s.getsockname()[1])
 
 
+def free_dns_port(taken: tuple[int, ...] = ()) -> int:
+    """A port free for both UDP and TCP (DNS servers bind both), not one of ``taken``."""
+    for _ in range(50):
+        port = free_port(socket.SOCK_DGRAM)
+        if port in taken:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+            try:
+                tcp.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no port free for both UDP and TCP")
+
+
 class RunningServer:
     def __init__(self, server: SignalServer) -> None:
         self.server = server

@@ -19,7 +19,7 @@ import pytest
 
 from meshdns.zone import NEGATIVE_TTL, TTL, CustomRecord, NetworkZone, NodeRecord
 
-from .conftest import free_port, reap
+from .conftest import free_dns_port, reap
 
 pytestmark = pytest.mark.skipif(
     shutil.which("nsd") is None or shutil.which("dig") is None,
@@ -138,7 +138,8 @@ def start_meshdns(port: int, *extra: str, pin: str | None = None) -> subprocess.
 
 def test_answers_match_nsd(tmp_path: Path) -> None:
     names = zone_files(tmp_path)
-    nsd_port, mesh_port = free_port(2), free_port(2)
+    nsd_port = free_dns_port()
+    mesh_port = free_dns_port(taken=(nsd_port,))
     conf = nsd_config(tmp_path, nsd_port, names)
     check = subprocess.run(["nsd-checkconf", str(conf)], capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
