@@ -18,8 +18,8 @@ change or use it:
 With discovery running and hole punching enabled for the network, a punch session
 per peer (:mod:`punchd.daemon.punching`) finds the direct path; its verdicts become
 path decisions here. Until a session has a path, the peer is in WireGuard without an
-endpoint and without keepalive, so WireGuard sends no handshake that would be lost:
-its first handshake goes out the moment the endpoint is set (turning keepalive on
+endpoint, keepalive or allowed IPs (so neither a timer nor early traffic to the peer
+makes WireGuard spend its handshake on no endpoint): its first handshake goes out the moment the endpoint is set (turning keepalive on
 makes WireGuard send at once), instead of after its 5 s retry timer. Only one side
 starts that handshake — the one with the larger probe key, as in the punch session —
 because two initiations that cross make each side answer the other's and drop the
@@ -236,6 +236,14 @@ class NetworkAgent:
             )
             decision = self.paths.get(peer.id)
             endpoint = decision.endpoint if decision else None
+            if decision is not None and decision.source == "pending" \
+                    and peer.wg_public_key not in handshaken:
+                # No allowed IPs until there is a path: traffic to a peer without an
+                # endpoint makes WireGuard try a handshake that goes nowhere, and a
+                # tried handshake is not tried again for 5 s (REKEY_TIMEOUT), so the
+                # one due when the path is found would wait. The peer stays in
+                # WireGuard, so its handshake is still answered.
+                allowed = ()
             # No keepalive before the first endpoint, and on a punched path only one
             # side starts the handshake: see the module docstring.
             known = endpoint is not None or peer.wg_public_key in self._applied_endpoints
@@ -366,7 +374,10 @@ class NetworkAgent:
             self._path_found_at[node_id] = trio.current_time()
             if peer is not None and not self._initiator(peer):
                 self._wake_after(HANDSHAKE_WAIT_S)
-            log.info("%s: direct path to %s via %s (%.1f ms)", self.name, name,
+            session = self.punching.session(node_id) if self.punching else None
+            kind = "relayed" if session is not None and session.selected_kind == "relay" \
+                else "direct"
+            log.info("%s: %s path to %s via %s (%.1f ms)", self.name, kind, name,
                      format_addr(event.addr), event.rtt * 1000)
         elif isinstance(event, PathChanged):
             log.info("%s: path to %s moves %s -> %s (%.1f ms)", self.name, name,
