@@ -9,7 +9,8 @@ def main() -> int:
     choices = {"control": "bench.control_fanout", "dns": "bench.dns_qps",
                "relay": "bench.relay_capacity", "paths": "bench.paths",
                "cpu": "bench.discovery_cpu",
-               "matrix": "bench.matrix", "dataplane": "bench.dataplane", "all": "bench.run_all"}
+               "matrix": "bench.matrix", "dataplane": "bench.dataplane", "all": "bench.run_all",
+               "compare": "bench.compare"}
     if len(sys.argv) < 2 or sys.argv[1] not in choices:
         print(f"usage: python -m bench {{{','.join(choices)}}} [options]", file=sys.stderr)
         return 2

@@ -197,7 +197,7 @@ def matrix_chart(trials: list[dict[str, Any]], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch
+    from matplotlib.patches import Patch, Rectangle
 
     cells = matrix_cells(trials)
     contenders = sorted({k[0] for k in cells}, key=lambda c: (c != "punchd", c))
@@ -211,7 +211,7 @@ def matrix_chart(trials: list[dict[str, Any]], path: Path) -> None:
                 cell = cells.get((contender, nat_a, nat_b)) or cells.get((contender, nat_b, nat_a))
                 path_name = cell["path"].split("/")[0] if cell else "n/a"
                 colour = PATH_COLOURS.get(path_name, "#999999")
-                ax.add_patch(plt.Rectangle((j, i), 1, 1, color=colour, ec="white"))
+                ax.add_patch(Rectangle((j, i), 1, 1, color=colour, ec="white"))
                 if cell and cell["direct"]["n"]:
                     ax.text(j + 0.5, i + 0.5, f"{cell['direct']['median']:.2f}s", ha="center",
                             va="center", fontsize=7)

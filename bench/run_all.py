@@ -1,12 +1,13 @@
 """``python -m bench all [--quick]``: the NAT matrix, the data plane, the control-plane
 fan-out and the DNS benchmark, one after another, results in ``bench/results/``.
 
-The full set keeps within ~30 minutes on this 2-core machine by running the matrix
-once per pair (Nebula's 25 s wait for a direct path it rarely reaches costs ~25 s per
-pair and repetition); ``--reps`` overrides, and ``python -m bench matrix`` alone
-defaults to 5 repetitions (~75 minutes). ``--quick`` (~5 minutes): 4 NAT pairs once, one data-plane round, and the
-fan-out and DNS benchmarks at reduced size. Each part that fails is reported and the
-others still run; the exit code says whether any failed.
+The full set (matrix 5 repetitions of 21 pairs, 5 data-plane rounds) keeps within
+~30 minutes on this 2-core machine because the matrix runs several labs side by side
+(``bench.matrix.LANES``; most of a trial is waiting, e.g. Nebula's 25 s for a direct
+path it rarely reaches); ``--reps`` overrides. ``--quick`` (~5 minutes): 4 NAT pairs
+once, one data-plane round, and the fan-out and DNS benchmarks at reduced size. Each
+part that fails is reported and the others still run; the exit code says whether any
+failed. ``python -m bench compare RUN_A RUN_B`` says whether two runs agree.
 """
 
 from __future__ import annotations
@@ -21,8 +22,6 @@ from rich.console import Console
 
 from . import dataplane, matrix, report
 
-FULL_MATRIX_REPS = 1
-
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
@@ -35,16 +34,17 @@ def main() -> int:
     started = time.monotonic()
 
     matrix_args = argparse.Namespace(quick=args.quick, pairs=None, contenders=None,
-                                     direct_wait=None, out=args.out,
-                                     reps=args.reps or (1 if args.quick else FULL_MATRIX_REPS))
+                                     direct_wait=None, out=args.out, lanes=matrix.LANES,
+                                     reps=args.reps)
     dataplane_args = argparse.Namespace(quick=args.quick, rounds=None, seconds=None,
                                         contenders=None, out=args.out)
-    for name, run in (
-        ("matrix", lambda: report.write_matrix(matrix.main_with(matrix_args, console),
-                                               args.out, console)),
-        ("dataplane", lambda: report.write_dataplane(dataplane.main_with(dataplane_args, console),
-                                                     args.out, console)),
-    ):
+    def run_matrix() -> None:
+        report.write_matrix(matrix.main_with(matrix_args, console), args.out, console)
+
+    def run_dataplane() -> None:
+        report.write_dataplane(dataplane.main_with(dataplane_args, console), args.out, console)
+
+    for name, run in (("matrix", run_matrix), ("dataplane", run_dataplane)):
         console.rule(name)
         try:
             run()

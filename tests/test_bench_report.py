@@ -167,3 +167,61 @@ def test_wan_packets_count_both_directions_towards_peer_or_server() -> None:
     public_peer = FakeSite("none", [FakeHost("198.18.2.10")], "198.51.100.18")
     flows = [Flow("198.18.0.10", "198.18.2.10", 51820, packets_out=7, packets_in=8)]
     assert packets_towards(flows, site, public_peer)["direct"] == 7  # type: ignore[arg-type]
+
+
+def test_compare_matrix_agrees_on_the_set_of_paths_not_their_order() -> None:
+    from bench.compare import compare_matrix
+
+    run_a = [trial("punchd", "prc", "prc", "direct"), trial("punchd", "prc", "prc", "relay"),
+             trial("nebula", "sym", "sym", "relay")]
+    run_b = [trial("punchd", "prc", "prc", "relay"), trial("punchd", "prc", "prc", "direct"),
+             trial("nebula", "sym", "sym", "relay")]
+    assert all(row["agree"] for row in compare_matrix(run_a, run_b))
+
+
+def test_compare_matrix_flags_a_cell_that_relayed_once_and_a_missing_cell() -> None:
+    from bench.compare import compare_matrix
+
+    run_a = [trial("punchd", "prc", "prc", "direct")] * 3 + [trial("nebula", "sym", "sym", "relay")]
+    run_b = [trial("punchd", "prc", "prc", "direct")] * 2 + [trial("punchd", "prc", "prc", "relay")]
+    rows = {(r["contender"], r["pair"]): r for r in compare_matrix(run_a, run_b)}
+    assert not rows[("punchd", "prc/prc")]["agree"]
+    assert rows[("punchd", "prc/prc")]["b"] == "direct/relay"
+    assert rows[("nebula", "sym/sym")]["b"] == "missing" and not rows[("nebula", "sym/sym")]["agree"]
+
+
+def test_compare_ratios_within_15_percent_either_way() -> None:
+    from bench.compare import compare_ratios
+
+    def run(direct: float, relay: float) -> list[dict[str, Any]]:
+        return [sample("punchd", "direct", direct), sample("punchd", "relay", relay, path="relay")]
+
+    ok = compare_ratios(run(200, 100), run(200, 114))  # 0.50 and 0.57: 14% apart
+    assert ok[0]["agree"] and abs(ok[0]["spread"] - 0.14) < 1e-9
+    off = compare_ratios(run(200, 100), run(200, 116))
+    assert not off[0]["agree"]
+    # A "direct" sample that really went through the relay leaves no ratio: no agreement.
+    dirty = [sample("punchd", "direct", 200, path="relay"), sample("punchd", "relay", 100, path="relay")]
+    assert compare_ratios(run(200, 100), dirty)[0] == {
+        "contender": "punchd", "a": 0.5, "b": None, "spread": None, "agree": False}
+
+
+def test_compare_runs_reads_two_folders_and_gives_a_verdict(tmp_path: Any) -> None:
+    import json
+
+    from bench.compare import compare_runs
+
+    for name, relay in (("a", 100.0), ("b", 105.0)):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "matrix.json").write_text(json.dumps(
+            {"trials": [trial("punchd", "prc", "prc", "direct", direct=0.3)]}))
+        (folder / "dataplane.json").write_text(json.dumps(
+            {"samples": [sample("punchd", "direct", 200.0),
+                         sample("punchd", "relay", relay, path="relay")]}))
+    agree, text = compare_runs(tmp_path / "a", tmp_path / "b")
+    assert agree and "1 of 1 cells agree" in text and "5.0%" in text
+    (tmp_path / "b" / "matrix.json").write_text(json.dumps(
+        {"trials": [trial("punchd", "prc", "prc", "relay")]}))
+    agree, text = compare_runs(tmp_path / "a", tmp_path / "b")
+    assert not agree and "| punchd | prc/prc | direct | relay |" in text

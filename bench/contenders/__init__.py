@@ -17,10 +17,17 @@ from netns_tests.lab import Host, Lab, Site
 
 
 class Handle(Protocol):
-    host_a: Host
-    host_b: Host
-    mesh_ip_a: str
-    mesh_ip_b: str
+    @property
+    def host_a(self) -> Host: ...
+
+    @property
+    def host_b(self) -> Host: ...
+
+    @property
+    def mesh_ip_a(self) -> str: ...
+
+    @property
+    def mesh_ip_b(self) -> str: ...
 
     def reported_path(self) -> str: ...
 
