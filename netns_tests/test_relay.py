@@ -110,3 +110,17 @@ def test_a_dead_direct_path_falls_back_to_the_relay_and_recovers(lab: Lab) -> No
     lab.unblock_udp(site_a, site_b)
     wait_path((a, b), "direct", 30.0)
     assert took <= FALLBACK_WITHIN_S + SLACK_S
+
+
+def test_the_in_kernel_relay_puts_ip_forwarding_back_when_the_server_stops(lab: Lab) -> None:
+    def forwarding() -> str:
+        return lab.server.run(["cat", "/proc/sys/net/ipv4/ip_forward"]).stdout.strip()
+
+    assert forwarding() == "0"  # the lab's server host is not a router
+    mesh = Mesh(lab)
+    server = mesh.start_server(dns=False, relay="auto", relay_mode="nft")
+    assert forwarding() == "1"
+    assert server.stop(timeout=10) == 0
+    assert forwarding() == "0"
+    tables = lab.server.run(["nft", "list", "tables"]).stdout
+    assert "punchd_relay" not in tables

@@ -19,7 +19,8 @@ WireGuard authenticates every datagram anyway): nft's incremental update of a po
 turns a sender's "no checksum" (0, as punchd's raw-socket probes send) into a wrong
 one, which the next NAT's conntrack drops as invalid. Dispatch is by verdict maps keyed on relay address and port, so the cost
 per datagram does not grow with the number of allocations. The host must forward
-IPv4 (``net.ipv4.ip_forward=1``, set when the forwarder opens).
+IPv4: ``net.ipv4.ip_forward`` is set to 1 when the forwarder opens and put back
+when it closes.
 
 :class:`UserspaceForwarder` installs nothing: the service's sockets do the
 forwarding (the fallback where nftables is unavailable).
@@ -98,6 +99,7 @@ class NftForwarder:
         self._sysctl = forwarding_sysctl or Path("/proc/sys/net/ipv4/ip_forward")
         self._serial: dict[str, int] = {}  # allocation id -> its mark serial
         self._next_serial = 0
+        self._forwarding_before: str | None = None  # what open() changed, to put back
 
     async def open(self) -> None:
         await _nft(f"""
@@ -117,7 +119,10 @@ table ip {TABLE} {{
 }}
 """)
         try:
-            await trio.Path(self._sysctl).write_text("1\n")
+            before = (await trio.Path(self._sysctl).read_text()).strip()
+            if before != "1":
+                await trio.Path(self._sysctl).write_text("1\n")
+                self._forwarding_before = before
         except OSError as exc:
             await self.close()
             raise RelayError(f"cannot enable IPv4 forwarding ({self._sysctl}): "
@@ -189,6 +194,15 @@ table ip {TABLE} {{
     async def close(self) -> None:
         await self.remove_stale()
         self._serial.clear()
+        # A host that did not forward before the relay does not forward after it.
+        if self._forwarding_before is not None:
+            with trio.CancelScope(shield=True):
+                try:
+                    await trio.Path(self._sysctl).write_text(self._forwarding_before + "\n")
+                except OSError as exc:
+                    log.warning("cannot restore %s to %s: %s", self._sysctl,
+                                self._forwarding_before, exc.strerror)
+            self._forwarding_before = None
 
     @staticmethod
     async def remove_stale() -> None:
