@@ -204,9 +204,10 @@ def main_with(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     contenders = all_contenders()
     if args.contenders:
         contenders = [c for c in contenders if c.NAME in args.contenders.split(",")]
+    machine = machine_info()  # its load average is the one at the start
     started = time.monotonic()
     samples = run_dataplane(rounds, seconds, contenders, console)
-    return {"kind": "dataplane", "machine": machine_info(), "reps": rounds,
+    return {"kind": "dataplane", "machine": machine, "reps": rounds,
             "iperf_seconds": seconds, "iperf_omit_seconds": IPERF_OMIT_S, "seconds": round(time.monotonic() - started, 1),
             "logs": str(lab_log_dir("")),
             "samples": samples}
