@@ -2,11 +2,12 @@
 
 For each NAT pair, N repetitions of a fresh lab (real signal server with STUN and the
 in-kernel relay, two real punchd nodes joined by token), timed from the moment the
-second node has joined:
+second node's ``punchctl join`` returned:
 
 * time to the first ping answered over WireGuard (a ping every 20 ms, each waiting
   at most 100 ms);
-* time until ``punchctl status`` says the pair is direct (for pairs that can be), or
+* time until both nodes' status (``punchctl status``'s answer, asked on the control
+  socket) says the pair is direct (for pairs that can be), or
   through the relay (for those that cannot);
 * punchd's resident memory afterwards.
 
@@ -32,6 +33,8 @@ from typing import Any
 from netns_tests.lab import Lab
 from netns_tests.lab.mesh import Mesh, MeshNode
 
+from .contenders.punchd import join, peer_statuses
+
 NETWORK = "bench"
 PAIRS = [("prc", "prc", "direct"), ("cone", "sym", "direct"), ("cone", "prc", "direct"),
          ("none", "sym", "direct"), ("sym", "sym", "relay")]
@@ -44,8 +47,8 @@ def start_pair(lab: Lab, nat_a: str, nat_b: str) -> tuple[MeshNode, MeshNode, fl
     token = mesh.create_network(NETWORK, "198.19.0.0/24")
     site_a, site_b = lab.add_site("a", nat=nat_a), lab.add_site("b", nat=nat_b)
     a, b = mesh.start_node(site_a.hosts[0], "a"), mesh.start_node(site_b.hosts[0], "b")
-    a.join(token)
-    b.join(token)
+    join(a, token)
+    join(b, token)
     return a, b, time.monotonic()
 
 
@@ -59,17 +62,16 @@ def first_ping(a: MeshNode, address: str, started: float) -> float | None:
 
 
 def path_of(node: MeshNode) -> str:
-    peers = node.network_status(NETWORK)["peers"]
+    peers = peer_statuses(node, NETWORK)
     return str(peers[0]["path"]) if peers else "none"
 
 
 def time_to_path(a: MeshNode, b: MeshNode, want: str, started: float) -> float | None:
-    """Both nodes' status read at once (each ``punchctl status`` takes ~0.1 s here)."""
-    with ThreadPoolExecutor(2) as pool:
-        while time.monotonic() - started < LIMIT_S:
-            if all(p == want for p in pool.map(path_of, (a, b))):
-                return time.monotonic() - started
-            time.sleep(0.01)
+    """Until both nodes' status says ``want`` (asked on their control sockets)."""
+    while time.monotonic() - started < LIMIT_S:
+        if all(path_of(node) == want for node in (a, b)):
+            return time.monotonic() - started
+        time.sleep(0.01)
     return None
 
 

@@ -44,11 +44,9 @@ class PunchdHandle:
         return self.node_b.host
 
     def peer_status(self) -> dict[str, Any] | None:
-        status = trio.run(call, Path(self.node_a.socket), "status", {"network": self.network})
-        for net in status["networks"]:
-            for peer in net["peers"]:
-                if peer["name"] == self.node_b.name:
-                    return dict(peer)
+        for peer in peer_statuses(self.node_a, self.network):
+            if peer["name"] == self.node_b.name:
+                return peer
         return None
 
     def reported_path(self) -> str:
@@ -111,6 +109,13 @@ class PunchdContender:
             for node in (node_a, node_b):
                 node.proc.stop(timeout=3)
             raise
+
+
+def peer_statuses(node: MeshNode, network: str) -> list[dict[str, Any]]:
+    """The ``status`` answer's peers (``punchctl status --json``), asked on the control
+    socket from this process: cheap enough to poll beside the daemons being timed."""
+    status = trio.run(call, Path(node.socket), "status", {"network": network})
+    return [dict(peer) for net in status["networks"] for peer in net["peers"]]
 
 
 _JOINED = re.compile(r"^joined \S+ as \S+: ([0-9.]+)(?:/\d+)? on ", re.MULTILINE)
