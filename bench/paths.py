@@ -41,15 +41,17 @@ PAIRS = [("prc", "prc", "direct"), ("cone", "sym", "direct"), ("cone", "prc", "d
 LIMIT_S = 15.0
 
 
-def start_pair(lab: Lab, nat_a: str, nat_b: str) -> tuple[MeshNode, MeshNode, float]:
+def start_pair(lab: Lab, nat_a: str, nat_b: str) -> tuple[MeshNode, MeshNode, str, float]:
+    """Both nodes joined; B's mesh address (from its join line) and the time B's join
+    returned: asking B's status afterwards would add a punchctl run to every timing."""
     mesh = Mesh(lab)
     mesh.start_server(dns=False, relay="auto")
     token = mesh.create_network(NETWORK, "198.19.0.0/24")
     site_a, site_b = lab.add_site("a", nat=nat_a), lab.add_site("b", nat=nat_b)
     a, b = mesh.start_node(site_a.hosts[0], "a"), mesh.start_node(site_b.hosts[0], "b")
     join(a, token)
-    join(b, token)
-    return a, b, time.monotonic()
+    address_b = join(b, token)
+    return a, b, address_b, time.monotonic()
 
 
 def first_ping(a: MeshNode, address: str, started: float) -> float | None:
@@ -82,8 +84,7 @@ def rss_mb(node: MeshNode) -> float:
 
 def timing_round(nat_a: str, nat_b: str, want: str) -> dict[str, Any]:
     with Lab() as lab:
-        a, b, started = start_pair(lab, nat_a, nat_b)
-        address = b.mesh_address(NETWORK)
+        a, b, address, started = start_pair(lab, nat_a, nat_b)
         with ThreadPoolExecutor(1) as pool:  # the ping and the status polls run together
             pinging = pool.submit(first_ping, a, address, started)
             path = time_to_path(a, b, want, started)
@@ -94,10 +95,9 @@ def timing_round(nat_a: str, nat_b: str, want: str) -> dict[str, Any]:
 
 def iperf_round(nat_a: str, nat_b: str, want: str, seconds: float) -> dict[str, Any]:
     with Lab() as lab:
-        a, b, started = start_pair(lab, nat_a, nat_b)
+        a, b, address, started = start_pair(lab, nat_a, nat_b)
         if time_to_path(a, b, want, started) is None:
             return {"pair": f"{nat_a}/{nat_b}", "path": path_of(a), "mbit_s": None}
-        address = b.mesh_address(NETWORK)
         server = b.host.spawn(["iperf3", "-s", "-1", "-B", address], name="iperf3-s")
         time.sleep(0.5)
         res = a.host.run(["iperf3", "-c", address, "-t", str(seconds), "-J"], check=False,
