@@ -8,8 +8,9 @@ or ``--direct-wait``). Finally a 20-ping burst through the
 tunnel is counted on site A's WAN side (conntrack counters) to confirm where the
 traffic goes; ``path`` is that confirmed path, ``reported_path`` the contender's own.
 Between trials both sites' conntrack tables are flushed, so no NAT state carries over.
+Several labs (one NAT pair each) run side by side; their timed phases take turns.
 
-    python -m bench.matrix [--quick] [--reps 5] [--pairs prc-prc,cone-sym] [--out DIR]
+    python -m bench.matrix [--quick] [--reps 5] [--lanes 5] [--pairs prc-prc,cone-sym] [--out DIR]
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ TURN_AFTER_FIRST_PING_S = 1.0
 class Turn:
     """The lanes' turn at the timed phases: one trial at a time is starting, waiting for
     its first ping or (briefly) for direct, so one lane's start-up never slows another's
-    clock. Waits longer than that, the WAN check and teardown run side by side."""
+    clock. Building and tearing down a lab take the turn too; waits longer than that,
+    the WAN check and stopping a contender run side by side."""
 
     def __init__(self, lock: threading.Lock) -> None:
         self._lock = lock
