@@ -171,15 +171,16 @@ class RelayService:
                 return  # the allocation expired
             for _ in range(BATCH):
                 try:
-                    data, source = sock.recvfrom(RECEIVE_BUFFER)
+                    data, (host, port) = sock.recvfrom(RECEIVE_BUFFER)
                 except BlockingIOError:
                     break
                 except OSError:
                     continue  # ICMP errors surface here; the socket stays usable
+                source = (str(host), int(port))
                 if stun.is_stun(data):
-                    await self._bind(alloc, side, data, (str(source[0]), int(source[1])))
+                    await self._bind(alloc, side, data, source)
                 else:
-                    self._forward(alloc, side, data, (str(source[0]), int(source[1])))
+                    self._forward(alloc, side, data, source)
 
     def _forward(self, alloc: Allocation, side: int, data: bytes, source: Addr) -> None:
         here, there = alloc.sides[side], alloc.sides[1 - side]
