@@ -220,7 +220,7 @@ class Daemon:
             for pong in await agent.punching.ping(node.id):
                 endpoint = format_addr(pong.addr)
                 replies.append({"seq": seq, "rtt_ms": round(pong.rtt * 1000, 3),
-                                "endpoint": endpoint, "path": agent.path_of(node.id, endpoint)})
+                                "endpoint": endpoint, "path": agent.policy.kind_of(node.id, endpoint)})
         after = await Daemon._peer_status(agent, peer)
         return {"peer": peer, "address": target, "sent": count, "mode": "probe",
                 "replies": replies, "path": after["path"], "endpoint": after["endpoint"]}

@@ -16,22 +16,10 @@ change or use it:
   they change.
 
 With discovery running and hole punching enabled for the network, a punch session
-per peer (:mod:`punchd.daemon.punching`) finds the direct path; its verdicts become
-path decisions here. Until a session has a path, the peer is in WireGuard without an
-endpoint, keepalive or allowed IPs (so neither a timer nor early traffic to the peer
-makes WireGuard spend its handshake on no endpoint): its first handshake goes out the moment the endpoint is set (turning keepalive on
-makes WireGuard send at once), instead of after its 5 s retry timer. Only one side
-starts that handshake — the one with the larger probe key, as in the punch session —
-because two initiations that cross make each side answer the other's and drop the
-answer to its own, and neither handshake completes until the 5 s retry. The other
-side turns its keepalive on when the handshake has happened, or after
-``HANDSHAKE_WAIT_S`` if it never comes.
-
-Probes can pass where WireGuard does not (a firewall that knows WireGuard's message
-types), so a punched path is on probation until WireGuard itself proves it: a
-handshake after the switch, or bytes received while WireGuard's endpoint is that
-path. If WireGuard sends on it for ``CONFIRM_S`` (one handshake retry) without that
-proof, the path is distrusted for ``DISTRUST_S`` and the peer goes through the relay.
+per peer (:mod:`punchd.daemon.punching`) finds the direct path. Which endpoint WireGuard
+gets for each peer, and what status shows, is decided by the sans-IO
+:class:`punchd.daemon.policy.PathPolicy` from the sessions' and the relay's facts and
+WireGuard's observed state; the agent gathers those facts and applies the decisions.
 """
 
 from __future__ import annotations
@@ -57,16 +45,15 @@ from punchd.serverapi import ServerClient
 from punchd.wg.base import (
     LinkConfig,
     WgDeviceState,
-    WgPeer,
-    WgPeerState,
     WireGuardBackend,
     public_key,
 )
 from punchd.wire import api
 
 from . import hostaddrs
-from .paths import PathDecision, choose_endpoint, host_candidates, path_kind
-from .punching import Punching, probe_key
+from .paths import host_candidates
+from .policy import PathPolicy, PeerFacts, SessionFacts
+from .punching import Punching
 from .reconcile import DesiredDevice, RemovePeer, SetDevice, SetPeer, plan
 from .relaying import Relaying
 from .state import NetworkConfig, NetworkKeys, StateDir
@@ -77,22 +64,6 @@ RECONCILE_INTERVAL_S = 2.0
 CANDIDATE_INTERVAL_S = 25.0
 BACKOFF_MIN_S = 0.5
 BACKOFF_MAX_S = 30.0
-HANDSHAKE_WAIT_S = 1.0  # the responder waits this long for the initiator's handshake
-CONFIRM_S = 6.0  # WireGuard retries a handshake after 5 s: one retry's worth of proof
-DISTRUST_S = 60.0
-
-
-@dataclass
-class _Probation:
-    """A punched endpoint WireGuard has not proven yet, and its counters at the switch."""
-
-    endpoint: str
-    since: float  # wall clock, like WireGuard's handshake times
-    rx: int
-    tx: int
-    confirmed: bool = False
-
-
 @dataclass
 class NetworkModel:
     network: api.Network | None = None
@@ -140,7 +111,7 @@ class NetworkAgent:
         self.state = state
         self.client = ServerClient(config.server, keys.signing)
         self.model = NetworkModel()
-        self.paths: dict[str, PathDecision] = {}  # by peer node id
+        self.policy = PathPolicy(bytes(keys.probe.public_key))
         self.changed = trio.Event()
         self.server_connected = False
         self.removed = False
@@ -151,17 +122,12 @@ class NetworkAgent:
         self._rng = random.Random()
         self.cancel_scope = trio.CancelScope()
         self._link_applied: LinkConfig | None = None
-        self._applied_endpoints: dict[str, str] = {}  # WireGuard key -> endpoint punchd set
         self._dns_applied: api.MeshDns | None = None
         self.dns_outcome: str | None = None
         self.discovery: Discovery | None = None
         self.punching: Punching | None = None
         self.relaying: Relaying | None = None
         self._regather = trio.Event()
-        self._path_found_at: dict[str, float] = {}  # peer id -> trio time of PathFound
-        self._probation: dict[str, _Probation] = {}  # peer id -> its punched endpoint
-        self._distrusted: dict[str, tuple[str, float]] = {}  # peer id -> (endpoint, until)
-        self._nursery: trio.Nursery | None = None
         self.nat: api.NatReport | None = None
 
     @property
@@ -176,7 +142,6 @@ class NetworkAgent:
             try:
                 await self.ensure_interface()
                 async with trio.open_nursery() as nursery:
-                    self._nursery = nursery
                     await self._start_discovery(nursery)
                     nursery.start_soon(self._stream_loop)
                     nursery.start_soon(self._reconcile_loop)
@@ -223,49 +188,11 @@ class NetworkAgent:
 
     def desired(self, actual: WgDeviceState | None = None) -> DesiredDevice:
         network = self.model.network
-        keepalive = network.keepalive if network else 25
-        handshaken = {p.public_key for p in actual.peers if p.last_handshake} if actual else set()
-        now = trio.current_time()
-        peers = []
-        for peer in self.model.peers.values():
-            if not peer.approved:
-                continue
-            allowed = tuple(
-                str(ipaddress.ip_interface(a).ip) + ("/32" if ":" not in a else "/128")
-                for a in (peer.ipv4, peer.ipv6) if a
-            )
-            decision = self.paths.get(peer.id)
-            endpoint = decision.endpoint if decision else None
-            if decision is not None and decision.source == "pending" \
-                    and peer.wg_public_key not in handshaken:
-                # No allowed IPs until there is a path: traffic to a peer without an
-                # endpoint makes WireGuard try a handshake that goes nowhere, and a
-                # tried handshake is not tried again for 5 s (REKEY_TIMEOUT), so the
-                # one due when the path is found would wait. The peer stays in
-                # WireGuard, so its handshake is still answered.
-                allowed = ()
-            # No keepalive before the first endpoint, and on a punched path only one
-            # side starts the handshake: see the module docstring.
-            known = endpoint is not None or peer.wg_public_key in self._applied_endpoints
-            found = self._path_found_at.get(peer.id)
-            if known and decision is not None and decision.source in ("punch", "relay") \
-                    and found is not None and peer.wg_public_key not in handshaken \
-                    and not self._initiator(peer) and now - found < HANDSHAKE_WAIT_S:
-                known = False
-            peers.append(WgPeer(public_key=peer.wg_public_key, endpoint=endpoint,
-                                allowed_ips=allowed,
-                                persistent_keepalive=keepalive if known else 0))
-        changed = frozenset(p.public_key for p in peers if p.endpoint is not None
-                            and self._applied_endpoints.get(p.public_key) not in (None, p.endpoint))
-        # WireGuard follows the source of the peer's packets. A peer still sending
-        # through the relay would pull our direct path back onto it; insisting on the
-        # direct endpoint makes the peer's WireGuard follow us onto the direct path.
-        on_relay = self._roamed_onto_relay(actual)
-        changed |= frozenset(p.public_key for p in peers if p.public_key in on_relay)
-        return DesiredDevice(private_key_public=public_key(self.keys.wireguard),
-                             listen_port=self.config.listen_port,
-                             peers=tuple(sorted(peers, key=lambda p: p.public_key)),
-                             force_endpoint=changed)
+        return self.policy.desired(
+            self.model.peers, actual, time.time(),
+            private_key_public=public_key(self.keys.wireguard),
+            listen_port=self.config.listen_port,
+            keepalive=network.keepalive if network else 25)
 
     def link_config(self) -> LinkConfig | None:
         node, network = self.model.node, self.model.network
@@ -274,106 +201,26 @@ class NetworkAgent:
         return LinkConfig(addresses=tuple(a for a in (node.ipv4, node.ipv6) if a),
                           mtu=network.mtu)
 
-    def decide_paths(self) -> None:
-        """Per peer: the punched path; else, while punching, nothing yet; else a guess."""
-        local_only = bool(self.model.network and self.model.network.local_only)
-        for peer in self.model.peers.values():
-            session = self.punching.session(peer.id) if self.punching else None
-            if session is not None and session.selected is not None:
-                rtt = session.selected_rtt
-                relayed = session.selected_kind == "relay"
-                endpoint = format_addr(session.selected)
-                distrusted = self._distrusted.get(peer.id)
-                if not relayed and session.relay is not None and distrusted is not None \
-                        and distrusted[0] == endpoint and time.time() < distrusted[1]:
-                    self.paths[peer.id] = PathDecision(endpoint=format_addr(session.relay),
-                                                       kind="relay", source="relay")
-                    continue
-                self.paths[peer.id] = PathDecision(
-                    endpoint=endpoint, kind="relay" if relayed else "direct",
-                    source="relay" if relayed else "punch",
-                    rtt_ms=round(rtt * 1000, 2) if rtt is not None else None)
-                continue
-            # No session yet means one is about to start (sessions begin right after
-            # the peer is in WireGuard): guessing an endpoint now would send a
-            # handshake before the NATs are open, lost for WireGuard's 5 s retry.
-            punching_soon = self.punching is not None and (
-                session is None or session.state == "punching")
-            if punching_soon and peer.wg_public_key not in self._applied_endpoints:
-                self.paths[peer.id] = PathDecision(endpoint=None, kind="direct",
-                                                   source="pending")
-                continue
-            current = self.paths.get(peer.id)
-            if current is not None and current.source == "candidate" and current.endpoint \
-                    and any(c.address == current.endpoint for c in peer.candidates):
-                continue  # keep a chosen endpoint while the peer still offers it
-            guess = choose_endpoint(peer, self._local_networks, local_only=local_only)
-            self.paths[peer.id] = PathDecision(endpoint=guess, kind="direct")
-        for gone in set(self.paths) - set(self.model.peers):
-            del self.paths[gone]
-
-    def _roamed_onto_relay(self, actual: WgDeviceState | None) -> set[str]:
-        """WireGuard keys of peers with a punched direct path whose WireGuard endpoint
-        is the relay."""
-        if actual is None or self.relaying is None:
-            return set()
-        wg_endpoint = {p.public_key: p.endpoint for p in actual.peers}
-        keys = set()
-        for peer in self.model.peers.values():
-            decision = self.paths.get(peer.id)
-            if decision is not None and decision.source == "punch" \
-                    and self._is_relay(peer.id, wg_endpoint.get(peer.wg_public_key)):
-                keys.add(peer.wg_public_key)
-        return keys
-
-    def _is_relay(self, node_id: str, endpoint: str | None) -> bool:
-        """Whether ``endpoint`` is our bound side of the relay for this peer."""
-        state = self.relaying.states.get(node_id) if self.relaying else None
-        return endpoint is not None and state is not None and state.relay is not None \
-            and endpoint == format_addr(state.relay)
-
-    def _judge_direct_paths(self, actual: WgDeviceState, now: float) -> None:
-        """Probation of punched endpoints: see the module docstring."""
-        by_key = {p.public_key: p for p in actual.peers}
-        for peer in self.model.peers.values():
-            decision, wg = self.paths.get(peer.id), by_key.get(peer.wg_public_key)
-            if decision is None or decision.source != "punch" or decision.endpoint is None \
-                    or wg is None:
-                self._probation.pop(peer.id, None)
-                continue
-            probation = self._probation.get(peer.id)
-            if probation is None or probation.endpoint != decision.endpoint:
-                self._probation[peer.id] = _Probation(decision.endpoint, now, wg.rx_bytes,
-                                                      wg.tx_bytes)
-                continue
-            if probation.confirmed:
-                continue
-            if wg.endpoint != probation.endpoint:
-                # WireGuard followed the peer elsewhere (the relay) and is being put back:
-                # bytes received meanwhile came that other way and prove nothing. The
-                # clock runs on, so a peer that never follows us ends on the relay.
-                probation.rx = wg.rx_bytes
-            elif (wg.last_handshake or 0) > probation.since or wg.rx_bytes > probation.rx:
-                probation.confirmed = True
-                continue
-            if now - probation.since > CONFIRM_S and wg.tx_bytes > probation.tx:
-                known = self._distrusted.get(peer.id)
-                if known is not None and known[0] == decision.endpoint and now < known[1]:
-                    continue  # said already, and no relay to go to
-                log.warning("%s: WireGuard gets nothing back on %s from %s although probes "
-                            "pass; using the relay for %d s", self.name, decision.endpoint,
-                            peer.name, DISTRUST_S)
-                self._distrusted[peer.id] = (decision.endpoint, now + DISTRUST_S)
-                del self._probation[peer.id]
-                self.decide_paths()
+    def _facts(self) -> dict[str, PeerFacts]:
+        """What each peer's punch session and relay say now, for the path policy."""
+        facts = {}
+        for node_id in self.model.peers:
+            session = self.punching.session(node_id) if self.punching else None
+            relay = self.relaying.states.get(node_id) if self.relaying else None
+            facts[node_id] = PeerFacts(
+                session=None if session is None else SessionFacts(
+                    state=session.state,
+                    selected=format_addr(session.selected) if session.selected else None,
+                    selected_kind=session.selected_kind, selected_rtt=session.selected_rtt,
+                    relay=format_addr(session.relay) if session.relay else None),
+                relay=format_addr(relay.relay) if relay is not None and relay.relay else None)
+        return facts
 
     def _on_punch_event(self, node_id: str, event: PunchEvent) -> None:
         peer = self.model.peers.get(node_id)
         name = peer.name if peer else node_id
         if isinstance(event, PathFound):
-            self._path_found_at[node_id] = trio.current_time()
-            if peer is not None and not self._initiator(peer):
-                self._wake_after(HANDSHAKE_WAIT_S)
+            self.policy.path_found(node_id, time.time())
             session = self.punching.session(node_id) if self.punching else None
             kind = "relayed" if session is not None and session.selected_kind == "relay" \
                 else "direct"
@@ -387,19 +234,6 @@ class NetworkAgent:
                      format_addr(event.addr))
         elif isinstance(event, PunchFailed):
             log.info("%s: no direct path to %s: %s", self.name, name, event.reason)
-        self.poke()
-
-    def _initiator(self, peer: api.Node) -> bool:
-        """Whether this node starts WireGuard's first handshake with ``peer``."""
-        # The punch session's controlling side: the larger probe key.
-        return bytes(self.keys.probe.public_key) > probe_key(peer)
-
-    def _wake_after(self, delay: float) -> None:
-        if self._nursery is not None:
-            self._nursery.start_soon(self._poke_later, delay)
-
-    async def _poke_later(self, delay: float) -> None:
-        await trio.sleep(delay)
         self.poke()
 
     def _sync_punching(self) -> None:
@@ -420,10 +254,18 @@ class NetworkAgent:
         if link is not None and link != self._link_applied:
             await self.backend.set_link(ifname, link)
             self._link_applied = link
-        self.decide_paths()
         actual = await self.backend.get_device(ifname)
-        self._judge_direct_paths(actual, time.time())
-        ops = plan(self.desired(actual), actual, time.time())
+        now = time.time()
+        network = self.model.network
+        for gone in self.policy.update(
+                self.model.peers, self._facts(), actual, now, punching=self.punching is not None,
+                local_networks=self._local_networks,
+                local_only=bool(network and network.local_only)):
+            peer = self.model.peers[gone.node_id]
+            log.warning("%s: WireGuard gets nothing back on %s from %s although probes "
+                        "pass; using the relay for %d s", self.name, gone.endpoint,
+                        peer.name, gone.seconds)
+        ops = plan(self.desired(actual), actual, now)
         for op in ops:
             if isinstance(op, SetDevice):
                 await self.backend.set_device(
@@ -432,10 +274,10 @@ class NetworkAgent:
             elif isinstance(op, SetPeer):
                 await self.backend.set_peer(ifname, op.peer)
                 if op.peer.endpoint is not None:
-                    self._applied_endpoints[op.peer.public_key] = op.peer.endpoint
+                    self.policy.endpoint_set(op.peer.public_key, op.peer.endpoint)
             elif isinstance(op, RemovePeer):
                 await self.backend.remove_peer(ifname, op.public_key)
-                self._applied_endpoints.pop(op.public_key, None)
+                self.policy.peer_removed(op.public_key)
         if ops:
             log.info("%s: applied %d change(s)", ifname, len(ops))
         # Sessions follow WireGuard, not the model: a peer must be in WireGuard before
@@ -452,7 +294,10 @@ class NetworkAgent:
             except WireGuardError as exc:
                 self.last_error = str(exc)
                 log.warning("%s: reconcile failed: %s", self.config.interface, exc)
-            with trio.move_on_after(RECONCILE_INTERVAL_S):
+            # Decisions also change by themselves (a responder's handshake wait ends):
+            # wake for that as well as for new facts and the periodic repair pass.
+            wait = min(RECONCILE_INTERVAL_S, self.policy.next_deadline(time.time()) - time.time())
+            with trio.move_on_after(max(wait, 0.0)):
                 await self.changed.wait()
 
     # -- server ------------------------------------------------------------------------------
@@ -608,7 +453,6 @@ class NetworkAgent:
         peers = []
         for peer in sorted(self.model.peers.values(), key=lambda p: p.name):
             wg = by_key.get(peer.wg_public_key)
-            decision = self.paths.get(peer.id)
             hs = wg.last_handshake if wg else None
             peers.append({
                 "name": peer.name,
@@ -616,8 +460,8 @@ class NetworkAgent:
                 "address6": peer.ipv6.split("/")[0] if peer.ipv6 else None,
                 "public_key": peer.wg_public_key,
                 "endpoint": wg.endpoint if wg else None,
-                "path": self._path_shown(peer.id, decision, wg, now),
-                "rtt_ms": decision.rtt_ms if decision else None,
+                "path": self.policy.shown_path(peer.id, wg, now),
+                "rtt_ms": self.policy.shown_rtt_ms(peer.id, wg),
                 "last_handshake_age_s": round(now - hs, 1) if hs else None,
                 "rx_bytes": wg.rx_bytes if wg else 0,
                 "tx_bytes": wg.tx_bytes if wg else 0,
@@ -625,8 +469,7 @@ class NetworkAgent:
                 "nat": msgspec.to_builtins(peer.nat),
                 "punch": self._punch_status(peer.id),
                 "relay": self._relay_status(peer.id),
-                "confirmed": bool(self._probation.get(peer.id) and
-                                  self._probation[peer.id].confirmed),
+                "confirmed": self.policy.confirmed(peer.id),
             })
         node = self.model.node
         return {
@@ -646,22 +489,6 @@ class NetworkAgent:
             "last_error": self.last_error,
             "peers": peers,
         }
-
-    def _path_shown(self, node_id: str, decision: PathDecision | None,
-                    wg: WgPeerState | None, now: float) -> str:
-        """The path as WireGuard uses it: a peer that roamed WireGuard onto the relay
-        (it sends through the relay while we chose direct) is shown as relayed."""
-        kind = path_kind(decision, wg.last_handshake if wg else None, now)
-        if kind == "direct" and wg is not None and self._is_relay(node_id, wg.endpoint):
-            return "relay"
-        return kind
-
-    def path_of(self, node_id: str, endpoint: str) -> str:
-        """What an address is for this peer: its direct path, the relay, or a candidate."""
-        decision = self.paths.get(node_id)
-        if decision is not None and decision.endpoint == endpoint:
-            return decision.kind
-        return "direct"  # probes reach the peer itself; only the relay forwards them
 
     def _relay_status(self, node_id: str) -> dict[str, object] | None:
         state = self.relaying.states.get(node_id) if self.relaying else None

@@ -79,9 +79,3 @@ def host_candidates(addresses: Iterable[str], port: int) -> tuple[api.Candidate,
         out.append(api.Candidate(kind="host", address=f"{host}:{port}", priority=priority))
     return tuple(out)
 
-
-def path_kind(decision: PathDecision | None, last_handshake: float | None, now: float) -> PathKind:
-    """What ``punchctl status`` shows: a path exists only if WireGuard proves it."""
-    if last_handshake is None or now - last_handshake > HANDSHAKE_ALIVE_S:
-        return "none"
-    return decision.kind if decision is not None else "direct"

@@ -39,6 +39,8 @@ from punchd.punch.session import Pong, PunchEvent, PunchSession
 from punchd.wire import api
 from punchd.wire.probe import peek_sender
 
+from .policy import probe_key
+
 log = logging.getLogger("punchd.punching")
 
 INBOX_SIZE = 64  # probes waiting for one session; more in a burst are dropped
@@ -227,11 +229,3 @@ class Punching:
             await self._sender.send(payload, dest)
         except PunchdError as exc:  # e.g. a family the shared port cannot send yet
             raise OSError(str(exc)) from exc
-
-
-def probe_key(node: api.Node) -> bytes:
-    """The node's probe public key, raw; empty if it does not decode."""
-    try:
-        return base64.b64decode(node.probe_public_key, validate=True)
-    except (binascii.Error, ValueError):
-        return b""
