@@ -172,7 +172,7 @@ class Daemon:
 
     @staticmethod
     async def _peer_status(agent: NetworkAgent, peer: str) -> dict[str, Any]:
-        peers = cast(list[dict[str, Any]], (await agent.status())["peers"])
+        peers = cast(list[dict[str, Any]], msgspec.to_builtins((await agent.status()).peers))
         for entry in peers:
             if entry["name"] == peer:
                 return entry

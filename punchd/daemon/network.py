@@ -29,9 +29,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 
-import msgspec
 import trio
 
 from punchd import resolver
@@ -51,12 +49,14 @@ from punchd.wg.base import (
 from punchd.wire import api
 
 from . import hostaddrs
+from .model import NetworkModel
 from .paths import host_candidates
 from .policy import PathPolicy, PeerFacts, SessionFacts
 from .punching import Punching
 from .reconcile import DesiredDevice, RemovePeer, SetDevice, SetPeer, plan
 from .relaying import Relaying
 from .state import NetworkConfig, NetworkKeys, StateDir
+from .status import DnsStatus, NetworkStatus, PunchStatus, RelayStatus, host, peer_statuses
 
 log = logging.getLogger("punchd.network")
 
@@ -64,44 +64,6 @@ RECONCILE_INTERVAL_S = 2.0
 CANDIDATE_INTERVAL_S = 25.0
 BACKOFF_MIN_S = 0.5
 BACKOFF_MAX_S = 30.0
-@dataclass
-class NetworkModel:
-    network: api.Network | None = None
-    node: api.Node | None = None
-    peers: dict[str, api.Node] = field(default_factory=dict)  # by node id
-    seq: int | None = None
-    dns: api.MeshDns | None = None
-    stun: str | None = None
-
-    def apply(self, event: api.Event) -> None:
-        if isinstance(event, api.Snapshot):
-            self.network = event.network
-            self.peers = {}
-            for node in event.peers:
-                self._upsert(node)
-        elif isinstance(event, api.PeerAdded | api.PeerChanged):
-            self._upsert(event.peer)
-        elif isinstance(event, api.PeerRemoved):
-            self.peers.pop(event.node_id, None)
-        elif isinstance(event, api.NetworkChanged):
-            self.network = event.network
-        self.seq = event.seq
-
-    def _upsert(self, node: api.Node) -> None:
-        if self.node is not None and node.id == self.node.id:
-            self.node = node
-        else:
-            self.peers[node.id] = node
-
-    def apply_snapshot(self, snap: api.NetworkSnapshot) -> None:
-        self.network = snap.network
-        self.node = snap.node
-        self.peers = {p.id: p for p in snap.peers}
-        self.seq = snap.seq
-        self.dns = snap.dns
-        self.stun = snap.stun
-
-
 class NetworkAgent:
     def __init__(self, config: NetworkConfig, keys: NetworkKeys, backend: WireGuardBackend,
                  state: StateDir, *, exclude_ifnames: Iterable[str] = ()) -> None:
@@ -443,71 +405,47 @@ class NetworkAgent:
 
     # -- status --------------------------------------------------------------------------------
 
-    async def status(self) -> dict[str, object]:
+    async def status(self) -> NetworkStatus:
         now = time.time()
         try:
             device: WgDeviceState | None = await self.backend.get_device(self.config.interface)
         except WireGuardError:
             device = None
-        by_key = {p.public_key: p for p in device.peers} if device else {}
-        peers = []
-        for peer in sorted(self.model.peers.values(), key=lambda p: p.name):
-            wg = by_key.get(peer.wg_public_key)
-            hs = wg.last_handshake if wg else None
-            peers.append({
-                "name": peer.name,
-                "address": peer.ipv4.split("/")[0] if peer.ipv4 else None,
-                "address6": peer.ipv6.split("/")[0] if peer.ipv6 else None,
-                "public_key": peer.wg_public_key,
-                "endpoint": wg.endpoint if wg else None,
-                "path": self.policy.shown_path(peer.id, wg, now),
-                "rtt_ms": self.policy.shown_rtt_ms(peer.id, wg),
-                "last_handshake_age_s": round(now - hs, 1) if hs else None,
-                "rx_bytes": wg.rx_bytes if wg else 0,
-                "tx_bytes": wg.tx_bytes if wg else 0,
-                "in_wireguard": wg is not None,
-                "nat": msgspec.to_builtins(peer.nat),
-                "punch": self._punch_status(peer.id),
-                "relay": self._relay_status(peer.id),
-                "confirmed": self.policy.confirmed(peer.id),
-            })
-        node = self.model.node
-        return {
-            "name": self.name,
-            "interface": self.config.interface,
-            "node": self.config.node_name,
-            "address": node.ipv4.split("/")[0] if node and node.ipv4 else None,
-            "address6": node.ipv6.split("/")[0] if node and node.ipv6 else None,
-            "public_key": public_key(self.keys.wireguard),
-            "listen_port": device.listen_port if device else None,
-            "interface_up": device is not None,
-            "server": self.config.server,
-            "server_connected": self.server_connected,
-            "nat": msgspec.to_builtins(self.nat) if self.nat else None,
-            "dns": {"address": self.model.dns.address, "domain": self.model.dns.domain,
-                    "resolver": self.dns_outcome} if self.model.dns else None,
-            "last_error": self.last_error,
-            "peers": peers,
-        }
+        node, dns = self.model.node, self.model.dns
+        return NetworkStatus(
+            name=self.name, interface=self.config.interface, node=self.config.node_name,
+            address=host(node.ipv4) if node else None,
+            address6=host(node.ipv6) if node else None,
+            public_key=public_key(self.keys.wireguard),
+            listen_port=device.listen_port if device else None,
+            interface_up=device is not None, server=self.config.server,
+            server_connected=self.server_connected, nat=self.nat,
+            dns=DnsStatus(address=dns.address, domain=dns.domain, resolver=self.dns_outcome)
+            if dns else None,
+            last_error=self.last_error,
+            peers=peer_statuses(self.model.peers, self.policy, device, now,
+                                punch=self._punch_status(), relay=self._relay_status()))
 
-    def _relay_status(self, node_id: str) -> dict[str, object] | None:
-        state = self.relaying.states.get(node_id) if self.relaying else None
-        if state is None:
-            return None
-        return {"endpoint": format_addr(state.relay) if state.relay else None,
-                "mapped": format_addr(state.mapped) if state.mapped else None,
-                "error": state.error}
+    def _relay_status(self) -> dict[str, RelayStatus]:
+        states = self.relaying.states if self.relaying else {}
+        return {node_id: RelayStatus(
+            endpoint=format_addr(state.relay) if state.relay else None,
+            mapped=format_addr(state.mapped) if state.mapped else None, error=state.error)
+            for node_id, state in states.items()}
 
-    def _punch_status(self, node_id: str) -> dict[str, object] | None:
-        session = self.punching.session(node_id) if self.punching else None
-        if session is None:
-            return None
-        stats = session.statistics()
-        return {"state": session.state, "failure": session.failure,
-                "attempts": stats.attempts, "probes_sent": stats.probes_sent,
-                "probes_received": stats.probes_received, "rejected": stats.rejected,
-                "replays": stats.replays,
-                "observed": format_addr(session.observed) if session.observed else None}
+    def _punch_status(self) -> dict[str, PunchStatus]:
+        out = {}
+        for node_id in self.model.peers:
+            session = self.punching.session(node_id) if self.punching else None
+            if session is None:
+                continue
+            stats = session.statistics()
+            out[node_id] = PunchStatus(
+                state=session.state, failure=session.failure, attempts=stats.attempts,
+                probes_sent=stats.probes_sent, probes_received=stats.probes_received,
+                rejected=stats.rejected, replays=stats.replays,
+                observed=format_addr(session.observed) if session.observed else None)
+        return out
 
     async def leave(self) -> None:
         """Deregister, then remove the interface and the state."""

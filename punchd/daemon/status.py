@@ -1,0 +1,104 @@
+"""What ``punchctl status`` shows, as Structs: the control API's answer to ``status``.
+
+Built by one pure function from the facts the agent holds (the server's model, the path
+policy, WireGuard's observed device, the punch sessions' and relays' state), so status
+says what is, from the same facts the path decisions use. The JSON field names are the
+control API's contract (punchctl, bench/ and the lab read them): add fields with
+defaults, never rename.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import msgspec
+
+from punchd.wg.base import WgDeviceState
+from punchd.wire import api
+
+from .paths import PathKind
+from .policy import PathPolicy
+
+
+class PunchStatus(msgspec.Struct, frozen=True):
+    state: str
+    failure: str | None
+    attempts: int
+    probes_sent: int
+    probes_received: int
+    rejected: int
+    replays: int
+    observed: str | None
+
+
+class RelayStatus(msgspec.Struct, frozen=True):
+    endpoint: str | None  # our bound side of the peer's relay allocation
+    mapped: str | None  # where the relay sees us
+    error: str | None
+
+
+class PeerStatus(msgspec.Struct, frozen=True):
+    name: str
+    address: str | None
+    address6: str | None
+    public_key: str
+    endpoint: str | None  # WireGuard's endpoint for the peer
+    path: PathKind
+    rtt_ms: float | None
+    last_handshake_age_s: float | None
+    rx_bytes: int
+    tx_bytes: int
+    in_wireguard: bool
+    nat: api.NatReport
+    punch: PunchStatus | None
+    relay: RelayStatus | None
+    confirmed: bool
+
+
+class DnsStatus(msgspec.Struct, frozen=True):
+    address: str
+    domain: str
+    resolver: str | None
+
+
+class NetworkStatus(msgspec.Struct, frozen=True):
+    name: str
+    interface: str
+    node: str
+    address: str | None
+    address6: str | None
+    public_key: str
+    listen_port: int | None
+    interface_up: bool
+    server: str
+    server_connected: bool
+    nat: api.NatReport | None
+    dns: DnsStatus | None
+    last_error: str | None
+    peers: tuple[PeerStatus, ...]
+
+
+def host(cidr: str | None) -> str | None:
+    """A mesh address without its prefix length."""
+    return cidr.split("/")[0] if cidr else None
+
+
+def peer_statuses(peers: Mapping[str, api.Node], policy: PathPolicy,
+                  device: WgDeviceState | None, now: float, *,
+                  punch: Mapping[str, PunchStatus], relay: Mapping[str, RelayStatus]
+                  ) -> tuple[PeerStatus, ...]:
+    """Every peer as WireGuard and the policy see it, by name."""
+    by_key = {p.public_key: p for p in device.peers} if device else {}
+    out = []
+    for peer in sorted(peers.values(), key=lambda p: p.name):
+        wg = by_key.get(peer.wg_public_key)
+        hs = wg.last_handshake if wg else None
+        out.append(PeerStatus(
+            name=peer.name, address=host(peer.ipv4), address6=host(peer.ipv6),
+            public_key=peer.wg_public_key, endpoint=wg.endpoint if wg else None,
+            path=policy.shown_path(peer.id, wg, now), rtt_ms=policy.shown_rtt_ms(peer.id, wg),
+            last_handshake_age_s=round(now - hs, 1) if hs else None,
+            rx_bytes=wg.rx_bytes if wg else 0, tx_bytes=wg.tx_bytes if wg else 0,
+            in_wireguard=wg is not None, nat=peer.nat, punch=punch.get(peer.id),
+            relay=relay.get(peer.id), confirmed=policy.confirmed(peer.id)))
+    return tuple(out)
