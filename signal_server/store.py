@@ -68,6 +68,14 @@ def _parse_net(text: str, version: int, field: str) -> ipaddress.IPv4Network | i
     return net
 
 
+def _check_candidates(candidates: Iterable[api.Candidate]) -> None:
+    for i, cand in enumerate(candidates):
+        try:
+            api.parse_endpoint(cand.address)
+        except ValueError as exc:
+            raise Invalid(str(exc), f"candidates[{i}].address") from exc
+
+
 class Store:
     """All domain state; ``path`` may be ``":memory:"`` for tests."""
 
@@ -220,13 +228,16 @@ class Store:
             if cur.rowcount == 0:
                 raise NotFound(f"no access key {key_id!r} in {network!r}", "key")
 
-    def _use_access_key(self, secret: str, now: float) -> api.AccessKey:
+    def _access_key(self, secret: str) -> api.AccessKey:
         row = self.db.execute(
             "SELECT body FROM access_keys WHERE secret_hash = ?", (_hash_secret(secret),)
         ).fetchone()
         if row is None:
             raise Unauthorized("unknown access key", "access_key")
-        key = msgspec.json.decode(row[0], type=api.AccessKey)
+        return msgspec.json.decode(row[0], type=api.AccessKey)
+
+    def _use_access_key(self, secret: str, now: float) -> api.AccessKey:
+        key = self._access_key(secret)
         if key.expires_at is not None and key.expires_at <= now:
             raise Unauthorized("access key expired", "access_key")
         if key.uses_left is not None:
@@ -290,21 +301,45 @@ class Store:
         raise Conflict(f"network {cidr} has no free address", "network")
 
     def join(self, req: api.JoinRequest, signer: str, now: float | None = None) -> api.JoinResponse:
+        return self.join_or_resume(req, signer, now)[0]
+
+    def join_or_resume(self, req: api.JoinRequest, signer: str, now: float | None = None,
+                       ) -> tuple[api.JoinResponse, bool]:
+        """A join, or the answer to one already committed: ``(response, resumed)``.
+
+        A client whose join timed out cannot know whether it was committed; it retries
+        with the same keys. The retry is proven by the signing key (only that node has
+        it), so it gets the first answer again and spends no use of the access key,
+        even one used up by the first join. Different keys under a joined signing key
+        are a conflict: that is a new node, not a retry.
+        """
         if signer != req.signing_key:
             raise Unauthorized("request not signed by the key it registers", "signing_key")
         now = time.time() if now is None else now
+        _check_candidates(req.candidates)
         with self._tx():
+            row = self.db.execute(
+                "SELECT body FROM nodes WHERE signing_key = ?", (req.signing_key,)
+            ).fetchone()
+            if row is not None:
+                old = msgspec.json.decode(row[0], type=api.Node)
+                key = self._access_key(req.access_key)
+                if (old.network, old.wg_public_key, old.probe_public_key) != \
+                        (key.network, req.wg_public_key, req.probe_public_key):
+                    raise Conflict("this node key has joined already", "signing_key")
+                return api.JoinResponse(node=old, network=self.get_network(old.network)), True
             key = self._use_access_key(req.access_key, now)
             net = self.get_network(key.network)
-            if self.db.execute("SELECT 1 FROM nodes WHERE signing_key = ?",
-                               (req.signing_key,)).fetchone():
-                raise Conflict("this node key has joined already", "signing_key")
             nodes = self._nodes(net.name)
             name = req.name or f"node-{req.signing_key.encode().hex()[:8]}"
             if any(n.name == name for n in nodes):
                 raise Conflict(f"a node named {name!r} is in {net.name!r} already", "name")
+            # Peers index a network's nodes by these keys: a second node with the same
+            # key would take over the first one's address and probes.
             if any(n.wg_public_key == req.wg_public_key for n in nodes):
                 raise Conflict("that WireGuard key is in use in this network", "wg_public_key")
+            if any(n.probe_public_key == req.probe_public_key for n in nodes):
+                raise Conflict("that probe key is in use in this network", "probe_public_key")
             node = api.Node(
                 id=uuid.uuid4().hex[:16], network=net.name, name=name,
                 signing_key=req.signing_key, wg_public_key=req.wg_public_key,
@@ -316,11 +351,18 @@ class Store:
             )
             self._put_node(node)
             self._emit(net.name, api.PeerAdded(seq=0, peer=node))
-        return api.JoinResponse(node=node, network=net)
+        return api.JoinResponse(node=node, network=net), False
 
     def update_node(self, signer: str, req: api.NodeUpdate, now: float | None = None) -> api.Node:
         now = time.time() if now is None else now
         changes = {k: v for k, v in msgspec.structs.asdict(req).items() if v is not None}
+        if req.candidates is not None:
+            _check_candidates(req.candidates)
+        if req.nat is not None and req.nat.public_endpoint is not None:
+            try:
+                api.parse_endpoint(req.nat.public_endpoint)
+            except ValueError as exc:
+                raise Invalid(str(exc), "nat.public_endpoint") from exc
         with self._tx():
             node = self.node_by_signing_key(signer)
             updated = msgspec.structs.replace(node, **changes, last_seen=now)

@@ -1,0 +1,171 @@
+"""Issue #14 (hardening), server side: each test is a request that was accepted or
+crashed before, against a real server on loopback."""
+
+from __future__ import annotations
+
+import httpx
+import msgspec
+import pytest
+from nacl.signing import SigningKey
+
+from punchd.errors import APIError
+from punchd.serverapi import ServerClient
+from punchd.wire import api
+from punchd.wire.signing import sign_request
+from punchd.wire.token import decode_token
+from signal_server.app import error_field
+
+from .conftest import RunningServer
+from .test_api import joined_client, key32
+
+
+async def signed_post(srv: RunningServer, key: SigningKey, path: str, body: bytes,
+                      method: str = "POST") -> httpx.Response:
+    async with httpx.AsyncClient(base_url=srv.url) as anon:
+        headers = sign_request(key, method, path, body)
+        return await anon.request(method, path, content=body,
+                                  headers={**headers, "content-type": "application/json"})
+
+
+def join_body(token: str, key: SigningKey, wg: str, probe: str, name: str) -> bytes:
+    tok = decode_token(token)
+    from punchd.wire.signing import b64
+    return msgspec.json.encode(api.JoinRequest(
+        access_key=tok.key, signing_key=b64(bytes(key.verify_key)), wg_public_key=wg,
+        probe_public_key=probe, name=name))
+
+
+async def test_node_update_cannot_carry_a_wireguard_key(signal_server: RunningServer) -> None:
+    srv = signal_server
+    await srv.create_network("net")
+    token = await srv.create_token("net")
+    victim, joined = await joined_client(srv, token, "victim")
+    attacker, _ = await joined_client(srv, token, "attacker")
+    body = msgspec.json.encode({"wg_public_key": joined.node.wg_public_key})
+    resp = await signed_post(srv, attacker.signing_key, "/api/v1/node", body, "PATCH")
+    assert resp.status_code == 422 and resp.json()["field"] == "wg_public_key"
+    nodes = (await srv.admin.get("/networks/net/nodes")).json()
+    assert len({n["wg_public_key"] for n in nodes}) == 2
+    await victim.aclose()
+    await attacker.aclose()
+
+
+@pytest.mark.parametrize("field", ["wg_public_key", "probe_public_key"])
+async def test_keys_are_unique_per_network_at_join(signal_server: RunningServer,
+                                                   field: str) -> None:
+    srv = signal_server
+    await srv.create_network("net")
+    token = await srv.create_token("net")
+    first, joined = await joined_client(srv, token, "first")
+    wg = joined.node.wg_public_key if field == "wg_public_key" else key32()
+    probe = joined.node.probe_public_key if field == "probe_public_key" else key32()
+    key = SigningKey.generate()
+    resp = await signed_post(srv, key, "/api/v1/join", join_body(token, key, wg, probe, "second"))
+    assert resp.status_code == 409 and resp.json()["field"] == field
+    await first.aclose()
+
+
+async def test_join_retry_is_idempotent_and_spends_no_use(signal_server: RunningServer) -> None:
+    srv = signal_server
+    await srv.create_network("net")
+    token = await srv.create_token("net", uses=1)
+    key, wg, probe = SigningKey.generate(), key32(), key32()
+    body = join_body(token, key, wg, probe, "alpha")
+    first = await signed_post(srv, key, "/api/v1/join", body)
+    assert first.status_code == 201, first.text
+    retry = await signed_post(srv, key, "/api/v1/join", body)  # the key has no uses left
+    assert retry.status_code == 200, retry.text
+    assert retry.json()["node"]["id"] == first.json()["node"]["id"]
+    assert retry.json()["node"]["ipv4"] == first.json()["node"]["ipv4"]
+    assert (await srv.admin.get("/networks/net/keys")).json()[0]["uses_left"] == 0
+    other = await signed_post(srv, key, "/api/v1/join", join_body(token, key, key32(), probe,
+                                                                  "alpha"))
+    assert other.status_code == 409 and other.json()["field"] == "signing_key"
+    assert len((await srv.admin.get("/networks/net/nodes")).json()) == 1
+
+
+async def test_join_retry_through_the_client(signal_server: RunningServer) -> None:
+    srv = signal_server
+    await srv.create_network("net")
+    token = await srv.create_token("net", uses=1)
+    client = ServerClient(srv.url, SigningKey.generate())
+    wg, probe = key32(), key32()
+    first = await client.join(decode_token(token), name="a", wg_public_key=wg,
+                              probe_public_key=probe, listen_port=51820)
+    again = await client.join(decode_token(token), name="a", wg_public_key=wg,
+                              probe_public_key=probe, listen_port=51820)
+    assert again.node == first.node or again.node.id == first.node.id
+    await client.aclose()
+
+
+async def test_oversized_bodies_get_413_before_reading(signal_server: RunningServer) -> None:
+    srv = signal_server
+    async with httpx.AsyncClient(base_url=srv.url) as anon:
+        resp = await anon.post("/api/v1/join", content=b"x" * (65 * 1024))
+        assert resp.status_code == 413 and "larger than" in resp.json()["error"]
+
+    async def chunks() -> object:
+        for _ in range(100):
+            yield b"y" * 4096
+
+    async with httpx.AsyncClient(base_url=srv.url) as anon:
+        resp = await anon.post("/api/v1/join", content=chunks())  # type: ignore[arg-type]
+        assert resp.status_code == 413
+    resp = await srv.admin.post("/networks", content=b" " * (70 * 1024))
+    assert resp.status_code == 413
+
+
+async def test_candidates_are_bounded_and_validated(signal_server: RunningServer) -> None:
+    srv = signal_server
+    await srv.create_network("net")
+    token = await srv.create_token("net")
+    client, _ = await joined_client(srv, token, "alpha")
+    many = tuple(api.Candidate(kind="host", address=f"198.18.0.{i}:51820") for i in range(33))
+    with pytest.raises(APIError) as too_many:
+        await client.update_self(api.NodeUpdate(candidates=many))
+    assert too_many.value.status == 422 and too_many.value.field == "candidates"
+    bad = (api.Candidate(kind="host", address="198.18.0.1:51820"),
+           api.Candidate(kind="host", address="not-an-address"))
+    with pytest.raises(APIError) as invalid:
+        await client.update_self(api.NodeUpdate(candidates=bad))
+    assert invalid.value.status == 422 and invalid.value.field == "candidates[1].address"
+    snap = await client.get_state()
+    assert snap.node.candidates == ()
+    await client.aclose()
+
+
+@pytest.mark.parametrize(("message", "field"), [
+    ("Object missing required field `name`", "name"),
+    ("Object missing required field `address` - at `$.candidates[0]`", "candidates[0].address"),
+    ("Expected `str`, got `int` - at `$.name`", "name"),
+    ("Object contains unknown field `zz`", "zz"),
+    ("Expected `array` of length <= 32 - at `$.candidates`", "candidates"),
+    ("Invalid value 'x' - at `$.candidates[3].kind`", "candidates[3].kind"),
+    ("Expected `object`, got `int`", None),
+])
+def test_validation_errors_name_their_field(message: str, field: str | None) -> None:
+    assert error_field(message) == field
+
+
+async def test_missing_field_is_named(signal_server: RunningServer) -> None:
+    resp = await signal_server.admin.post("/networks", json={"ipv4_cidr": "198.19.0.0/24"})
+    assert resp.status_code == 422 and resp.json()["field"] == "name"
+
+
+@pytest.mark.parametrize("path", ["/networks/..%2F..%2Fprod", "/networks/Bad_Name/nodes",
+                                  "/networks/net/nodes/..%2Fx"])
+async def test_path_names_are_validated(signal_server: RunningServer, path: str) -> None:
+    await signal_server.create_network("net")
+    resp = await signal_server.admin.delete(path) if "nodes/" in path or path.count("/") == 2 \
+        else await signal_server.admin.get(path)
+    assert resp.status_code in (404, 422), resp.text
+    if resp.status_code == 422:
+        assert resp.json()["field"] in ("network", "node")
+    assert len((await signal_server.admin.get("/networks")).json()) == 1
+
+
+async def test_empty_bearer_token_is_refused(signal_server: RunningServer) -> None:
+    async with httpx.AsyncClient(base_url=signal_server.url) as anon:
+        for auth in ("Bearer", "bearer"):
+            resp = await anon.get("/api/v1/networks", headers={"authorization": auth})
+            assert resp.status_code == 401
