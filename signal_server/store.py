@@ -26,7 +26,7 @@ from typing import TypeVar
 import msgspec
 
 from meshdns.zone import validate_record
-from punchd.errors import Conflict, Invalid, NotFound, Unauthorized
+from punchd.errors import ConfigError, Conflict, Invalid, NotFound, Unauthorized
 from punchd.wire import api
 
 T = TypeVar("T")
@@ -81,12 +81,25 @@ class Store:
 
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
-        self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        # FULL: a transaction is on disk before the server answers (kill -9 safe).
-        self.db.execute("PRAGMA synchronous=FULL")
-        self.db.execute("PRAGMA foreign_keys=ON")
-        self.db.executescript(SCHEMA)
+        try:
+            self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise ConfigError(f"cannot open the store {self.path}: {exc}") from exc
+        try:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            # FULL: a transaction is on disk before the server answers (kill -9 safe).
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.execute("PRAGMA foreign_keys=ON")
+            # A truncated file opens fine and fails on the first page it lacks, which
+            # would be mid-request: check every page now, at start.
+            (verdict,) = self.db.execute("PRAGMA quick_check").fetchone()
+            if verdict != "ok":
+                raise sqlite3.DatabaseError(verdict)
+            self.db.executescript(SCHEMA)
+        except sqlite3.Error as exc:
+            self.db.close()
+            raise ConfigError(f"the store {self.path} is not a usable database ({exc}); "
+                              "restore it from a backup or move it away") from exc
 
     def close(self) -> None:
         self.db.close()
