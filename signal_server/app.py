@@ -25,7 +25,7 @@ from starlette.routing import Route
 
 from punchd.errors import Invalid, ServiceError, Unauthorized, Unavailable
 from punchd.wire import api
-from punchd.wire.signing import ReplayGuard, verify_request
+from punchd.wire.signing import Signed, verify_request
 from punchd.wire.token import encode_token
 
 from .relay import RelayService
@@ -79,7 +79,6 @@ class Service:
         self.stun = stun
         self.relay = relay
         self.hub = EventHub()
-        self.guard = ReplayGuard()
         self._limiter = trio.CapacityLimiter(1)
         self.on_change: list[Callable[[], None]] = []
         self._reads: dict[tuple[str, int, int], _SharedRead] = {}
@@ -245,11 +244,16 @@ def build_app(service: Service, admin_token: str) -> Starlette:
                 or not hmac.compare_digest(token.encode(), admin_token.encode()):
             raise Unauthorized("admin token required")
 
-    async def node_signer(request: Request) -> str:
+    async def verified(request: Request) -> Signed:
         path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         body = await request.body()
-        return verify_request(dict(request.headers), request.method, path, body,
-                              guard=service.guard)
+        return verify_request(dict(request.headers), request.method, path, body)
+
+    async def node_signer(request: Request) -> str:
+        """The signing key of a joined node, once per signed request (no replays)."""
+        signed = await verified(request)
+        await service.call(store.remember_request, signed.key, signed.nonce, signed.timestamp)
+        return signed.key
 
     Handler = Callable[[Request], Awaitable[Response]]
 
@@ -336,9 +340,11 @@ def build_app(service: Service, admin_token: str) -> Starlette:
     # -- nodes (signed) -------------------------------------------------------------------
 
     async def join(request: Request) -> Response:
-        signer = await node_signer(request)
+        # The key is unknown until the join commits: its nonce is remembered inside it.
+        signed = await verified(request)
         req = await _decode(request, api.JoinRequest)
-        joined, resumed = await service.call(store.join_or_resume, req, signer)
+        joined, resumed = await service.call(store.join_or_resume, req, signed.key, None,
+                                             (signed.nonce, signed.timestamp))
         resp = msgspec.structs.replace(joined, dns=service.dns, stun=service.stun)
         if resumed:  # a retry of a committed join: nothing changed, same answer
             return _json(resp, 200)

@@ -28,6 +28,7 @@ import msgspec
 from meshdns.zone import validate_record
 from punchd.errors import ConfigError, Conflict, Invalid, NotFound, Unauthorized
 from punchd.wire import api
+from punchd.wire.signing import MAX_SKEW_S
 
 T = TypeVar("T")
 
@@ -46,10 +47,20 @@ CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, network TEXT NOT NULL, body BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS events_by_network ON events (network, seq);
 CREATE TABLE IF NOT EXISTS event_trim (network TEXT PRIMARY KEY, upto INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS request_nonces (
+    signing_key TEXT NOT NULL, nonce TEXT NOT NULL, sent REAL NOT NULL,
+    PRIMARY KEY (signing_key, nonce));
+CREATE INDEX IF NOT EXISTS request_nonces_by_sent ON request_nonces (sent);
+CREATE INDEX IF NOT EXISTS request_nonces_by_key ON request_nonces (signing_key, sent);
+CREATE TABLE IF NOT EXISTS request_floor (signing_key TEXT PRIMARY KEY, sent REAL NOT NULL);
 """
 
 # Events kept per network for resuming streams; older cursors get a snapshot.
 EVENT_RETENTION = 2000
+# Nonces remembered per node key within the signature window. A node's burst (punch
+# and relay requests for every peer at start) fits; past it the oldest is dropped and
+# its timestamp becomes the key's floor, so one node can crowd out only itself.
+NONCES_PER_KEY = 2048
 
 
 def _hash_secret(secret: str) -> str:
@@ -261,6 +272,54 @@ class Store:
                             (msgspec.json.encode(key), key.id))
         return key
 
+    # -- replay window ------------------------------------------------------------------
+
+    def remember_request(self, signing_key: str, nonce: str, sent: float,
+                         now: float | None = None) -> None:
+        """Accept a signed request's nonce once; raises Unauthorized for a replay.
+
+        Why the store and not memory: a nonce cache in memory is empty after a
+        restart, so a request captured just before it replays for the rest of the
+        signature window. Why nonces and not "strictly increasing timestamps per
+        key": one node sends requests from several tasks over pooled connections,
+        and a request signed a millisecond later may arrive first. Only keys of
+        nodes are remembered (a join's key inside the join), so signatures from keys
+        nobody registered cost no space.
+        """
+        now = time.time() if now is None else now
+        with self._tx():
+            if self.db.execute("SELECT 1 FROM nodes WHERE signing_key = ?",
+                               (signing_key,)).fetchone() is None:
+                raise Unauthorized("unknown node key (not joined, or deleted)")
+            self._remember(signing_key, nonce, sent, now)
+
+    def _remember(self, signing_key: str, nonce: str, sent: float, now: float) -> None:
+        # A timestamp older than the window fails verification anyway: forget it.
+        horizon = now - MAX_SKEW_S
+        self.db.execute("DELETE FROM request_nonces WHERE sent < ?", (horizon,))
+        self.db.execute("DELETE FROM request_floor WHERE sent < ?", (horizon,))
+        floor = self.db.execute("SELECT sent FROM request_floor WHERE signing_key = ?",
+                                (signing_key,)).fetchone()
+        if floor is not None and sent <= floor[0]:
+            raise Unauthorized("replayed request (older than this node's replay window)")
+        try:
+            self.db.execute("INSERT INTO request_nonces (signing_key, nonce, sent) "
+                            "VALUES (?, ?, ?)", (signing_key, nonce, sent))
+        except sqlite3.IntegrityError as exc:
+            raise Unauthorized("replayed request (nonce seen before)") from exc
+        (count,) = self.db.execute("SELECT COUNT(*) FROM request_nonces WHERE signing_key = ?",
+                                   (signing_key,)).fetchone()
+        if count > NONCES_PER_KEY:
+            (oldest,) = self.db.execute(
+                "SELECT MIN(sent) FROM request_nonces WHERE signing_key = ?", (signing_key,)
+            ).fetchone()
+            self.db.execute("DELETE FROM request_nonces WHERE signing_key = ? AND sent <= ?",
+                            (signing_key, oldest))
+            self.db.execute(
+                "INSERT INTO request_floor (signing_key, sent) VALUES (?, ?) "
+                "ON CONFLICT (signing_key) DO UPDATE SET sent = excluded.sent",
+                (signing_key, oldest))
+
     # -- nodes --------------------------------------------------------------------------
 
     def _nodes(self, network: str) -> list[api.Node]:
@@ -317,7 +376,7 @@ class Store:
         return self.join_or_resume(req, signer, now)[0]
 
     def join_or_resume(self, req: api.JoinRequest, signer: str, now: float | None = None,
-                       ) -> tuple[api.JoinResponse, bool]:
+                       nonce: tuple[str, float] | None = None) -> tuple[api.JoinResponse, bool]:
         """A join, or the answer to one already committed: ``(response, resumed)``.
 
         A client whose join timed out cannot know whether it was committed; it retries
@@ -340,6 +399,8 @@ class Store:
                 if (old.network, old.wg_public_key, old.probe_public_key) != \
                         (key.network, req.wg_public_key, req.probe_public_key):
                     raise Conflict("this node key has joined already", "signing_key")
+                if nonce is not None:
+                    self._remember(signer, *nonce, now)
                 return api.JoinResponse(node=old, network=self.get_network(old.network)), True
             key = self._use_access_key(req.access_key, now)
             net = self.get_network(key.network)
@@ -364,6 +425,8 @@ class Store:
             )
             self._put_node(node)
             self._emit(net.name, api.PeerAdded(seq=0, peer=node))
+            if nonce is not None:  # the key is a node's from here on: remember its nonce
+                self._remember(signer, *nonce, now)
         return api.JoinResponse(node=node, network=net), False
 
     def update_node(self, signer: str, req: api.NodeUpdate, now: float | None = None) -> api.Node:

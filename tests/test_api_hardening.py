@@ -3,17 +3,21 @@ crashed before, against a real server on loopback."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 import msgspec
 import pytest
 from nacl.signing import SigningKey
 
-from punchd.errors import APIError
+from punchd.errors import APIError, Unauthorized
 from punchd.serverapi import ServerClient
 from punchd.wire import api
-from punchd.wire.signing import sign_request
+from punchd.wire.signing import b64, sign_request
 from punchd.wire.token import decode_token
-from signal_server.app import error_field
+from signal_server import store as store_mod
+from signal_server.app import Service, build_app, error_field
+from signal_server.store import Store
 
 from .conftest import RunningServer
 from .test_api import joined_client, key32
@@ -29,7 +33,6 @@ async def signed_post(srv: RunningServer, key: SigningKey, path: str, body: byte
 
 def join_body(token: str, key: SigningKey, wg: str, probe: str, name: str) -> bytes:
     tok = decode_token(token)
-    from punchd.wire.signing import b64
     return msgspec.json.encode(api.JoinRequest(
         access_key=tok.key, signing_key=b64(bytes(key.verify_key)), wg_public_key=wg,
         probe_public_key=probe, name=name))
@@ -169,3 +172,86 @@ async def test_empty_bearer_token_is_refused(signal_server: RunningServer) -> No
         for auth in ("Bearer", "bearer"):
             resp = await anon.get("/api/v1/networks", headers={"authorization": auth})
             assert resp.status_code == 401
+
+
+async def test_replayed_request_refused_by_a_restarted_server(tmp_path: Path) -> None:
+    """A captured signed PATCH is refused by a new Service over the same store file."""
+    path = tmp_path / "signal.db"
+
+    async def over(store: Store) -> httpx.AsyncClient:
+        app = build_app(Service(store, public_url="http://test"), "admin-token")
+        return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
+
+    first = Store(path)
+    first.create_network(api.NetworkCreate(name="net", ipv4_cidr="198.19.0.0/24"))
+    _, secret = first.create_access_key("net", api.AccessKeyCreate())
+    key = SigningKey.generate()
+    signer = b64(bytes(key.verify_key))
+    first.join(api.JoinRequest(access_key=secret, signing_key=signer, wg_public_key=key32(),
+                               probe_public_key=key32(), name="alpha"), signer)
+    body = msgspec.json.encode(api.NodeUpdate(listen_port=51821))
+    captured = {**sign_request(key, "PATCH", "/api/v1/node", body),
+                "content-type": "application/json"}
+    async with await over(first) as client:
+        assert (await client.patch("/api/v1/node", content=body, headers=captured)
+                ).status_code == 200
+        replay = await client.patch("/api/v1/node", content=body, headers=captured)
+        assert replay.status_code == 401 and "replayed" in replay.json()["error"]
+    first.close()
+    restarted = Store(path)
+    async with await over(restarted) as client:
+        replay = await client.patch("/api/v1/node", content=body, headers=captured)
+        assert replay.status_code == 401 and "replayed" in replay.json()["error"]
+        fresh = {**sign_request(key, "PATCH", "/api/v1/node", body),
+                 "content-type": "application/json"}
+        assert (await client.patch("/api/v1/node", content=body, headers=fresh)
+                ).status_code == 200
+    restarted.close()
+
+
+def test_unknown_keys_leave_no_nonce_and_one_node_crowds_out_only_itself(
+        tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.db")
+    store.create_network(api.NetworkCreate(name="net", ipv4_cidr="198.19.0.0/24"))
+    _, secret = store.create_access_key("net", api.AccessKeyCreate())
+    keys = []
+    for name in ("a", "b"):
+        signer = b64(bytes(SigningKey.generate().verify_key))
+        store.join(api.JoinRequest(access_key=secret, signing_key=signer,
+                                   wg_public_key=key32(), probe_public_key=key32(),
+                                   name=name), signer)
+        keys.append(signer)
+    a, b = keys
+    stranger = b64(bytes(SigningKey.generate().verify_key))
+    with pytest.raises(Unauthorized, match="unknown node"):
+        store.remember_request(stranger, "0" * 32, 1000.0, now=1000.0)
+    assert store.db.execute("SELECT COUNT(*) FROM request_nonces").fetchone()[0] == 0
+    store.remember_request(b, "b" * 32, 1000.0, now=1000.0)
+    for i in range(store_mod.NONCES_PER_KEY + 10):
+        store.remember_request(a, f"{i:032x}", 1000.0 + i / 10_000, now=1001.0)
+    with pytest.raises(Unauthorized, match="replayed"):
+        store.remember_request(b, "b" * 32, 1000.0, now=1001.0)  # b's nonce is still kept
+    with pytest.raises(Unauthorized, match="replayed"):
+        store.remember_request(a, "f" * 32, 1000.0, now=1001.0)  # below a's floor
+    store.remember_request(a, "e" * 32, 1001.0, now=1001.0)
+    # Past the window everything is forgotten: the table does not grow without bound.
+    store.remember_request(b, "c" * 32, 1100.0, now=1100.0)
+    assert store.db.execute("SELECT COUNT(*) FROM request_nonces").fetchone()[0] == 1
+    store.close()
+
+
+async def test_replayed_join_after_leave_is_refused(signal_server: RunningServer) -> None:
+    srv = signal_server
+    await srv.create_network("net")
+    token = await srv.create_token("net")
+    key = SigningKey.generate()
+    body = join_body(token, key, key32(), key32(), "alpha")
+    captured = {**sign_request(key, "POST", "/api/v1/join", body),
+                "content-type": "application/json"}
+    async with httpx.AsyncClient(base_url=srv.url) as anon:
+        assert (await anon.post("/api/v1/join", content=body, headers=captured)
+                ).status_code == 201
+        assert (await signed_post(srv, key, "/api/v1/node", b"", "DELETE")).status_code == 204
+        replay = await anon.post("/api/v1/join", content=body, headers=captured)
+    assert replay.status_code == 401 and "replayed" in replay.json()["error"]
+    assert (await srv.admin.get("/networks/net/nodes")).json() == []
