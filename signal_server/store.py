@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import itertools
 import secrets
 import sqlite3
 import time
@@ -67,6 +68,21 @@ def _hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+# Ranges a mesh cannot use: its addresses would be routed (or refused) by every
+# host's own stack before WireGuard saw them.
+_UNUSABLE = [(ipaddress.ip_network(cidr), why) for cidr, why in (
+    ("0.0.0.0/8", "'this network' (RFC 1122 §3.2.1.3)"),
+    ("127.0.0.0/8", "loopback (RFC 1122 §3.2.1.3)"),
+    ("169.254.0.0/16", "link-local (RFC 3927)"),
+    ("224.0.0.0/4", "multicast (RFC 5771)"),
+    ("240.0.0.0/4", "reserved (RFC 1112 §4), with the broadcast address"),
+    ("::/8", "reserved (RFC 4291 §2.4: unspecified, loopback, IPv4-mapped)"),
+    ("fe80::/10", "link-local (RFC 4291 §2.5.6)"),
+    ("fec0::/10", "site-local, deprecated (RFC 3879)"),
+    ("ff00::/8", "multicast (RFC 4291 §2.7)"),
+)]
+
+
 def _parse_net(text: str, version: int, field: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     try:
         net = ipaddress.ip_network(text, strict=True)
@@ -74,6 +90,9 @@ def _parse_net(text: str, version: int, field: str) -> ipaddress.IPv4Network | i
         raise Invalid(f"{text!r} is not a valid CIDR: {exc}", field) from exc
     if net.version != version:
         raise Invalid(f"{text!r} is not an IPv{version} CIDR", field)
+    for bad, why in _UNUSABLE:
+        if bad.version == net.version and net.overlaps(bad):
+            raise Invalid(f"{text!r} is in {bad}, {why}: not usable as a mesh range", field)
     if net.num_addresses < 4:
         raise Invalid(f"{text!r} is too small for a mesh", field)
     return net
@@ -203,11 +222,17 @@ class Store:
         """A new CIDR: every node gets a new address, in join order, and peers hear of it."""
         nodes = self._nodes(net.name)
         nodes.sort(key=lambda n: n.created_at)
-        v4 = self._address_pool(net.ipv4_cidr, set())
-        v6 = self._address_pool(net.ipv6_cidr, set()) if net.ipv6_cidr else None
-        for node in nodes:
+        v4 = list(itertools.islice(self._address_pool(net.ipv4_cidr, set()), len(nodes)))
+        v6 = list(itertools.islice(self._address_pool(net.ipv6_cidr, set()), len(nodes))) \
+            if net.ipv6_cidr else None
+        for field, cidr, pool in (("ipv4_cidr", net.ipv4_cidr, v4),
+                                  ("ipv6_cidr", net.ipv6_cidr, v6)):
+            if pool is not None and len(pool) < len(nodes):
+                raise Conflict(f"{cidr} has room for {len(pool)} nodes; {net.name!r} has "
+                               f"{len(nodes)}", field)
+        for i, node in enumerate(nodes):
             updated = msgspec.structs.replace(
-                node, ipv4=next(v4), ipv6=next(v6) if v6 is not None else None
+                node, ipv4=v4[i], ipv6=v6[i] if v6 is not None else None
             )
             self._put_node(updated)
             self._emit(net.name, api.PeerChanged(seq=0, peer=updated))
