@@ -307,7 +307,7 @@ def build_app(service: Service, admin_token: str) -> Starlette:
 
     async def node_admin(request: Request) -> Response:
         require_admin(request)
-        net, name = path_name(request, "network"), request.path_params["node"]
+        net, name = path_name(request, "network"), path_name(request, "node")
         if request.method == "GET":
             return _json(await service.call(store.get_node, net, name))
         if request.method == "PATCH":
@@ -318,7 +318,7 @@ def build_app(service: Service, admin_token: str) -> Starlette:
 
     async def node_approve(request: Request) -> Response:
         require_admin(request)
-        net, name = path_name(request, "network"), request.path_params["node"]
+        net, name = path_name(request, "network"), path_name(request, "node")
         return _json(await service.write(net, store.approve_node, net, name))
 
     async def dns_records(request: Request) -> Response:

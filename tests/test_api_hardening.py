@@ -155,23 +155,34 @@ async def test_missing_field_is_named(signal_server: RunningServer) -> None:
     assert resp.status_code == 422 and resp.json()["field"] == "name"
 
 
-@pytest.mark.parametrize("path", ["/networks/..%2F..%2Fprod", "/networks/Bad_Name/nodes",
-                                  "/networks/net/nodes/..%2Fx"])
-async def test_path_names_are_validated(signal_server: RunningServer, path: str) -> None:
+@pytest.mark.parametrize(("method", "path", "field"), [
+    ("DELETE", "/networks/Net", "network"), ("GET", "/networks/Bad_Name/nodes", "network"),
+    ("DELETE", "/networks/net/nodes/a.b", "node"), ("GET", "/networks/x%20y/keys", "network"),
+    ("PATCH", "/networks/net/nodes/-x", "node"), ("POST", "/networks/net./nodes/a/approve",
+                                                   "network"),
+    # A decoded "/" matches no route at all: 404 before any handler.
+    ("DELETE", "/networks/..%2F..%2Fprod", None), ("DELETE", "/networks/net/nodes/..%2Fx", None),
+])
+async def test_path_names_are_validated(signal_server: RunningServer, method: str, path: str,
+                                        field: str | None) -> None:
     await signal_server.create_network("net")
-    resp = await signal_server.admin.delete(path) if "nodes/" in path or path.count("/") == 2 \
-        else await signal_server.admin.get(path)
-    assert resp.status_code in (404, 422), resp.text
-    if resp.status_code == 422:
-        assert resp.json()["field"] in ("network", "node")
+    resp = await signal_server.admin.request(method, path, json={"expires_in": None})
+    if field is None:
+        assert resp.status_code == 404
+    else:
+        assert resp.status_code == 422 and resp.json()["field"] == field, resp.text
     assert len((await signal_server.admin.get("/networks")).json()) == 1
 
 
-async def test_empty_bearer_token_is_refused(signal_server: RunningServer) -> None:
-    async with httpx.AsyncClient(base_url=signal_server.url) as anon:
-        for auth in ("Bearer", "bearer"):
-            resp = await anon.get("/api/v1/networks", headers={"authorization": auth})
-            assert resp.status_code == 401
+async def test_empty_admin_token_never_authenticates(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.db")
+    app = build_app(Service(store, public_url="http://test"), "")
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://test") as client:
+        for auth in ("Bearer", "bearer", "Bearer x"):
+            resp = await client.get("/api/v1/networks", headers={"authorization": auth})
+            assert resp.status_code == 401, auth
+    store.close()
 
 
 async def test_replayed_request_refused_by_a_restarted_server(tmp_path: Path) -> None:
