@@ -18,13 +18,14 @@ from typing import Any, TypeVar
 import msgspec
 import trio
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from punchd.errors import Invalid, ServiceError, Unauthorized, Unavailable
 from punchd.wire import api
-from punchd.wire.signing import ReplayGuard, verify_request
+from punchd.wire.signing import Signed, verify_request
 from punchd.wire.token import encode_token
 
 from .relay import RelayService
@@ -33,7 +34,12 @@ from .store import Store
 T = TypeVar("T")
 HEARTBEAT_S = 10.0
 EXPIRY_SWEEP_S = 5.0
-_FIELD_RE = re.compile(r"at `\$\.([A-Za-z_][\w.\[\]]*)`")
+_PATH_RE = re.compile(r"at `\$((?:\.[A-Za-z_]\w*|\[\d+\])*)`$")
+_NAMED_RE = re.compile(r"(?:missing required|unknown) field `([^`]+)`")
+# Every route's body is read whole before anything else (the signature covers it), so
+# it is bounded first: the largest legitimate body (a join with every candidate) is a
+# few KiB.
+MAX_BODY = 64 * 1024
 
 
 class EventHub:
@@ -73,7 +79,6 @@ class Service:
         self.stun = stun
         self.relay = relay
         self.hub = EventHub()
-        self.guard = ReplayGuard()
         self._limiter = trio.CapacityLimiter(1)
         self.on_change: list[Callable[[], None]] = []
         self._reads: dict[tuple[str, int, int], _SharedRead] = {}
@@ -135,13 +140,94 @@ def _error(status: int, reason: str, field: str | None) -> Response:
     return _json(api.ErrorBody(error=reason, field=field), status)
 
 
+def error_field(message: str) -> str | None:
+    """The field a msgspec ValidationError is about, e.g. ``candidates[0].address``.
+
+    msgspec names the container in ``at `$.path``` and, for a missing or unknown
+    field, the field itself in backquotes; the answer joins them.
+    """
+    match = _PATH_RE.search(message)
+    path = match.group(1).lstrip(".") if match else ""
+    named = _NAMED_RE.search(message)
+    if named is not None:
+        path = f"{path}.{named.group(1)}" if path else named.group(1)
+    return path or None
+
+
+_NAME_TYPE: Any = api.Name
+
+
+def path_name(request: Request, param: str) -> str:
+    """A ``{network}``/``{node}`` path segment, held to the Name rule of the bodies."""
+    value: str = request.path_params[param]
+    try:
+        msgspec.convert(value, _NAME_TYPE)
+    except msgspec.ValidationError as exc:
+        raise Invalid(f"{param} {value!r} is not a valid name (lower-case DNS label)",
+                      param) from exc
+    return value
+
+
+class BodyLimit:
+    """ASGI wrapper: a body over ``limit`` gets 413 before any handler reads it.
+
+    Content-Length is checked first; a chunked body is counted while it streams,
+    so neither is ever held in memory beyond the limit.
+    """
+
+    def __init__(self, app: Any, limit: int = MAX_BODY) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            await self._refuse(send, length.isdigit())
+            return
+        chunks: list[bytes] = []
+        size, more = 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away before sending its body
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                await self._refuse(send, True)
+                return
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        replayed = False
+
+        async def replay() -> Any:
+            nonlocal replayed
+            if replayed:
+                return await receive()  # then http.disconnect, for streaming routes
+            replayed = True
+            return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, send: Any, too_large: bool) -> None:
+        status, reason = (413, f"request body larger than {self.limit} bytes") if too_large \
+            else (400, "malformed Content-Length")
+        body = msgspec.json.encode(api.ErrorBody(error=reason))
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+
 async def _decode(request: Request, type_: type[T]) -> T:
     body = await request.body()
     try:
         return msgspec.json.decode(body, type=type_)
     except msgspec.ValidationError as exc:
-        match = _FIELD_RE.search(str(exc))
-        raise Invalid(str(exc), match.group(1) if match else None) from exc
+        raise Invalid(str(exc), error_field(str(exc))) from exc
     except msgspec.DecodeError as exc:
         raise Invalid(f"malformed JSON: {exc}") from exc
 
@@ -152,14 +238,22 @@ def build_app(service: Service, admin_token: str) -> Starlette:
     def require_admin(request: Request) -> None:
         auth = request.headers.get("authorization", "")
         scheme, _, token = auth.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip(), admin_token):
+        token = token.strip()
+        # An empty token never matches, whatever the server was given.
+        if scheme.lower() != "bearer" or not token or not admin_token \
+                or not hmac.compare_digest(token.encode(), admin_token.encode()):
             raise Unauthorized("admin token required")
 
-    async def node_signer(request: Request) -> str:
+    async def verified(request: Request) -> Signed:
         path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         body = await request.body()
-        return verify_request(dict(request.headers), request.method, path, body,
-                              guard=service.guard)
+        return verify_request(dict(request.headers), request.method, path, body)
+
+    async def node_signer(request: Request) -> str:
+        """The signing key of a joined node, once per signed request (no replays)."""
+        signed = await verified(request)
+        await service.call(store.remember_request, signed.key, signed.nonce, signed.timestamp)
+        return signed.key
 
     Handler = Callable[[Request], Awaitable[Response]]
 
@@ -182,7 +276,7 @@ def build_app(service: Service, admin_token: str) -> Starlette:
 
     async def network(request: Request) -> Response:
         require_admin(request)
-        name = request.path_params["network"]
+        name = path_name(request, "network")
         if request.method == "GET":
             return _json(await service.call(store.get_network, name))
         if request.method == "DELETE":
@@ -193,7 +287,7 @@ def build_app(service: Service, admin_token: str) -> Starlette:
 
     async def keys(request: Request) -> Response:
         require_admin(request)
-        name = request.path_params["network"]
+        name = path_name(request, "network")
         if request.method == "GET":
             return _json(await service.call(store.list_access_keys, name))
         req = await _decode(request, api.AccessKeyCreate)
@@ -203,17 +297,17 @@ def build_app(service: Service, admin_token: str) -> Starlette:
 
     async def key(request: Request) -> Response:
         require_admin(request)
-        await service.call(store.delete_access_key, request.path_params["network"],
+        await service.call(store.delete_access_key, path_name(request, "network"),
                            request.path_params["key"])
         return Response(status_code=204)
 
     async def nodes(request: Request) -> Response:
         require_admin(request)
-        return _json(await service.call(store.list_nodes, request.path_params["network"]))
+        return _json(await service.call(store.list_nodes, path_name(request, "network")))
 
     async def node_admin(request: Request) -> Response:
         require_admin(request)
-        net, name = request.path_params["network"], request.path_params["node"]
+        net, name = path_name(request, "network"), path_name(request, "node")
         if request.method == "GET":
             return _json(await service.call(store.get_node, net, name))
         if request.method == "PATCH":
@@ -224,12 +318,12 @@ def build_app(service: Service, admin_token: str) -> Starlette:
 
     async def node_approve(request: Request) -> Response:
         require_admin(request)
-        net, name = request.path_params["network"], request.path_params["node"]
+        net, name = path_name(request, "network"), path_name(request, "node")
         return _json(await service.write(net, store.approve_node, net, name))
 
     async def dns_records(request: Request) -> Response:
         require_admin(request)
-        net = request.path_params["network"]
+        net = path_name(request, "network")
         if request.method == "GET":
             return _json(await service.call(store.list_dns_records, net))
         rec = await _decode(request, api.DnsRecord)
@@ -238,6 +332,7 @@ def build_app(service: Service, admin_token: str) -> Starlette:
     async def dns_record(request: Request) -> Response:
         require_admin(request)
         p = request.path_params
+        path_name(request, "network")
         await service.write(p["network"], store.delete_dns_record, p["network"], p["name"],
                             p["rtype"])
         return Response(status_code=204)
@@ -245,10 +340,14 @@ def build_app(service: Service, admin_token: str) -> Starlette:
     # -- nodes (signed) -------------------------------------------------------------------
 
     async def join(request: Request) -> Response:
-        signer = await node_signer(request)
+        # The key is unknown until the join commits: its nonce is remembered inside it.
+        signed = await verified(request)
         req = await _decode(request, api.JoinRequest)
-        resp = msgspec.structs.replace(await service.call(store.join, req, signer),
-                                       dns=service.dns, stun=service.stun)
+        joined, resumed = await service.call(store.join_or_resume, req, signed.key, None,
+                                             (signed.nonce, signed.timestamp))
+        resp = msgspec.structs.replace(joined, dns=service.dns, stun=service.stun)
+        if resumed:  # a retry of a committed join: nothing changed, same answer
+            return _json(resp, 200)
         service.hub.notify(resp.network.name)
         for hook in service.on_change:
             hook()
@@ -335,7 +434,7 @@ def build_app(service: Service, admin_token: str) -> Starlette:
         Route("/api/v1/relay", guarded(relay), methods=["GET", "POST"]),
         Route("/api/v1/events", guarded(events), methods=["GET"]),
     ]
-    return Starlette(routes=routes)
+    return Starlette(routes=routes, middleware=[Middleware(BodyLimit)])
 
 
 def _sse(event: api.Event) -> bytes:

@@ -12,12 +12,14 @@ import re
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import msgspec
 import trio
 
 from punchd.errors import ConfigError, PunchdError
+from punchd.wire import api
 
 from .main import ServerOptions, parse_hostport, serve_forever
 from .relay import RelayPool
@@ -28,6 +30,23 @@ _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 class CliError(PunchdError):
     """A user-facing failure of the admin CLI."""
+
+
+_NAME_TYPE: Any = api.Name
+
+
+def seg(value: str, what: str | None = None) -> str:
+    """One URL path segment: validated as a Name when ``what`` says so, always quoted.
+
+    Unquoted, ``node delete NET ../../prod`` resolved to ``/networks/prod``.
+    """
+    if what is not None:
+        try:
+            msgspec.convert(value, _NAME_TYPE)
+        except msgspec.ValidationError as exc:
+            raise CliError(f"bad {what} name {value!r}: lower-case letters, digits and "
+                           "'-' (a DNS label)") from exc
+    return quote(value, safe="")
 
 
 def parse_duration(text: str) -> int:
@@ -84,8 +103,15 @@ def _listing(args: argparse.Namespace, rows: list[dict[str, Any]], columns: list
 
 
 def run_admin(args: argparse.Namespace) -> int:
-    admin = Admin(args.server, args.token_file)
     obj, verb = args.object, args.verb
+    # Names are checked before any request (and before the token file is read).
+    if obj == "network" and verb != "list":
+        net_seg = seg(args.name, "network")
+    elif obj != "network":
+        net_seg = seg(args.network, "network")
+    if obj == "node" and verb != "list":
+        node_seg = seg(args.name, "node")
+    admin = Admin(args.server, args.token_file)
     if obj == "network":
         if verb == "create":
             body = {"name": args.name, "ipv4_cidr": args.cidr, "local_only": args.local_only,
@@ -104,53 +130,53 @@ def run_admin(args: argparse.Namespace) -> int:
         elif verb == "update":
             body = {k: v for k, v in (("ipv4_cidr", args.cidr), ("ipv6_cidr", args.ipv6))
                     if v is not None}
-            net = admin.request("PATCH", f"/networks/{args.name}", body)
+            net = admin.request("PATCH", f"/networks/{net_seg}", body)
             print(f"network {net['name']} updated: {net['ipv4_cidr']}")
         elif verb == "delete":
-            admin.request("DELETE", f"/networks/{args.name}")
+            admin.request("DELETE", f"/networks/{net_seg}")
             print(f"network {args.name} deleted")
     elif obj == "key":
         if verb == "create":
             body = {"uses": args.uses}
             if args.expires:
                 body["expires_in"] = parse_duration(args.expires)
-            created = admin.request("POST", f"/networks/{args.network}/keys", body)
+            created = admin.request("POST", f"/networks/{net_seg}/keys", body)
             key = created["key"]
             uses = "unlimited" if key["uses_left"] is None else key["uses_left"]
             print(f"access key {key['id']} for {args.network}: uses {uses}")
             print(created["token"])  # the join token alone on the last line
         elif verb == "list":
-            _listing(args, admin.request("GET", f"/networks/{args.network}/keys"),
+            _listing(args, admin.request("GET", f"/networks/{net_seg}/keys"),
                      ["id", "uses_left", "expires_at"])
         elif verb == "delete":
-            admin.request("DELETE", f"/networks/{args.network}/keys/{args.id}")
+            admin.request("DELETE", f"/networks/{net_seg}/keys/{seg(args.id)}")
             print(f"access key {args.id} deleted")
     elif obj == "node":
         if verb == "list":
-            _listing(args, admin.request("GET", f"/networks/{args.network}/nodes"),
+            _listing(args, admin.request("GET", f"/networks/{net_seg}/nodes"),
                      ["name", "ipv4", "ipv6", "approved", "expires_at", "wg_public_key"])
         elif verb == "approve":
-            admin.request("POST", f"/networks/{args.network}/nodes/{args.name}/approve")
+            admin.request("POST", f"/networks/{net_seg}/nodes/{node_seg}/approve")
             print(f"node {args.name} approved")
         elif verb == "expire":
             seconds = None if args.never else parse_duration(args.duration or "")
-            node = admin.request("PATCH", f"/networks/{args.network}/nodes/{args.name}",
+            node = admin.request("PATCH", f"/networks/{net_seg}/nodes/{node_seg}",
                                  {"expires_in": seconds})
             print(f"node {args.name} expires "
                   + ("never" if node["expires_at"] is None else f"in {args.duration}"))
         elif verb == "delete":
-            admin.request("DELETE", f"/networks/{args.network}/nodes/{args.name}")
+            admin.request("DELETE", f"/networks/{net_seg}/nodes/{node_seg}")
             print(f"node {args.name} deleted")
     elif obj == "dns":
         if verb == "add":
-            admin.request("POST", f"/networks/{args.network}/dns",
+            admin.request("POST", f"/networks/{net_seg}/dns",
                           {"name": args.name, "rtype": args.type.upper(), "value": args.value})
             print(f"{args.name} {args.type.upper()} {args.value} added to {args.network}")
         elif verb == "list":
-            _listing(args, admin.request("GET", f"/networks/{args.network}/dns"),
+            _listing(args, admin.request("GET", f"/networks/{net_seg}/dns"),
                      ["name", "rtype", "value"])
         elif verb == "delete":
-            admin.request("DELETE", f"/networks/{args.network}/dns/{args.name}/{args.type.upper()}")
+            admin.request("DELETE", f"/networks/{net_seg}/dns/{seg(args.name)}/{seg(args.type.upper())}")
             print(f"{args.name} {args.type.upper()} deleted from {args.network}")
     return 0
 
@@ -168,6 +194,33 @@ def parse_relay(text: str) -> RelayPool:
     if not sep or not dash or ip.version != 4 or not 1024 <= low < high <= 65535:
         raise ConfigError(f"--relay {text!r}: expected IPv4:LOW-HIGH with 1024 <= LOW < HIGH")
     return RelayPool(str(ip), low, high)
+
+
+def _start_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The one line to show for a start-up failure trio wrapped in ExceptionGroups.
+
+    A port in use surfaces from ``nursery.start`` inside two nurseries; the user wants
+    the OSError, not the tree. Anything we do not recognise is re-raised as it was.
+    """
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+    for leaf in leaves:
+        if isinstance(leaf, KeyboardInterrupt):
+            return leaf
+    for leaf in leaves:
+        if isinstance(leaf, PunchdError):
+            return leaf
+        if isinstance(leaf, OSError):
+            return ConfigError(f"cannot start: {leaf}")
+    return group
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -270,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError("--stun: give at most two (primary and alternate)")
             try:
                 trio.run(serve_forever, options)
+            except BaseExceptionGroup as group:
+                raise _start_error(group) from group
             except OSError as exc:
                 raise ConfigError(f"cannot start: {exc}") from exc
             return 0

@@ -7,6 +7,7 @@ once, with its name, instead of half a server running.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 import signal
@@ -41,7 +42,15 @@ def load_or_create_admin_token(data_dir: Path) -> str:
     """Created at first start, 0600, never logged."""
     path = data_dir / ADMIN_TOKEN_FILE
     if path.exists():
-        return path.read_text().strip()
+        try:
+            token = path.read_text().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read {path}: {exc}") from exc
+        if not token:
+            # An empty token would let any empty bearer in: refuse rather than guess.
+            raise ConfigError(f"{path} is empty: write a token into it, or delete it "
+                              "to have a new one created")
+        return token
     token = secrets.token_urlsafe(32)
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -51,6 +60,13 @@ def load_or_create_admin_token(data_dir: Path) -> str:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     return token
+
+
+def _unspecified(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return host == ""
 
 
 @dataclass
@@ -73,10 +89,14 @@ class SignalServer:
         self.options = options
         options.data_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(options.data_dir, 0o700)
-        self.admin_token = load_or_create_admin_token(options.data_dir)
-        self.store = Store(options.data_dir / "signal.db")
         scheme = "https" if options.certfile else "http"
         host, port = options.http
+        if options.public_url is None and _unspecified(host):
+            raise ConfigError(f"--http {host}:{port} listens on every address, so it is no "
+                              "address for join tokens: give --public-url (e.g. "
+                              f"{scheme}://203.0.113.10:{port})")
+        self.admin_token = load_or_create_admin_token(options.data_dir)
+        self.store = Store(options.data_dir / "signal.db")
         url_host = f"[{host}]" if ":" in host else host
         self.public_url = options.public_url or f"{scheme}://{url_host}:{port}"
         self.relay = RelayService(options.relay, options.relay_mode) if options.relay else None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import itertools
 import secrets
 import sqlite3
 import time
@@ -26,8 +27,9 @@ from typing import TypeVar
 import msgspec
 
 from meshdns.zone import validate_record
-from punchd.errors import Conflict, Invalid, NotFound, Unauthorized
+from punchd.errors import ConfigError, Conflict, Invalid, NotFound, Unauthorized
 from punchd.wire import api
+from punchd.wire.signing import MAX_SKEW_S
 
 T = TypeVar("T")
 
@@ -46,14 +48,39 @@ CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, network TEXT NOT NULL, body BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS events_by_network ON events (network, seq);
 CREATE TABLE IF NOT EXISTS event_trim (network TEXT PRIMARY KEY, upto INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS request_nonces (
+    signing_key TEXT NOT NULL, nonce TEXT NOT NULL, sent REAL NOT NULL,
+    PRIMARY KEY (signing_key, nonce));
+CREATE INDEX IF NOT EXISTS request_nonces_by_sent ON request_nonces (sent);
+CREATE INDEX IF NOT EXISTS request_nonces_by_key ON request_nonces (signing_key, sent);
+CREATE TABLE IF NOT EXISTS request_floor (signing_key TEXT PRIMARY KEY, sent REAL NOT NULL);
 """
 
 # Events kept per network for resuming streams; older cursors get a snapshot.
 EVENT_RETENTION = 2000
+# Nonces remembered per node key within the signature window. A node's burst (punch
+# and relay requests for every peer at start) fits; past it the oldest is dropped and
+# its timestamp becomes the key's floor, so one node can crowd out only itself.
+NONCES_PER_KEY = 2048
 
 
 def _hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
+
+
+# Ranges a mesh cannot use: its addresses would be routed (or refused) by every
+# host's own stack before WireGuard saw them.
+_UNUSABLE = [(ipaddress.ip_network(cidr), why) for cidr, why in (
+    ("0.0.0.0/8", "'this network' (RFC 1122 §3.2.1.3)"),
+    ("127.0.0.0/8", "loopback (RFC 1122 §3.2.1.3)"),
+    ("169.254.0.0/16", "link-local (RFC 3927)"),
+    ("224.0.0.0/4", "multicast (RFC 5771)"),
+    ("240.0.0.0/4", "reserved (RFC 1112 §4), with the broadcast address"),
+    ("::/8", "reserved (RFC 4291 §2.4: unspecified, loopback, IPv4-mapped)"),
+    ("fe80::/10", "link-local (RFC 4291 §2.5.6)"),
+    ("fec0::/10", "site-local, deprecated (RFC 3879)"),
+    ("ff00::/8", "multicast (RFC 4291 §2.7)"),
+)]
 
 
 def _parse_net(text: str, version: int, field: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
@@ -63,9 +90,20 @@ def _parse_net(text: str, version: int, field: str) -> ipaddress.IPv4Network | i
         raise Invalid(f"{text!r} is not a valid CIDR: {exc}", field) from exc
     if net.version != version:
         raise Invalid(f"{text!r} is not an IPv{version} CIDR", field)
+    for bad, why in _UNUSABLE:
+        if bad.version == net.version and net.overlaps(bad):
+            raise Invalid(f"{text!r} is in {bad}, {why}: not usable as a mesh range", field)
     if net.num_addresses < 4:
         raise Invalid(f"{text!r} is too small for a mesh", field)
     return net
+
+
+def _check_candidates(candidates: Iterable[api.Candidate]) -> None:
+    for i, cand in enumerate(candidates):
+        try:
+            api.parse_endpoint(cand.address)
+        except ValueError as exc:
+            raise Invalid(str(exc), f"candidates[{i}].address") from exc
 
 
 class Store:
@@ -73,12 +111,25 @@ class Store:
 
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
-        self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        # FULL: a transaction is on disk before the server answers (kill -9 safe).
-        self.db.execute("PRAGMA synchronous=FULL")
-        self.db.execute("PRAGMA foreign_keys=ON")
-        self.db.executescript(SCHEMA)
+        try:
+            self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise ConfigError(f"cannot open the store {self.path}: {exc}") from exc
+        try:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            # FULL: a transaction is on disk before the server answers (kill -9 safe).
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.execute("PRAGMA foreign_keys=ON")
+            # A truncated file opens fine and fails on the first page it lacks, which
+            # would be mid-request: check every page now, at start.
+            (verdict,) = self.db.execute("PRAGMA quick_check").fetchone()
+            if verdict != "ok":
+                raise sqlite3.DatabaseError(verdict)
+            self.db.executescript(SCHEMA)
+        except sqlite3.Error as exc:
+            self.db.close()
+            raise ConfigError(f"the store {self.path} is not a usable database ({exc}); "
+                              "restore it from a backup or move it away") from exc
 
     def close(self) -> None:
         self.db.close()
@@ -171,11 +222,17 @@ class Store:
         """A new CIDR: every node gets a new address, in join order, and peers hear of it."""
         nodes = self._nodes(net.name)
         nodes.sort(key=lambda n: n.created_at)
-        v4 = self._address_pool(net.ipv4_cidr, set())
-        v6 = self._address_pool(net.ipv6_cidr, set()) if net.ipv6_cidr else None
-        for node in nodes:
+        v4 = list(itertools.islice(self._address_pool(net.ipv4_cidr, set()), len(nodes)))
+        v6 = list(itertools.islice(self._address_pool(net.ipv6_cidr, set()), len(nodes))) \
+            if net.ipv6_cidr else None
+        for field, cidr, pool in (("ipv4_cidr", net.ipv4_cidr, v4),
+                                  ("ipv6_cidr", net.ipv6_cidr, v6)):
+            if pool is not None and len(pool) < len(nodes):
+                raise Conflict(f"{cidr} has room for {len(pool)} nodes; {net.name!r} has "
+                               f"{len(nodes)}", field)
+        for i, node in enumerate(nodes):
             updated = msgspec.structs.replace(
-                node, ipv4=next(v4), ipv6=next(v6) if v6 is not None else None
+                node, ipv4=v4[i], ipv6=v6[i] if v6 is not None else None
             )
             self._put_node(updated)
             self._emit(net.name, api.PeerChanged(seq=0, peer=updated))
@@ -220,13 +277,16 @@ class Store:
             if cur.rowcount == 0:
                 raise NotFound(f"no access key {key_id!r} in {network!r}", "key")
 
-    def _use_access_key(self, secret: str, now: float) -> api.AccessKey:
+    def _access_key(self, secret: str) -> api.AccessKey:
         row = self.db.execute(
             "SELECT body FROM access_keys WHERE secret_hash = ?", (_hash_secret(secret),)
         ).fetchone()
         if row is None:
             raise Unauthorized("unknown access key", "access_key")
-        key = msgspec.json.decode(row[0], type=api.AccessKey)
+        return msgspec.json.decode(row[0], type=api.AccessKey)
+
+    def _use_access_key(self, secret: str, now: float) -> api.AccessKey:
+        key = self._access_key(secret)
         if key.expires_at is not None and key.expires_at <= now:
             raise Unauthorized("access key expired", "access_key")
         if key.uses_left is not None:
@@ -236,6 +296,54 @@ class Store:
             self.db.execute("UPDATE access_keys SET body = ? WHERE id = ?",
                             (msgspec.json.encode(key), key.id))
         return key
+
+    # -- replay window ------------------------------------------------------------------
+
+    def remember_request(self, signing_key: str, nonce: str, sent: float,
+                         now: float | None = None) -> None:
+        """Accept a signed request's nonce once; raises Unauthorized for a replay.
+
+        Why the store and not memory: a nonce cache in memory is empty after a
+        restart, so a request captured just before it replays for the rest of the
+        signature window. Why nonces and not "strictly increasing timestamps per
+        key": one node sends requests from several tasks over pooled connections,
+        and a request signed a millisecond later may arrive first. Only keys of
+        nodes are remembered (a join's key inside the join), so signatures from keys
+        nobody registered cost no space.
+        """
+        now = time.time() if now is None else now
+        with self._tx():
+            if self.db.execute("SELECT 1 FROM nodes WHERE signing_key = ?",
+                               (signing_key,)).fetchone() is None:
+                raise Unauthorized("unknown node key (not joined, or deleted)")
+            self._remember(signing_key, nonce, sent, now)
+
+    def _remember(self, signing_key: str, nonce: str, sent: float, now: float) -> None:
+        # A timestamp older than the window fails verification anyway: forget it.
+        horizon = now - MAX_SKEW_S
+        self.db.execute("DELETE FROM request_nonces WHERE sent < ?", (horizon,))
+        self.db.execute("DELETE FROM request_floor WHERE sent < ?", (horizon,))
+        floor = self.db.execute("SELECT sent FROM request_floor WHERE signing_key = ?",
+                                (signing_key,)).fetchone()
+        if floor is not None and sent <= floor[0]:
+            raise Unauthorized("replayed request (older than this node's replay window)")
+        try:
+            self.db.execute("INSERT INTO request_nonces (signing_key, nonce, sent) "
+                            "VALUES (?, ?, ?)", (signing_key, nonce, sent))
+        except sqlite3.IntegrityError as exc:
+            raise Unauthorized("replayed request (nonce seen before)") from exc
+        (count,) = self.db.execute("SELECT COUNT(*) FROM request_nonces WHERE signing_key = ?",
+                                   (signing_key,)).fetchone()
+        if count > NONCES_PER_KEY:
+            (oldest,) = self.db.execute(
+                "SELECT MIN(sent) FROM request_nonces WHERE signing_key = ?", (signing_key,)
+            ).fetchone()
+            self.db.execute("DELETE FROM request_nonces WHERE signing_key = ? AND sent <= ?",
+                            (signing_key, oldest))
+            self.db.execute(
+                "INSERT INTO request_floor (signing_key, sent) VALUES (?, ?) "
+                "ON CONFLICT (signing_key) DO UPDATE SET sent = excluded.sent",
+                (signing_key, oldest))
 
     # -- nodes --------------------------------------------------------------------------
 
@@ -290,21 +398,47 @@ class Store:
         raise Conflict(f"network {cidr} has no free address", "network")
 
     def join(self, req: api.JoinRequest, signer: str, now: float | None = None) -> api.JoinResponse:
+        return self.join_or_resume(req, signer, now)[0]
+
+    def join_or_resume(self, req: api.JoinRequest, signer: str, now: float | None = None,
+                       nonce: tuple[str, float] | None = None) -> tuple[api.JoinResponse, bool]:
+        """A join, or the answer to one already committed: ``(response, resumed)``.
+
+        A client whose join timed out cannot know whether it was committed; it retries
+        with the same keys. The retry is proven by the signing key (only that node has
+        it), so it gets the first answer again and spends no use of the access key,
+        even one used up by the first join. Different keys under a joined signing key
+        are a conflict: that is a new node, not a retry.
+        """
         if signer != req.signing_key:
             raise Unauthorized("request not signed by the key it registers", "signing_key")
         now = time.time() if now is None else now
+        _check_candidates(req.candidates)
         with self._tx():
+            row = self.db.execute(
+                "SELECT body FROM nodes WHERE signing_key = ?", (req.signing_key,)
+            ).fetchone()
+            if row is not None:
+                old = msgspec.json.decode(row[0], type=api.Node)
+                key = self._access_key(req.access_key)
+                if (old.network, old.wg_public_key, old.probe_public_key) != \
+                        (key.network, req.wg_public_key, req.probe_public_key):
+                    raise Conflict("this node key has joined already", "signing_key")
+                if nonce is not None:
+                    self._remember(signer, *nonce, now)
+                return api.JoinResponse(node=old, network=self.get_network(old.network)), True
             key = self._use_access_key(req.access_key, now)
             net = self.get_network(key.network)
-            if self.db.execute("SELECT 1 FROM nodes WHERE signing_key = ?",
-                               (req.signing_key,)).fetchone():
-                raise Conflict("this node key has joined already", "signing_key")
             nodes = self._nodes(net.name)
             name = req.name or f"node-{req.signing_key.encode().hex()[:8]}"
             if any(n.name == name for n in nodes):
                 raise Conflict(f"a node named {name!r} is in {net.name!r} already", "name")
+            # Peers index a network's nodes by these keys: a second node with the same
+            # key would take over the first one's address and probes.
             if any(n.wg_public_key == req.wg_public_key for n in nodes):
                 raise Conflict("that WireGuard key is in use in this network", "wg_public_key")
+            if any(n.probe_public_key == req.probe_public_key for n in nodes):
+                raise Conflict("that probe key is in use in this network", "probe_public_key")
             node = api.Node(
                 id=uuid.uuid4().hex[:16], network=net.name, name=name,
                 signing_key=req.signing_key, wg_public_key=req.wg_public_key,
@@ -316,11 +450,20 @@ class Store:
             )
             self._put_node(node)
             self._emit(net.name, api.PeerAdded(seq=0, peer=node))
-        return api.JoinResponse(node=node, network=net)
+            if nonce is not None:  # the key is a node's from here on: remember its nonce
+                self._remember(signer, *nonce, now)
+        return api.JoinResponse(node=node, network=net), False
 
     def update_node(self, signer: str, req: api.NodeUpdate, now: float | None = None) -> api.Node:
         now = time.time() if now is None else now
         changes = {k: v for k, v in msgspec.structs.asdict(req).items() if v is not None}
+        if req.candidates is not None:
+            _check_candidates(req.candidates)
+        if req.nat is not None and req.nat.public_endpoint is not None:
+            try:
+                api.parse_endpoint(req.nat.public_endpoint)
+            except ValueError as exc:
+                raise Invalid(str(exc), "nat.public_endpoint") from exc
         with self._tx():
             node = self.node_by_signing_key(signer)
             updated = msgspec.structs.replace(node, **changes, last_seen=now)

@@ -76,3 +76,70 @@ def test_bad_listen_address_is_one_line(tmp_path: Path) -> None:
                           "--http", "nonsense"], capture_output=True, text=True, timeout=30)
     assert res.returncode == 1 and "expected HOST:PORT" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def serve(data: Path, *extra: str, http: str | None = None) -> subprocess.CompletedProcess[str]:
+    # Every call here fails before it binds; a real free port keeps a bug from hanging.
+    http = http or f"127.0.0.1:{free_port()}"
+    return subprocess.run([str(BIN / "signal-server"), "serve", "--data-dir", str(data),
+                           "--http", http, *extra], capture_output=True, text=True, timeout=30)
+
+
+def one_line_failure(res: subprocess.CompletedProcess[str], text: str) -> None:
+    assert res.returncode == 1, (res.returncode, res.stderr)
+    assert "Traceback" not in res.stderr and "ExceptionGroup" not in res.stderr, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and text in lines[0], res.stderr
+
+
+def test_port_in_use_is_one_line(tmp_path: Path) -> None:
+    import socket
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        one_line_failure(serve(tmp_path, http=f"127.0.0.1:{port}"), "cannot start")
+
+
+def test_garbage_and_truncated_store_are_one_line(tmp_path: Path) -> None:
+    import sqlite3
+    garbage = tmp_path / "garbage"
+    garbage.mkdir()
+    (garbage / "signal.db").write_bytes(b"this is not sqlite" * 100)
+    one_line_failure(serve(garbage), "signal.db")
+    truncated = tmp_path / "truncated"
+    truncated.mkdir()
+    db = sqlite3.connect(truncated / "signal.db")
+    db.execute("CREATE TABLE filler (x BLOB)")
+    db.executemany("INSERT INTO filler VALUES (?)", [(os.urandom(3000),) for _ in range(50)])
+    db.commit()
+    db.close()
+    size = (truncated / "signal.db").stat().st_size
+    with open(truncated / "signal.db", "r+b") as f:
+        f.truncate(size // 2)
+    one_line_failure(serve(truncated), "signal.db")
+
+
+def test_empty_admin_token_refuses_to_start(tmp_path: Path) -> None:
+    (tmp_path / "admin.token").write_text("\n")
+    one_line_failure(serve(tmp_path), "admin.token is empty")
+
+
+def test_wildcard_http_needs_a_public_url(tmp_path: Path) -> None:
+    one_line_failure(serve(tmp_path, http="0.0.0.0:1"), "--public-url")
+    one_line_failure(serve(tmp_path, http="[::]:1"), "--public-url")
+
+
+def test_admin_cli_refuses_path_tricks_before_any_request(tmp_path: Path) -> None:
+    # No server listens on port 1 and no token file exists: the name check comes first.
+    for args in (["node", "delete", "net", "../../prod"], ["network", "delete", "a/b"],
+                 ["key", "list", "../x"], ["node", "approve", "Net", "x"]):
+        res = subprocess.run([str(BIN / "signal-server"), "admin", "--server",
+                              "http://127.0.0.1:1", "--token-file", str(tmp_path / "none"),
+                              *args], capture_output=True, text=True, timeout=30)
+        one_line_failure(res, "name")
+
+
+def test_admin_cli_quotes_segments() -> None:
+    from signal_server.cli import seg
+    assert seg("a/b%c?d") == "a%2Fb%25c%3Fd"

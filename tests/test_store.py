@@ -196,3 +196,33 @@ def test_expired_nodes_are_removed_with_an_event(store: Store) -> None:
     assert isinstance(event, api.PeerRemoved) and event.node_id == temp.id
     store.set_node_expiry("net", "keep", api.NodeExpiry(expires_in=None))
     assert store.get_node("net", "keep").expires_at is None and keep.expires_at is None
+
+
+@pytest.mark.parametrize(("field", "cidr"), [
+    ("ipv4_cidr", "127.0.0.0/24"), ("ipv4_cidr", "224.0.0.0/24"), ("ipv4_cidr", "169.254.0.0/24"),
+    ("ipv4_cidr", "0.0.0.0/24"), ("ipv4_cidr", "240.0.0.0/24"), ("ipv4_cidr", "0.0.0.0/0"),
+    ("ipv6_cidr", "ff02::/64"), ("ipv6_cidr", "fe80::/64"), ("ipv6_cidr", "::/64"),
+    ("ipv6_cidr", "::ffff:0:0/120"),
+])
+def test_unusable_mesh_ranges_are_refused(store: Store, field: str, cidr: str) -> None:
+    kw = {"ipv6_cidr": cidr} if field == "ipv6_cidr" else {"cidr": cidr}
+    with pytest.raises(Invalid) as refused:
+        network(store, **kw)
+    assert refused.value.field == field
+    assert store.list_networks() == []
+    network(store)
+    with pytest.raises(Invalid) as update:
+        store.update_network("net", api.NetworkUpdate(**{field: cidr}))  # type: ignore[arg-type]
+    assert update.value.field == field
+
+
+def test_renumber_into_too_small_a_range_is_refused(store: Store) -> None:
+    network(store)
+    _, secret = store.create_access_key("net", api.AccessKeyCreate())
+    for i in range(3):
+        join(store, secret, f"n{i}")
+    with pytest.raises(Conflict) as small:
+        store.update_network("net", api.NetworkUpdate(ipv4_cidr="198.19.1.0/30"))
+    assert small.value.field == "ipv4_cidr" and "room for 2" in small.value.reason
+    assert store.get_network("net").ipv4_cidr == "198.19.0.0/24"  # nothing changed
+    assert sorted(n.ipv4 or "" for n in store.list_nodes("net"))[0] == "198.19.0.1/24"

@@ -9,6 +9,7 @@ older peers keep decoding newer messages.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Annotated, Literal
 
 import msgspec
@@ -31,6 +32,27 @@ class Candidate(Struct, frozen=True, forbid_unknown_fields=True):
     kind: CandidateKind
     address: str  # "ip:port" or "[v6]:port"
     priority: int = 0
+
+
+# Candidates a node may publish: host addresses, srflx, portmap and predictions of a
+# few interfaces fit easily; the bound keeps one node from inflating every snapshot.
+MAX_CANDIDATES = 32
+Candidates = Annotated[tuple[Candidate, ...], Meta(max_length=MAX_CANDIDATES)]
+
+
+def parse_endpoint(text: str) -> tuple[str, int]:
+    """``"1.2.3.4:5"`` or ``"[v6]:5"`` to ``(ip, port)``; ValueError with a reason otherwise."""
+    host, sep, port_text = text.rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]")
+    host = host[1:-1] if bracketed else host
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{text!r} is not ip:port") from None
+    if not sep or ip.version != (6 if bracketed else 4) or not port_text.isdigit() \
+            or not 1 <= int(port_text) <= 65535:
+        raise ValueError(f"{text!r} is not ip:port (IPv6 as [addr]:port)")
+    return str(ip), int(port_text)
 
 
 class NatReport(Struct, frozen=True, forbid_unknown_fields=True):
@@ -130,7 +152,7 @@ class JoinRequest(Struct, frozen=True, forbid_unknown_fields=True):
     probe_public_key: Key
     listen_port: Port = 51820
     name: Name | None = None
-    candidates: tuple[Candidate, ...] = ()
+    candidates: Candidates = ()
 
 
 class MeshDns(Struct, frozen=True):
@@ -150,10 +172,11 @@ class JoinResponse(Struct, frozen=True):
 class NodeUpdate(Struct, frozen=True, forbid_unknown_fields=True):
     """A node's own changes; fields left out stay as they are."""
 
-    candidates: tuple[Candidate, ...] | None = None
+    candidates: Candidates | None = None
     nat: NatReport | None = None
     listen_port: Port | None = None
-    wg_public_key: Key | None = None  # key rotation
+    # No wg_public_key: a key change goes through the rotation flow (a later issue), so
+    # a member cannot claim another node's key and have peers route its address to it.
 
 
 class NodeExpiry(Struct, frozen=True, forbid_unknown_fields=True):
