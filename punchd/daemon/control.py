@@ -177,6 +177,24 @@ class ControlServer:
                 f"internal error ({type(exc).__name__}: {exc}); see punchd's log"))
 
 
+def leaf_errors(exc: BaseException) -> list[BaseException]:
+    """The exceptions inside trio's (strict) ExceptionGroups, flattened, so a program's
+    top level can report the one that matters as one line."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in leaf_errors(inner)]
+    return [exc]
+
+
+def main_error(exc: BaseException) -> BaseException:
+    """The error a top level reports: KeyboardInterrupt first, then ours, then any."""
+    leaves = leaf_errors(exc)
+    for kind in (KeyboardInterrupt, PunchdError, OSError):
+        for leaf in leaves:
+            if isinstance(leaf, kind):
+                return leaf
+    return leaves[0]
+
+
 def _one_line(text: str) -> str:
     return " ".join(text.split())[:2000] or "request failed"
 

@@ -371,16 +371,29 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         trio.run(run_daemon, args.state_dir, args.socket, args.wg_backend)
-    except ConfigError as exc:
-        print(f"punchd: bad configuration: {exc}", file=sys.stderr)
-        return 2
-    except PunchdError as exc:
-        print(f"punchd: {exc}", file=sys.stderr)
+    except BaseException as group:  # the top level: one line, never a traceback
+        exc = control.main_error(group)
+        if isinstance(exc, KeyboardInterrupt):
+            return 130
+        if isinstance(exc, SystemExit):
+            raise
+        if isinstance(exc, ConfigError):
+            print(f"punchd: bad configuration: {one_line(exc)}", file=sys.stderr)
+            return 2
+        if isinstance(exc, (PunchdError, OSError)):
+            print(f"punchd: {one_line(exc)}", file=sys.stderr)
+            return 1
+        log.debug("punchd crashed", exc_info=group)
+        print(f"punchd: internal error ({type(exc).__name__}: {one_line(exc)}); "
+              "run with --log-level debug for the traceback", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        return 130
     return 0
 
+
+def one_line(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror + (f" ({exc.filename})" if exc.filename else "")
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -70,8 +70,11 @@ class StateDir:
         self.networks_dir = root / "networks"
 
     def ensure(self) -> None:
-        self.networks_dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.root, 0o700)
+        try:
+            self.networks_dir.mkdir(parents=True, exist_ok=True)
+            os.chmod(self.root, 0o700)
+        except OSError as exc:
+            raise ConfigError(f"state directory {self.root}: {exc.strerror or exc}") from exc
 
     def network_dir(self, name: str) -> Path:
         """The directory of network ``name``; refuses anything but a direct child of
