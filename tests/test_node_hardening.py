@@ -4,6 +4,7 @@ networks that must not stop the others, one-line failures at the top level."""
 from __future__ import annotations
 
 import base64
+import errno
 import json
 import subprocess
 import sys
@@ -15,12 +16,16 @@ import msgspec
 import pytest
 import trio
 import trio.testing
+from nacl.public import PrivateKey
 from nacl.signing import SigningKey
 
 from punchd.daemon import control
 from punchd.daemon.main import Daemon, join_with_retry
+from punchd.daemon.punching import Punching
 from punchd.daemon.state import NetworkConfig, StateDir
-from punchd.errors import ConfigError, ControlError, ServerUnreachable, TokenError
+from punchd.discovery.service import Discovery
+from punchd.discovery.sharedsock import SharedPortSocket
+from punchd.errors import ConfigError, ControlError, NetworkDown, ServerUnreachable, TokenError
 from punchd.serverapi import ServerClient
 from punchd.wg.fake import FakeBackend
 from punchd.wire import api
@@ -244,3 +249,61 @@ def test_punchctl_bad_argument_is_one_line(tmp_path: Path) -> None:
         [sys.executable, "-m", "punchd.cli", "--socket", str(tmp_path / "none.sock"), "ping",
          "-c", "x", "b"], capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and "Traceback" not in res.stderr
+
+
+# -- item 6: link loss is weather: NetworkDown at the socket boundary, handled in the loop ---
+
+class UnreachableSocket:
+    """A shared-port socket on a host whose link just went away."""
+
+    port = 51820
+
+    def __init__(self, receive_failures: int = 0) -> None:
+        self.sent = 0
+        self.receive_failures = receive_failures
+        self.closed = False
+
+    async def send(self, payload: bytes, dest: tuple[str, int]) -> None:
+        self.sent += 1
+        raise NetworkDown(f"send to {dest[0]}:{dest[1]}: Network is unreachable")
+
+    async def receive(self) -> tuple[bytes, tuple[str, int]]:
+        if self.receive_failures:
+            self.receive_failures -= 1
+            raise NetworkDown("receive on the shared port: Network is down")
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class RawUnreachable:
+    async def sendto(self, data: bytes, addr: tuple[str, int]) -> int:
+        raise OSError(errno.ENETUNREACH, "Network is unreachable")
+
+
+async def test_shared_port_send_translates_enetunreach() -> None:
+    sock = SharedPortSocket.__new__(SharedPortSocket)  # no raw sockets in fast tests
+    sock.port, sock._send4, sock._send6 = 51820, RawUnreachable(), None  # type: ignore[assignment]
+    with pytest.raises(NetworkDown, match="Network is unreachable"):
+        await sock.send(b"x", ("192.0.2.1", 3478))
+
+
+async def test_netcheck_survives_a_link_that_went_away(
+        autojump_clock: trio.testing.MockClock) -> None:
+    sock = UnreachableSocket(receive_failures=5)
+    discovery = Discovery(sock, ("192.0.2.1", 3478))  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(discovery.run)  # the receive loop backs off and lives on
+        report = await discovery.netcheck()
+        assert report.public_endpoint is None and sock.sent > 1  # retransmitted, then gave up
+        assert sock.receive_failures == 0
+        report = await discovery.netcheck()  # and the next netcheck runs again
+        nursery.cancel_scope.cancel()
+
+
+async def test_probe_send_on_a_dead_link_is_counted_not_raised() -> None:
+    punching = Punching(UnreachableSocket(), PrivateKey.generate(), lambda *_: None)
+    await punching._send(b"PNCH", ("192.0.2.1", 51820))
+    assert punching.send_failures == 1
