@@ -296,10 +296,15 @@ async def test_netcheck_survives_a_link_that_went_away(
     discovery = Discovery(sock, ("192.0.2.1", 3478))  # type: ignore[arg-type]
     async with trio.open_nursery() as nursery:
         await nursery.start(discovery.run)  # the receive loop backs off and lives on
-        report = await discovery.netcheck()
-        assert report.public_endpoint is None and sock.sent > 1  # retransmitted, then gave up
+        start = trio.current_time()
+        with pytest.raises(NetworkDown, match="Network is unreachable"):
+            await discovery.netcheck()  # at once: no retransmits into a dead link
+        assert trio.current_time() - start < 1.0 and sock.sent == 1
+        await trio.sleep(10)  # mock time: the receive loop backed off through its errors
         assert sock.receive_failures == 0
-        report = await discovery.netcheck()  # and the next netcheck runs again
+        with pytest.raises(NetworkDown):  # the lock is released: the next netcheck runs
+            await discovery.netcheck()
+        assert sock.sent == 2 and discovery._current is None
         nursery.cancel_scope.cancel()
 
 

@@ -90,9 +90,11 @@ class Discovery:
                         try:
                             await self.sock.send(*out)
                         except NetworkDown as exc:
-                            # Lost like any datagram: the classifier's retransmit timers
-                            # (RFC 8489 §6.2.1) try again, and time out if the link stays down.
+                            # No route or address: waiting out RFC 8489 §6.2.1's retransmits
+                            # (~40 s per test) would learn nothing. End this netcheck now;
+                            # its caller's re-gather loop tries again later.
                             log.info("netcheck via %s: %s", self.stun_server, exc)
+                            raise
                     deadline = clf.next_deadline()
                     self._arrived = trio.Event()
                     with trio.move_on_at(deadline if deadline is not None else trio.current_time()):
