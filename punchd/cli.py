@@ -16,7 +16,7 @@ from typing import Any
 
 import trio
 
-from punchd.daemon.control import call
+from punchd.daemon.control import call, main_error
 from punchd.errors import PunchdError, TokenError
 from punchd.wire.token import decode_token
 
@@ -45,8 +45,12 @@ def print_status(status: dict[str, Any]) -> None:
     from rich.table import Table
 
     console = Console(width=140)
-    if not status["networks"]:
+    broken = status.get("broken") or []
+    if not status["networks"] and not broken:
         console.print("not joined to any network (punchctl join --token T)")
+    for b in broken:
+        # Plain print: the reason is file text and may hold rich markup brackets.
+        print(f"{b['name']}  broken, not started: {b['error']}")
     for net in status["networks"]:
         nat = net.get("nat") or {}
         nat_text = (f"mapping {nat.get('mapping')}, filtering {nat.get('filtering')}"
@@ -88,6 +92,9 @@ def print_list(networks: list[dict[str, Any]]) -> None:
         print("not joined to any network")
         return
     for n in networks:
+        if n.get("broken"):
+            print(f"{n['name']:16} broken: {n['broken']}")
+            continue
         state = "connected" if n["server_connected"] else "disconnected"
         print(f"{n['name']:16} {n['interface']:15} {n['address'] or '-':16} "
               f"{n['peers']} peer(s)  server {state}")
@@ -211,11 +218,20 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return trio.run(run, args)
-    except PunchdError as exc:
-        print(f"punchctl: {exc}", file=sys.stderr)
+    except BaseException as group:  # the top level: one line, never a traceback
+        exc = main_error(group)
+        if isinstance(exc, KeyboardInterrupt):
+            return 130
+        if isinstance(exc, SystemExit):
+            raise
+        if isinstance(exc, PunchdError):
+            text = str(exc)
+        elif isinstance(exc, OSError):
+            text = (exc.strerror or str(exc)) + (f" ({exc.filename})" if exc.filename else "")
+        else:
+            text = f"unexpected answer or failure ({type(exc).__name__}: {exc})"
+        print(f"punchctl: {' '.join(text.split())}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        return 130
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ codec error), so callers catch ours and never a library's::
     │   ├── ServerUnreachable      transport-level failure (retry with backoff)
     │   └── APIError               the server answered 4xx/5xx with a reason
     ├── ControlError               punchctl <-> punchd control socket
+    ├── NetworkDown                the host cannot send or receive now (link/address gone)
     └── ServiceError               the signal server's own domain errors
         ├── NotFound               (API: 404)
         ├── Conflict               (API: 409)
@@ -90,6 +91,12 @@ class APIError(ServerError):
 
 class ControlError(PunchdError):
     """A punchctl request to the daemon failed; the message is one user-facing line."""
+
+
+class NetworkDown(PunchdError):
+    """A socket operation failed because of the host's network, not ours: the link or
+    address went away (ENETUNREACH, EHOSTUNREACH, EADDRNOTAVAIL, ENETDOWN, ENOBUFS...).
+    Weather, not a bug: log it, retry with backoff, recover when the link returns."""
 
 
 class ServiceError(PunchdError):

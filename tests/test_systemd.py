@@ -37,6 +37,19 @@ def test_unit_hardening() -> None:
         assert line in text, line
 
 
+def test_optional_paths_do_not_fail_the_namespace() -> None:
+    """A host without /var/run/wireguard must not fail the unit with 226/NAMESPACE:
+    every ReadWritePaths entry outside punchd's own state and /run is "-"-prefixed."""
+    (line,) = [ln for ln in unit_source().splitlines() if ln.startswith("ReadWritePaths=")]
+    paths = line.split("=", 1)[1].split()
+    assert "-/var/run/wireguard" in paths and "/var/run/wireguard" not in paths
+
+
+def test_setup_does_not_kill_by_name() -> None:
+    setup = (Path(__file__).parent.parent / "scripts" / "setup").read_text()
+    assert "pkill" not in setup and "killall" not in setup
+
+
 def test_ready_and_stopping_reach_notify_socket(tmp_path: Path) -> None:
     notify_path = tmp_path / "notify.sock"
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:

@@ -7,20 +7,28 @@ root talks to the daemon.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, cast
 
 import msgspec
 import trio
+from msgspec import Meta
 
 from punchd.errors import ControlError, PunchdError
+from punchd.wire.api import Name
 
+from .state import IfName
+
+log = logging.getLogger("punchd.control")
 MAX_LINE = 1 << 20
 
 
 class Request(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The envelope on the wire; :func:`parse_request` turns it into a typed command."""
+
     cmd: str
     args: dict[str, Any] = {}
 
@@ -31,7 +39,73 @@ class Response(msgspec.Struct, frozen=True, omit_defaults=True):
     error: str | None = None
 
 
-Handler = Callable[[Request], Awaitable[Any]]
+# One Struct per command, its arguments typed and constrained, so a wrong-typed argument
+# is a one-line "bad arguments" answer and never reaches (or kills) the daemon.
+class _Command(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="cmd"):
+    pass
+
+
+Count = Annotated[int, Meta(ge=1, le=20)]
+
+
+class Join(_Command, frozen=True, tag="join"):
+    token: Annotated[str, Meta(min_length=1, max_length=4096)]
+    name: Name | None = None
+    ifname: IfName | None = None
+
+
+class Leave(_Command, frozen=True, tag="leave"):
+    network: Name
+
+
+class List(_Command, frozen=True, tag="list"):
+    pass
+
+
+class Status(_Command, frozen=True, tag="status"):
+    network: Name | None = None
+
+
+class Pull(_Command, frozen=True, tag="pull"):
+    network: Name | None = None
+
+
+class Push(_Command, frozen=True, tag="push"):
+    network: Name | None = None
+
+
+class Netcheck(_Command, frozen=True, tag="netcheck"):
+    network: Name | None = None
+
+
+class Ping(_Command, frozen=True, tag="ping"):
+    # Peers are named by the server (Node.name); only bound the length here.
+    peer: Annotated[str, Meta(min_length=1, max_length=253)]
+    network: Name | None = None
+    count: Count = 4
+    icmp: bool = False
+
+
+Command = Join | Leave | List | Status | Pull | Push | Netcheck | Ping
+COMMANDS: dict[str, type[_Command]] = {
+    c.__struct_config__.tag: c  # type: ignore[misc]
+    for c in (Join, Leave, List, Status, Pull, Push, Netcheck, Ping)
+}
+
+
+def parse_request(request: Request) -> Command:
+    """The envelope's ``cmd`` and ``args`` as one typed command, or ControlError."""
+    kind = COMMANDS.get(request.cmd)
+    if kind is None:
+        raise ControlError(f"unknown command {request.cmd[:40]!r}")
+    try:
+        # strict: "4" is not a count and null is not a token.
+        return cast(Command, msgspec.convert(request.args, type=kind, strict=True))
+    except msgspec.ValidationError as exc:
+        raise ControlError(f"bad arguments for {request.cmd!r}: {exc}") from None
+
+
+Handler = Callable[[Command], Awaitable[Any]]
 
 
 async def _read_line(stream: trio.abc.ReceiveStream) -> bytes:
@@ -72,19 +146,57 @@ class ControlServer:
 
     async def _serve(self, stream: trio.SocketStream) -> None:
         async with stream:
-            try:
-                line = await _read_line(stream)
-                request = msgspec.json.decode(line, type=Request)
-                result = await self.handler(request)
-                response = Response(ok=True, result=result)
-            except msgspec.DecodeError as exc:
-                response = Response(ok=False, error=f"bad control request: {exc}")
-            except PunchdError as exc:
-                response = Response(ok=False, error=str(exc))
+            response = await self._answer(stream)
             try:
                 await stream.send_all(msgspec.json.encode(response) + b"\n")
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
+
+    async def _answer(self, stream: trio.SocketStream) -> Response:
+        """Any failure of one request is an error line for its caller: the daemon and
+        every network it runs outlive a bad request."""
+        try:
+            line = await _read_line(stream)
+            request = parse_request(msgspec.json.decode(line, type=Request))
+            return Response(ok=True, result=await self.handler(request))
+        except msgspec.DecodeError as exc:
+            return Response(ok=False, error=f"bad control request: {exc}")
+        except PunchdError as exc:
+            log.info("control request failed: %s", exc)
+            return Response(ok=False, error=_one_line(str(exc)))
+        except OSError as exc:
+            # A read-only or full state disk is weather, not a bug: say what and where.
+            where = f" ({exc.filename})" if exc.filename else ""
+            log.warning("control request failed: %s%s", exc.strerror or exc, where)
+            return Response(ok=False, error=_one_line(f"{exc.strerror or exc}{where}"))
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            return Response(ok=False, error=f"control connection lost: {exc}")
+        except Exception as exc:
+            log.exception("control request crashed")
+            return Response(ok=False, error=_one_line(
+                f"internal error ({type(exc).__name__}: {exc}); see punchd's log"))
+
+
+def leaf_errors(exc: BaseException) -> list[BaseException]:
+    """The exceptions inside trio's (strict) ExceptionGroups, flattened, so a program's
+    top level can report the one that matters as one line."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in leaf_errors(inner)]
+    return [exc]
+
+
+def main_error(exc: BaseException) -> BaseException:
+    """The error a top level reports: KeyboardInterrupt first, then ours, then any."""
+    leaves = leaf_errors(exc)
+    for kind in (KeyboardInterrupt, PunchdError, OSError):
+        for leaf in leaves:
+            if isinstance(leaf, kind):
+                return leaf
+    return leaves[0]
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())[:2000] or "request failed"
 
 
 CALL_TIMEOUT_S = 60.0

@@ -10,25 +10,27 @@ removes an interface).
 from __future__ import annotations
 
 import argparse
-import inspect
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
 import msgspec
 import trio
+from nacl.signing import SigningKey
 
-from punchd.errors import ConfigError, ControlError, PunchdError
+from punchd.errors import APIError, ConfigError, ControlError, PunchdError, ServerUnreachable
 from punchd.punch.candidates import format_addr
 from punchd.serverapi import ServerClient
 from punchd.wg import BackendKind, WireGuardBackend, open_backend, public_key
+from punchd.wire import api
 from punchd.wire.signing import b64
-from punchd.wire.token import decode_token
+from punchd.wire.token import JoinToken, decode_token
 
-from . import hostaddrs, sdnotify
-from .control import ControlServer, Request
+from . import control, hostaddrs, sdnotify
+from .control import ControlServer
 from .network import NetworkAgent
 from .paths import host_candidates
 from .state import NetworkConfig, StateDir
@@ -41,21 +43,72 @@ def default_ifname(network: str) -> str:
     return f"pd-{network}"[:15]
 
 
+# A join the server may have committed is retried with the same keys: the server treats a
+# signed POST /join from a signing key that already joined, with the same WireGuard and
+# probe keys, as a retry (same answer, no second use of the access key).
+JOIN_ATTEMPTS = 4
+JOIN_BACKOFF_S = (0.5, 1.0, 2.0)
+JOIN_BUDGET_S = 45.0  # within punchctl's 60 s call timeout, so the user hears why
+JOIN_CLEANUP_S = 3.0  # the best-effort DELETE of a join we gave up on
+
+ClientFactory = Callable[[str, SigningKey], ServerClient]
+
+
+def _retryable(exc: PunchdError) -> bool:
+    """Transport failures and a gateway's 5xx may hide a join the server committed."""
+    return isinstance(exc, ServerUnreachable) or (
+        isinstance(exc, APIError) and exc.status in (502, 503, 504))
+
+
+async def join_with_retry(client: ServerClient, token: JoinToken, *, name: str | None,
+                          wg_public_key: str, probe_public_key: str, listen_port: int,
+                          candidates: tuple[api.Candidate, ...]) -> api.JoinResponse:
+    """POST /join, repeated with the same keys on transport failure, at most
+    JOIN_ATTEMPTS times within JOIN_BUDGET_S; the last failure is raised."""
+    last: PunchdError = ServerUnreachable(f"{token.server}: no answer within "
+                                          f"{JOIN_BUDGET_S:.0f} s")
+    with trio.move_on_after(JOIN_BUDGET_S):
+        for attempt in range(JOIN_ATTEMPTS):
+            if attempt:
+                await trio.sleep(JOIN_BACKOFF_S[min(attempt, len(JOIN_BACKOFF_S)) - 1])
+            try:
+                return await client.join(token, name=name, wg_public_key=wg_public_key,
+                                         probe_public_key=probe_public_key,
+                                         listen_port=listen_port, candidates=candidates)
+            except PunchdError as exc:
+                if not _retryable(exc):
+                    raise
+                log.info("join %s: attempt %d failed: %s", token.network, attempt + 1, exc)
+                last = exc
+    raise last
+
+
 class Daemon:
-    def __init__(self, state_dir: Path, socket_path: Path, backend: WireGuardBackend) -> None:
+    def __init__(self, state_dir: Path, socket_path: Path, backend: WireGuardBackend, *,
+                 client_factory: ClientFactory = ServerClient) -> None:
         self.state = StateDir(state_dir)
         self.socket_path = socket_path
         self.backend = backend
+        self.client_factory = client_factory
         self.agents: dict[str, NetworkAgent] = {}
+        # Networks whose config or keys do not load, or whose agent would not start: the
+        # others run; list/status show these with the reason.
+        self.broken: dict[str, str] = {}
+        # Joins under way: network name -> interface, reserved before the first await so a
+        # second join of the same network (or interface) is refused at once.
+        self._joining: dict[str, str] = {}
         self._nursery: trio.Nursery | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.state.ensure()
-        configs = [self.state.load_config(name) for name in self.state.list_networks()]
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            for config in configs:
-                await self._start_agent(config)
+            for name in self.state.list_networks():
+                try:
+                    await self._start_agent(self.state.load_config(name))
+                except PunchdError as exc:
+                    log.error("network %s not started: %s", name, exc)
+                    self.broken[name] = str(exc)
             await nursery.start(ControlServer(self.socket_path, self.handle).run)
             await nursery.start(sdnotify.run_watchdog)
             sdnotify.notify("READY=1")
@@ -67,6 +120,8 @@ class Daemon:
         assert self._nursery is not None
         keys = self.state.load_keys(config.name)
         others = {a.config.interface for a in self.agents.values()}
+        if config.interface in others:
+            raise ConfigError(f"interface {config.interface} is used by another network")
         agent = NetworkAgent(config, keys, self.backend, self.state, exclude_ifnames=others)
         self.agents[config.name] = agent
         try:
@@ -85,30 +140,64 @@ class Daemon:
         try:
             return self.agents[network]
         except KeyError:
+            if network in self.broken:
+                raise ControlError(f"network {network!r} is broken: {self.broken[network]}"
+                                   ) from None
             raise ControlError(f"not joined to a network named {network!r}") from None
 
     # -- control requests ------------------------------------------------------------------
 
-    async def handle(self, req: Request) -> Any:
-        handler = getattr(self, f"cmd_{req.cmd}", None)
-        if handler is None:
-            raise ControlError(f"unknown command {req.cmd!r}")
-        try:
-            inspect.signature(handler).bind(**req.args)
-        except TypeError as exc:
-            raise ControlError(f"bad arguments for {req.cmd!r}: {exc}") from exc
-        return await handler(**req.args)
+    async def handle(self, req: control.Command) -> Any:
+        match req:
+            case control.Join():
+                return await self.cmd_join(req.token, req.name, req.ifname)
+            case control.Leave():
+                return await self.cmd_leave(req.network)
+            case control.List():
+                return await self.cmd_list()
+            case control.Status():
+                return await self.cmd_status(req.network)
+            case control.Pull():
+                return await self.cmd_pull(req.network)
+            case control.Push():
+                return await self.cmd_push(req.network)
+            case control.Netcheck():
+                return await self.cmd_netcheck(req.network)
+            case control.Ping():
+                return await self.cmd_ping(req.peer, req.network, req.count, req.icmp)
+        raise ControlError(f"unhandled command {type(req).__name__}")  # pragma: no cover
+
+    def _reserve(self, network: str, ifname: str) -> None:
+        if network in self.agents:
+            raise ControlError(f"already joined to {network!r}")
+        if network in self._joining:
+            raise ControlError(f"a join of {network!r} is already in progress")
+        if network in self.broken:
+            raise ControlError(f"network {network!r} is broken ({self.broken[network]}): "
+                               f"punchctl leave {network} first")
+        if any(a.config.interface == ifname for a in self.agents.values()) \
+                or ifname in self._joining.values():
+            raise ControlError(f"interface {ifname} is used by another network")
+        self._joining[network] = ifname
 
     async def cmd_join(self, token: str, name: str | None = None,
                        ifname: str | None = None) -> dict[str, Any]:
         tok = decode_token(token)
-        if tok.network in self.agents:
-            raise ControlError(f"already joined to {tok.network!r}")
         ifname = ifname or default_ifname(tok.network)
-        if any(a.config.interface == ifname for a in self.agents.values()):
-            raise ControlError(f"interface {ifname} is used by another network")
-        keys = self.state.create_keys(tok.network)
-        client = ServerClient(tok.server, keys.signing)
+        self._reserve(tok.network, ifname)  # no await before this line
+        try:
+            return await self._join(tok, name, ifname)
+        finally:
+            del self._joining[tok.network]
+
+    async def _join(self, tok: JoinToken, name: str | None, ifname: str) -> dict[str, Any]:
+        try:
+            keys = self.state.create_keys(tok.network)
+        except BaseException:
+            self.state.remove(tok.network)
+            raise
+        client = self.client_factory(tok.server, keys.signing)
+        joined: api.JoinResponse | None = None
         try:
             used_ports = {a.config.listen_port for a in self.agents.values()}
             listen_port = 51820
@@ -116,26 +205,49 @@ class Daemon:
                 listen_port += 1
             exclude = {a.config.interface for a in self.agents.values()} | {ifname}
             addresses = await hostaddrs.local_addresses(exclude)
-            joined = await client.join(
-                tok, name=name, wg_public_key=public_key(keys.wireguard),
+            joined = await join_with_retry(
+                client, tok, name=name, wg_public_key=public_key(keys.wireguard),
                 probe_public_key=b64(bytes(keys.probe.public_key)), listen_port=listen_port,
                 candidates=host_candidates(addresses, listen_port),
             )
-        except PunchdError:
+            config = NetworkConfig(name=tok.network, server=tok.server, interface=ifname,
+                                   node_id=joined.node.id, node_name=joined.node.name,
+                                   listen_port=listen_port)
+            self.state.save_config(config)
+            await self._start_agent(config)
+        except BaseException as exc:
+            # Whatever failed, the server may hold a node nobody has keys for once we
+            # remove ours: ask it to forget the node (signed DELETE, best effort), unless
+            # it plainly refused the join.
+            refused = isinstance(exc, APIError) and not _retryable(exc)
+            with trio.CancelScope(shield=True):
+                if not refused:
+                    await self._forget_node(client, tok.network)
+                await client.aclose()
             self.state.remove(tok.network)
             raise
-        finally:
-            await client.aclose()
-        config = NetworkConfig(name=tok.network, server=tok.server, interface=ifname,
-                               node_id=joined.node.id, node_name=joined.node.name,
-                               listen_port=listen_port)
-        self.state.save_config(config)
-        await self._start_agent(config)
+        await client.aclose()
         return {"network": tok.network, "node": joined.node.name, "interface": ifname,
                 "address": joined.node.ipv4, "address6": joined.node.ipv6,
                 "approved": joined.node.approved}
 
+    @staticmethod
+    async def _forget_node(client: ServerClient, network: str) -> None:
+        with trio.move_on_after(JOIN_CLEANUP_S):
+            try:
+                await client.leave()
+                log.info("join %s abandoned; the server forgot the node", network)
+            except PunchdError as exc:
+                log.info("join %s abandoned; DELETE /node: %s", network, exc)
+            return
+        log.info("join %s abandoned; the server did not answer the DELETE", network)
+
     async def cmd_leave(self, network: str) -> dict[str, Any]:
+        if network in self.broken and network not in self.agents:
+            # Nothing runs for it; forget its state so it can be joined afresh.
+            self.state.remove(network)
+            del self.broken[network]
+            return {"left": network}
         agent = self._agent(network)
         await agent.leave()
         del self.agents[network]
@@ -145,11 +257,14 @@ class Daemon:
         return [{"name": a.name, "interface": a.config.interface, "node": a.config.node_name,
                  "address": a.model.node.ipv4.split("/")[0] if a.model.node and a.model.node.ipv4
                  else None, "server": a.config.server, "server_connected": a.server_connected,
-                 "peers": len(a.model.peers)} for a in self.agents.values()]
+                 "peers": len(a.model.peers)} for a in self.agents.values()] + [
+                {"name": name, "broken": reason} for name, reason in sorted(self.broken.items())]
 
     async def cmd_status(self, network: str | None = None) -> dict[str, Any]:
         agents = [self._agent(network)] if network else list(self.agents.values())
-        return {"networks": [await a.status() for a in agents]}
+        return {"networks": [await a.status() for a in agents],
+                "broken": [{"name": name, "error": reason} for name, reason
+                           in sorted(self.broken.items()) if network in (None, name)]}
 
     async def cmd_pull(self, network: str | None = None) -> dict[str, Any]:
         agents = [self._agent(network)] if network else list(self.agents.values())
@@ -186,7 +301,6 @@ class Daemon:
         agent = self._agent(network)
         status = await self._peer_status(agent, peer)
         target = status["address"]
-        count = max(1, min(int(count), 20))
         if not icmp:
             return await self._probe_ping(agent, peer, target, count)
         if not target:
@@ -257,16 +371,29 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         trio.run(run_daemon, args.state_dir, args.socket, args.wg_backend)
-    except ConfigError as exc:
-        print(f"punchd: bad configuration: {exc}", file=sys.stderr)
-        return 2
-    except PunchdError as exc:
-        print(f"punchd: {exc}", file=sys.stderr)
+    except BaseException as group:  # the top level: one line, never a traceback
+        exc = control.main_error(group)
+        if isinstance(exc, KeyboardInterrupt):
+            return 130
+        if isinstance(exc, SystemExit):
+            raise
+        if isinstance(exc, ConfigError):
+            print(f"punchd: bad configuration: {one_line(exc)}", file=sys.stderr)
+            return 2
+        if isinstance(exc, (PunchdError, OSError)):
+            print(f"punchd: {one_line(exc)}", file=sys.stderr)
+            return 1
+        log.debug("punchd crashed", exc_info=group)
+        print(f"punchd: internal error ({type(exc).__name__}: {one_line(exc)}); "
+              "run with --log-level debug for the traceback", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        return 130
     return 0
 
+
+def one_line(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror + (f" ({exc.filename})" if exc.filename else "")
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 if __name__ == "__main__":
     sys.exit(main())

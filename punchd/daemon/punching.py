@@ -77,6 +77,7 @@ class Punching:
         self._relays: dict[str, Addr] = {}  # by node id: our bound side of its relay
         self._nursery: trio.Nursery | None = None
         self.unknown_sender = 0
+        self.send_failures = 0
         self.inbox_full = 0
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -227,5 +228,8 @@ class Punching:
     async def _send(self, payload: bytes, dest: Addr) -> None:
         try:
             await self._sender.send(payload, dest)
-        except PunchdError as exc:  # e.g. a family the shared port cannot send yet
-            raise OSError(str(exc)) from exc
+        except PunchdError as exc:
+            # A family the shared port cannot send, or the link gone (NetworkDown): the
+            # probe is lost like any datagram and the session's pacing retransmits.
+            self.send_failures += 1
+            log.debug("probe to %s:%d: %s", dest[0], dest[1], exc)

@@ -26,12 +26,13 @@ from nacl.public import PrivateKey
 from nacl.signing import SigningKey
 
 from punchd.errors import ConfigError
+from punchd.wire.api import Name
 
 IfName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]{1,15}$")]
 
 
 class NetworkConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    name: str
+    name: Name
     server: str
     interface: IfName
     node_id: str
@@ -69,29 +70,45 @@ class StateDir:
         self.networks_dir = root / "networks"
 
     def ensure(self) -> None:
-        self.networks_dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.root, 0o700)
+        try:
+            self.networks_dir.mkdir(parents=True, exist_ok=True)
+            os.chmod(self.root, 0o700)
+        except OSError as exc:
+            raise ConfigError(f"state directory {self.root}: {exc.strerror or exc}") from exc
 
     def network_dir(self, name: str) -> Path:
-        return self.networks_dir / name
+        """The directory of network ``name``; refuses anything but a direct child of
+        ``networks/`` (punchd runs as root and rmtree()s this path on a failed join)."""
+        try:
+            msgspec.convert(name, type=Name)
+        except msgspec.ValidationError:
+            raise ConfigError(f"not a valid network name: {name[:80]!r}") from None
+        path = self.networks_dir / name
+        # Belt and braces: even a valid name must not escape through a symlink.
+        if path.resolve().parent != self.networks_dir.resolve():
+            raise ConfigError(f"network directory {path} is not inside {self.networks_dir}")
+        return path
 
     def list_networks(self) -> list[str]:
         if not self.networks_dir.is_dir():
             return []
         return sorted(p.name for p in self.networks_dir.iterdir()
-                      if (p / "config.toml").is_file())
+                      if (p / "config.toml").is_file() and not p.name.startswith("."))
 
     def load_config(self, name: str) -> NetworkConfig:
         path = self.network_dir(name) / "config.toml"
         try:
             raw = tomllib.loads(path.read_text())
-            return msgspec.convert(raw, type=NetworkConfig)
+            config = msgspec.convert(raw, type=NetworkConfig)
         except OSError as exc:
             raise ConfigError(f"{path}: {exc.strerror}") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
         except msgspec.ValidationError as exc:
             raise ConfigError(f"{path}: {exc}") from exc
+        if config.name != name:
+            raise ConfigError(f"{path}: name {config.name!r} is not its directory's {name!r}")
+        return config
 
     def save_config(self, config: NetworkConfig) -> None:
         directory = self.network_dir(config.name)

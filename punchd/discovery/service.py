@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import trio
 
+from punchd.errors import NetworkDown
 from punchd.wire import api
 from punchd.wire.probe import is_probe
 
@@ -23,6 +24,8 @@ from .classify import NatClassifier
 from .sharedsock import Addr, SharedPortSocket
 
 log = logging.getLogger("punchd.discovery")
+RECEIVE_BACKOFF_MIN_S = 0.05
+RECEIVE_BACKOFF_MAX_S = 2.0
 
 
 def parse_addr(text: str) -> Addr:
@@ -43,13 +46,18 @@ class Discovery:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
+        backoff = RECEIVE_BACKOFF_MIN_S
         try:
             while True:
                 try:
                     data, source = await self.sock.receive()
-                except OSError as exc:  # e.g. ENOBUFS under load: skip, keep listening
+                except NetworkDown as exc:  # e.g. ENOBUFS, a vanished link: keep listening
                     log.debug("shared port receive: %s", exc)
+                    # Back off so an error that repeats does not spin the CPU.
+                    await trio.sleep(backoff)
+                    backoff = min(backoff * 2, RECEIVE_BACKOFF_MAX_S)
                     continue
+                backoff = RECEIVE_BACKOFF_MIN_S
                 self._dispatch(data, source)
         finally:
             self.sock.close()
@@ -79,7 +87,14 @@ class Discovery:
                         on_endpoint(endpoint)
                         on_endpoint = None
                     while (out := clf.datagram_to_send(trio.current_time())) is not None:
-                        await self.sock.send(*out)
+                        try:
+                            await self.sock.send(*out)
+                        except NetworkDown as exc:
+                            # No route or address: waiting out RFC 8489 §6.2.1's retransmits
+                            # (~40 s per test) would learn nothing. End this netcheck now;
+                            # its caller's re-gather loop tries again later.
+                            log.info("netcheck via %s: %s", self.stun_server, exc)
+                            raise
                     deadline = clf.next_deadline()
                     self._arrived = trio.Event()
                     with trio.move_on_at(deadline if deadline is not None else trio.current_time()):

@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from punchd.errors import PunchdError
+from punchd.errors import NetworkDown, PunchdError
 from punchd.wire import stun
 
 from . import bpf
@@ -77,13 +77,21 @@ class SharedPortSocket:
                 sock.close()
 
     async def send(self, payload: bytes, dest: Addr) -> None:
+        """Send from WireGuard's port; a host without a route or address right now (a
+        laptop losing its link) raises NetworkDown, never a bare OSError."""
         header = struct.pack("!HHHH", self.port, dest[1], 8 + len(payload), 0)
-        if ipaddress.ip_address(dest[0]).version == 4:
-            await self._send4.sendto(header + payload, (dest[0], 0))
-        elif self._send6 is not None:
-            await self._send6.sendto(header + payload, (dest[0], 0))
-        else:
+        try:
+            version = ipaddress.ip_address(dest[0]).version
+        except ValueError as exc:
+            raise SharedPortError(f"not an IP address: {dest[0]!r}") from exc
+        if version == 6 and self._send6 is None:
             raise SharedPortError(f"no IPv6 on this host for {dest[0]}")
+        sock = self._send4 if version == 4 else self._send6
+        assert sock is not None
+        try:
+            await sock.sendto(header + payload, (dest[0], 0))
+        except OSError as exc:
+            raise NetworkDown(f"send to {dest[0]}:{dest[1]}: {exc.strerror or exc}") from exc
 
     async def receive(self) -> tuple[bytes, Addr]:
         """The next STUN or probe datagram sent to the WireGuard port, and its source."""
@@ -108,7 +116,7 @@ class SharedPortSocket:
 
     async def _receive4(self) -> tuple[bytes, Addr]:
         while True:
-            packet, _ = await self._recv4.recvfrom(65535)
+            packet, _ = await _recvfrom(self._recv4)
             ihl = 4 * (packet[0] & 0x0F) if packet else 0
             if len(packet) < ihl + 8:
                 self.dropped += 1
@@ -123,7 +131,7 @@ class SharedPortSocket:
     async def _receive6(self) -> tuple[bytes, Addr]:
         assert self._recv6 is not None
         while True:
-            datagram, source = await self._recv6.recvfrom(65535)
+            datagram, source = await _recvfrom(self._recv6)
             if len(datagram) < 8:
                 self.dropped += 1
                 continue
@@ -138,3 +146,11 @@ class SharedPortSocket:
             self.dropped += 1  # the filter should have stopped it; count, never trust
             return False
         return True
+
+
+async def _recvfrom(sock: trio.socket.SocketType) -> tuple[bytes, Addr]:
+    try:
+        data, source = await sock.recvfrom(65535)
+    except OSError as exc:
+        raise NetworkDown(f"receive on the shared port: {exc.strerror or exc}") from exc
+    return data, (str(source[0]), int(source[1]))

@@ -12,6 +12,7 @@ import binascii
 import msgspec
 
 from punchd.errors import TokenError
+from punchd.wire.api import Name
 
 TOKEN_VERSION = 1
 
@@ -19,7 +20,9 @@ TOKEN_VERSION = 1
 class JoinToken(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     v: int
     server: str  # base URL, e.g. "http://203.0.113.10:8080"
-    network: str
+    # The network name becomes a directory under root's state dir: a token is hostile
+    # input, so it gets the one Name rule (a DNS label: no '/', no '..').
+    network: Name
     key: str  # the access key secret
 
 
