@@ -415,15 +415,16 @@ def check_control_serve(chunks: list[bytes]) -> str:
     server = control.ControlServer(Path("/nonexistent/punchd.sock"), handler)
 
     async def main() -> bytes:
+        # The memory streams buffer without limit: send everything, then serve it in this
+        # task, so an exception out of _serve arrives bare, not in a nursery's group.
         client, served = trio.testing.memory_stream_pair()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(server._serve, served)
-            for chunk in chunks:
-                await client.send_all(chunk)
-            await client.send_eof()
-            answer = b""
-            while data := await client.receive_some():
-                answer += data
+        for chunk in chunks:
+            await client.send_all(chunk)
+        await client.send_eof()
+        await server._serve(served)  # type: ignore[arg-type]  # any Stream will do
+        answer = b""
+        while data := await client.receive_some():
+            answer += data
         return answer
 
     answer = trio.run(main)
