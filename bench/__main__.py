@@ -10,7 +10,7 @@ def main() -> int:
                "relay": "bench.relay_capacity", "paths": "bench.paths",
                "cpu": "bench.discovery_cpu",
                "matrix": "bench.matrix", "dataplane": "bench.dataplane", "all": "bench.run_all",
-               "compare": "bench.compare"}
+               "compare": "bench.compare", "fuzz": "bench.fuzz"}
     if len(sys.argv) < 2 or sys.argv[1] not in choices:
         print(f"usage: python -m bench {{{','.join(choices)}}} [options]", file=sys.stderr)
         return 2

@@ -491,70 +491,107 @@ class _EventStream:
                 return b": heartbeat\n\n"
 
 
+# One row per (path, method) of build_app's routes: summary, request Struct, response
+# type, success status, security ("admin", "node" or None). openapi_spec() is generated
+# from it; tests/test_schemathesis.py checks it lists every route the app serves.
+_OPERATIONS: list[tuple[str, str, str, Any, Any, int, str | None]] = [
+    ("/api/v1/health", "get", "liveness and server time", None, dict[str, Any], 200, None),
+    ("/api/v1/openapi.json", "get", "this document", None, dict[str, Any], 200, None),
+    ("/api/v1/networks", "get", "list networks", None, list[api.Network], 200, "admin"),
+    ("/api/v1/networks", "post", "create a network", api.NetworkCreate, api.Network, 201,
+     "admin"),
+    ("/api/v1/networks/{network}", "get", "one network", None, api.Network, 200, "admin"),
+    ("/api/v1/networks/{network}", "patch", "update, renumber", api.NetworkUpdate, api.Network,
+     200, "admin"),
+    ("/api/v1/networks/{network}", "delete", "delete a network and its nodes", None, None, 204,
+     "admin"),
+    ("/api/v1/networks/{network}/keys", "get", "list access keys (no secrets)", None,
+     list[api.AccessKey], 200, "admin"),
+    ("/api/v1/networks/{network}/keys", "post", "create an access key and its join token",
+     api.AccessKeyCreate, api.AccessKeyCreated, 201, "admin"),
+    ("/api/v1/networks/{network}/keys/{key}", "delete", "revoke an access key", None, None, 204,
+     "admin"),
+    ("/api/v1/networks/{network}/nodes", "get", "list nodes", None, list[api.Node], 200,
+     "admin"),
+    ("/api/v1/networks/{network}/nodes/{node}", "get", "one node", None, api.Node, 200, "admin"),
+    ("/api/v1/networks/{network}/nodes/{node}", "patch", "set or clear the node's expiry",
+     api.NodeExpiry, api.Node, 200, "admin"),
+    ("/api/v1/networks/{network}/nodes/{node}", "delete", "remove a node", None, None, 204,
+     "admin"),
+    ("/api/v1/networks/{network}/nodes/{node}/approve", "post", "approve a waiting node", None,
+     api.Node, 200, "admin"),
+    ("/api/v1/networks/{network}/dns", "get", "list custom DNS records", None,
+     list[api.DnsRecord], 200, "admin"),
+    ("/api/v1/networks/{network}/dns", "post", "add a custom DNS record", api.DnsRecord,
+     api.DnsRecord, 201, "admin"),
+    ("/api/v1/networks/{network}/dns/{name}/{rtype}", "delete", "delete a custom DNS record",
+     None, None, 204, "admin"),
+    ("/api/v1/join", "post", "join with an access key (signed by the new node key)",
+     api.JoinRequest, api.JoinResponse, 201, "node"),
+    ("/api/v1/node", "get", "this node's view of its network", None, api.NetworkSnapshot, 200,
+     "node"),
+    ("/api/v1/node", "patch", "update candidates / NAT report / key", api.NodeUpdate, api.Node,
+     200, "node"),
+    ("/api/v1/node", "delete", "leave", None, None, 204, "node"),
+    ("/api/v1/punch", "post", "rendezvous with a peer", api.PunchCreate, api.PunchRequest, 202,
+     "node"),
+    ("/api/v1/relay", "get", "what the relay is doing", None, dict[str, Any], 200, "admin"),
+    ("/api/v1/relay", "post", "this node's side of the relay allocation with a peer",
+     api.RelayCreate, api.RelayAllocation, 200, "node"),
+    ("/api/v1/events", "get", "server-sent events: the network's changes", None, api.Event, 200,
+     "node"),
+]
+# The four headers of punchd.wire.signing, all required together on a node call.
+_NODE_HEADERS = {"nodeKey": "x-punchd-node", "nodeTimestamp": "x-punchd-timestamp",
+                 "nodeNonce": "x-punchd-nonce", "nodeSignature": "x-punchd-signature"}
+
+
 def openapi_spec() -> dict[str, Any]:
-    """OpenAPI 3.1 generated from the Structs (the one schema)."""
-    bodies: list[Any] = [
-        api.NetworkCreate, api.NetworkUpdate, api.Network, api.AccessKeyCreate,
-        api.AccessKeyCreated, api.AccessKey, api.JoinRequest, api.JoinResponse, api.NodeUpdate,
-        api.Node, api.NetworkSnapshot, api.PunchCreate, api.DnsRecord, api.ErrorBody, api.Event,
-        api.RelayCreate, api.RelayAllocation,
-    ]
-    schemas, components = msgspec.json.schema_components(
-        bodies, ref_template="#/components/schemas/{name}"
-    )
+    """OpenAPI 3.1 generated from ``_OPERATIONS`` and the Structs (the one schema)."""
+    types: list[Any] = [api.ErrorBody]
+    for _, _, _, req, resp, _, _ in _OPERATIONS:
+        types += [t for t in (req, resp) if t is not None]
+    schema_list, components = msgspec.json.schema_components(
+        types, ref_template="#/components/schemas/{name}")
+    schema_of = dict(zip(map(repr, types), schema_list, strict=True))
 
-    def body(i: int) -> dict[str, Any]:
-        return {"content": {"application/json": {"schema": schemas[i]}}}
+    def content(type_: Any, media: str = "application/json") -> dict[str, Any]:
+        return {"content": {media: {"schema": schema_of[repr(type_)]}}}
 
-    err = {"description": "error", **body(13)}
-    paths: dict[str, Any] = {
-        "/api/v1/networks": {
-            "get": {"summary": "list networks (admin)", "responses": {"200": {"description": "ok"}}},
-            "post": {"summary": "create a network (admin)", "requestBody": body(0),
-                     "responses": {"201": {"description": "created", **body(2)}, "4XX": err}},
-        },
-        "/api/v1/networks/{network}": {
-            "patch": {"summary": "update, renumber (admin)", "requestBody": body(1),
-                      "responses": {"200": {"description": "ok", **body(2)}, "4XX": err}},
-            "delete": {"summary": "delete (admin)", "responses": {"204": {"description": "gone"}}},
-        },
-        "/api/v1/networks/{network}/keys": {
-            "post": {"summary": "create an access key and join token (admin)",
-                     "requestBody": body(3),
-                     "responses": {"201": {"description": "created", **body(4)}, "4XX": err}},
-        },
-        "/api/v1/join": {
-            "post": {"summary": "join with an access key (signed by the new node key)",
-                     "requestBody": body(6),
-                     "responses": {"201": {"description": "joined", **body(7)}, "4XX": err}},
-        },
-        "/api/v1/node": {
-            "get": {"summary": "this node's view of its network (signed)",
-                    "responses": {"200": {"description": "ok", **body(10)}}},
-            "patch": {"summary": "update candidates / NAT report (signed)", "requestBody": body(8),
-                      "responses": {"200": {"description": "ok", **body(9)}, "4XX": err}},
-            "delete": {"summary": "leave (signed)", "responses": {"204": {"description": "gone"}}},
-        },
-        "/api/v1/punch": {
-            "post": {"summary": "rendezvous with a peer (signed)", "requestBody": body(11),
-                     "responses": {"202": {"description": "punch requests sent"}}},
-        },
-        "/api/v1/relay": {
-            "post": {"summary": "this node's side of the relay allocation with a peer (signed)",
-                     "requestBody": body(15),
-                     "responses": {"200": {"description": "allocated", **body(16)},
-                                   "4XX": err, "5XX": err}},
-        },
-        "/api/v1/events": {
-            "get": {"summary": "server-sent events: the network's changes (signed)",
-                    "parameters": [{"name": "since", "in": "query", "schema": {"type": "integer"}}],
-                    "responses": {"200": {"description": "text/event-stream of Event",
-                                          **body(14)}}},
-        },
-        "/api/v1/networks/{network}/dns": {
-            "post": {"summary": "add a custom DNS record (admin)", "requestBody": body(12),
-                     "responses": {"201": {"description": "created"}, "4XX": err}},
-        },
+    err = {"description": "refused: the reason, and the field when one is at fault",
+           **content(api.ErrorBody)}
+    security: dict[str | None, list[dict[str, list[str]]]] = {
+        "admin": [{"adminBearer": []}], "node": [{key: [] for key in _NODE_HEADERS}], None: []}
+    paths: dict[str, Any] = {}
+    for path, method, summary, req, resp, status, auth in _OPERATIONS:
+        params: list[dict[str, Any]] = [
+            {"name": p, "in": "path", "required": True,
+             "schema": ({"enum": ["A", "AAAA", "CNAME", "TXT"]} if p == "rtype"
+                        else {"type": "string", "minLength": 1})}
+            for p in re.findall(r"\{(\w+)\}", path)]
+        if path == "/api/v1/events":
+            params.append({"name": "since", "in": "query", "required": False,
+                           "schema": {"type": "integer"}})
+        ok: dict[str, Any] = {"description": summary}
+        if resp is not None:
+            ok |= content(resp, "text/event-stream" if path == "/api/v1/events"
+                          else "application/json")
+        op: dict[str, Any] = {"summary": summary, "operationId": f"{method}{path}",
+                              "security": security[auth],
+                              "responses": {str(status): ok, "4XX": err}}
+        if path == "/api/v1/relay":  # 503 when the server runs no relay
+            op["responses"]["5XX"] = err
+        if params:
+            op["parameters"] = params
+        if req is not None:
+            op["requestBody"] = {"required": True, **content(req)}
+        paths.setdefault(path, {})[method] = op
+    schemes: dict[str, Any] = {
+        "adminBearer": {"type": "http", "scheme": "bearer",
+                        "description": "the server's admin token"},
+        **{name: {"type": "apiKey", "in": "header", "name": header,
+                  "description": "Ed25519 request signature (punchd.wire.signing)"}
+           for name, header in _NODE_HEADERS.items()},
     }
     return {"openapi": "3.1.0", "info": {"title": "punchd signal server", "version": "1"},
-            "paths": paths, "components": {"schemas": components}}
+            "paths": paths, "components": {"schemas": components, "securitySchemes": schemes}}
