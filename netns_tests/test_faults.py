@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import random
 import signal
+import socket
 import sqlite3
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -21,6 +23,7 @@ from typing import Any
 import pytest
 import trio
 import trio.lowlevel
+from dnslib import DNSRecord
 from nacl.public import PrivateKey
 from nacl.signing import SigningKey
 
@@ -269,3 +272,98 @@ def test_sigstop_sigcont(server: FaultServer, make_node: Any) -> None:
     assert heard is not None, f"peers seen after SIGCONT: {peer_counts(everyone, NET)}"
     assert all(n.alive() for n in everyone)
     assert integrity(server.db) == "ok"
+
+
+# -- 6. slowloris against meshdns TCP --------------------------------------------------------
+
+IDLE_CONNS, QUERY_BAR_S = 200, 1.0
+
+
+def tcp_query(port: int, qname: str, timeout: float) -> DNSRecord:
+    q = DNSRecord.question(qname, "A")
+    wire = q.pack()
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.settimeout(timeout)
+        sock.sendall(struct.pack("!H", len(wire)) + wire)  # RFC 1035 §4.2.2 length prefix
+        buf = b""
+        while len(buf) < 2 or len(buf) < 2 + struct.unpack("!H", buf[:2])[0]:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("meshdns closed the connection without an answer")
+            buf += chunk
+    answer = DNSRecord.parse(buf[2:])
+    assert answer.header.id == q.header.id
+    return answer
+
+
+def test_slowloris_against_meshdns_tcp(tmp_path: Path) -> None:
+    srv = FaultServer(tmp_path / "server", dns=True)
+    idle: list[socket.socket] = []
+    stop = threading.Event()
+    try:
+        srv.start()
+        assert srv.dns_port is not None
+        port = srv.dns_port
+        token = srv.create_network(NET, CIDR)
+
+        async def join() -> api.JoinResponse:
+            client = ServerClient(srv.url, SigningKey.generate())
+            try:
+                key = b64(bytes(PrivateKey.generate().public_key))
+                return await client.join(decode_token(token), name="web", wg_public_key=key,
+                                         probe_public_key=key, listen_port=51820)
+            finally:
+                await client.aclose()
+
+        address = str(trio.run(join).node.ipv4).split("/")[0]
+        qname = f"web.{NET}.mesh"
+        wait_until("meshdns serves the node", lambda: any(
+            str(rr.rdata) == address for rr in tcp_query(port, qname, 5).rr), 10)
+        for _ in range(IDLE_CONNS):
+            sock = socket.socket()
+            sock.settimeout(0.1)  # a refused or unqueued connect costs 0.1 s, bounded
+            try:
+                sock.connect(("127.0.0.1", port))
+            except OSError:
+                sock.close()
+                continue
+            idle.append(sock)
+
+        def slow_sender() -> None:  # a query's length prefix and body, one byte a second
+            wire = DNSRecord.question(qname, "A").pack()
+            data = struct.pack("!H", len(wire)) + wire
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+                for byte in data:
+                    if stop.wait(1.0):
+                        return
+                    try:
+                        sock.sendall(bytes([byte]))
+                    except OSError:
+                        return
+
+        sender = threading.Thread(target=slow_sender, daemon=True)
+        sender.start()
+        took: list[float] = []
+        failures: list[str] = []
+        for _ in range(3):
+            time.sleep(0.5)
+            t0 = time.monotonic()
+            try:
+                answer = tcp_query(port, qname, QUERY_BAR_S)
+                took.append(time.monotonic() - t0)
+                if not any(str(rr.rdata) == address for rr in answer.rr):
+                    failures.append(f"wrong answer {answer.rr}")
+            except OSError as exc:
+                failures.append(f"{type(exc).__name__} after {time.monotonic() - t0:.2f} s")
+        report("slowloris-meshdns-tcp", idle_connections=len(idle), slow_senders=1,
+               queries=3, answered=len(took),
+               max_s=f"{max(took):.3f}" if took else "-", failures=len(failures))
+        assert len(idle) == IDLE_CONNS, f"only {len(idle)} idle connections were accepted"
+        assert not failures, f"TCP queries under slowloris: {failures}"
+        assert max(took) < QUERY_BAR_S
+        assert srv.proc is not None and srv.proc.poll() is None
+    finally:
+        stop.set()
+        for sock in idle:
+            sock.close()
+        srv.close()
