@@ -14,6 +14,7 @@ import signal
 import socket
 import sqlite3
 import struct
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -367,3 +368,37 @@ def test_slowloris_against_meshdns_tcp(tmp_path: Path) -> None:
         for sock in idle:
             sock.close()
         srv.close()
+
+
+# -- 5. read-only state dir ------------------------------------------------------------------
+
+def test_read_only_state_dir(server: FaultServer, make_node: Any, tmp_path: Path) -> None:
+    state = tmp_path / "ro-state"
+    state.mkdir()
+    stop_node: Any = None
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(state)], check=True)
+    try:
+        token = server.create_network(NET, CIDR)
+        other = server.create_network("g", "198.19.8.0/24")
+        node = make_node("ro", state_dir=state)
+        stop_node = node.close
+        node.join(token)
+        wait_until("on a stream", lambda: node.connected(NET), 10)
+        subprocess.run(["mount", "-o", "remount,ro", str(state)], check=True)
+        error = None
+        try:
+            node.call("join", timeout=30, token=other, name="ro")
+        except ControlError as exc:
+            error = str(exc)
+        alive = node.alive()
+        report("read-only-state-dir", joins_refused=int(error is not None), daemon_alive=alive,
+               error=repr(error))
+        assert error is not None and "\n" not in error and "Traceback" not in error, error
+        assert "no answer" not in error and "without an answer" not in error, error
+        assert alive, f"punchd died of a read-only state dir:\n{node.read_log()}"
+        assert node.connected(NET) and "g" not in node.networks()
+        assert server.nodes("g") == []  # the refused join changed nothing on the server
+    finally:
+        if stop_node is not None:
+            stop_node()  # before the unmount: punchd holds files there
+        subprocess.run(["umount", "-l", str(state)], check=False)
