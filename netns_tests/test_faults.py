@@ -10,6 +10,7 @@ records them). Everything is on loopback; every process is ended by PID.
 from __future__ import annotations
 
 import random
+import shutil
 import signal
 import socket
 import sqlite3
@@ -31,6 +32,7 @@ from nacl.signing import SigningKey
 from netns_tests.lab.faults import (
     FaultNode,
     FaultServer,
+    backup,
     dump,
     figures,
     integrity,
@@ -402,3 +404,56 @@ def test_read_only_state_dir(server: FaultServer, make_node: Any, tmp_path: Path
         if stop_node is not None:
             stop_node()  # before the unmount: punchd holds files there
         subprocess.run(["umount", "-l", str(state)], check=False)
+
+
+# -- 4. restore from a backup ----------------------------------------------------------------
+
+def test_restore_from_backup(server: FaultServer, make_node: Any, tmp_path: Path) -> None:
+    """The right outcome: nodes the restored server knows get a snapshot (their cursor is
+    beyond its log, so silence would leave them on a stale view forever) and hear what
+    happens next; nodes it does not know see 401 and say so in their status."""
+    token, early = streaming_nodes(server, make_node, 3, prefix="e")
+    copy = tmp_path / "backup.db"
+    backup(server.db, copy)
+    late = [make_node(f"l{i}") for i in range(2)]
+    for node in late:
+        node.join(token)
+    everyone = [*early, *late]
+    wait_until("all five see each other",
+               lambda: set(peer_counts(everyone, NET).values()) == {4}, 10)
+    server.stop()
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{server.db}{suffix}").unlink(missing_ok=True)
+    shutil.copy(copy, server.db)
+    ready = server.start()
+    back = times_back_on_stream(early, NET, ready)
+    newcomer = make_node("after")
+    newcomer.join(token)
+
+    def view() -> dict[str, int]:
+        return peer_counts(early, NET)
+
+    def unknown(node: FaultNode) -> bool:
+        st = node.status(NET)
+        said = str(st["last_error"])
+        return not st["server_connected"] and ("401" in said or "unknown node key" in said)
+
+    try:
+        snap_s: float | None = wait_until("early nodes see the restored membership",
+                                          lambda: set(view().values()) == {3}, 5)
+    except AssertionError:
+        snap_s = None
+    try:
+        said_s: float | None = wait_until("late nodes say the server does not know them",
+                                          lambda: all(unknown(n) for n in late), 5)
+    except AssertionError:
+        said_s = None
+    listed = {n["name"] for n in server.nodes(NET)}
+    assert_back("restore-backup", back, restores=1, backed_up_nodes=3, joined_after_backup=2,
+                lost_from_backup=len({n.name for n in early} - listed),
+                early_view_ok_s=f"{snap_s:.2f}" if snap_s is not None else f"never {view()}",
+                late_told_401_s=f"{said_s:.2f}" if said_s is not None else "never")
+    assert listed == {n.name for n in early} | {"after"}
+    assert snap_s is not None, f"early nodes' peer counts (want 3 each): {view()}"
+    assert said_s is not None, dump({n.name: n.status(NET)["last_error"] for n in late})
+    assert integrity(server.db) == "ok"
