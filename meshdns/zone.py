@@ -182,6 +182,11 @@ class ZoneSet:
                 if node.ipv6:
                     self._add_record(zone.network, name, "AAAA", node.ipv6.split("/")[0], apex)
             for rec in zone.records:
+                try:  # what the API would refuse today is not served either
+                    rec = validate_record(rec.rtype, rec.name, rec.value)
+                except Invalid as exc:
+                    self._skip(zone.network, rec.name, rec.rtype, exc.reason)
+                    continue
                 owner = self._add_record(zone.network, rec.name, rec.rtype, rec.value, apex)
                 if owner is not None and rec.rtype == "CNAME":
                     cname_origin.setdefault(owner, (zone.network, rec.name))
