@@ -8,22 +8,30 @@ swaps in new zones (:meth:`MeshDNSServer.set_zones`) and owns the threads' lifet
 The cache maps the query bytes after the ID to the response bytes after the ID, so a
 repeated question costs one dict lookup and the ID is patched in. It is dropped
 whole whenever the zones change (reference swap: readers never see a half-built
-zone). Response rate limiting per source prefix (/24, /56) keeps meshdns from
-being an amplifier; malformed queries get FORMERR when their header parses and are
-dropped otherwise; everything is counted.
+zone), and when it reaches its bound (unique names must not grow memory without
+limit; a hot name is back in the cache on its next query). Response rate limiting
+per source prefix (/24, /56) keeps meshdns from being an amplifier; malformed
+queries get FORMERR when their header parses and are dropped otherwise; everything
+is counted.
+
+TCP is one thread too, but non-blocking: a selector serves every connection at once,
+each framed by :class:`TcpSession` (sans-IO: pipelined queries, an idle timeout, and
+a total deadline per message so a sender trickling bytes is cut off), under a cap on
+open connections; at the cap the longest-idle connection makes room for a new one.
 """
 
 from __future__ import annotations
 
+import selectors
 import socket
 import struct
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import trio
-from dnslib import EDNS0, QTYPE, RCODE, DNSError, DNSRecord
+from dnslib import EDNS0, QTYPE, RCODE, DNSError, DNSHeader, DNSRecord
 
 from .zone import NetworkZone, ZoneSet
 
@@ -32,6 +40,15 @@ MAX_UDP_EDNS = 1232  # the DNS flag day 2020 recommendation
 RRL_RATE = 500.0  # responses per second per prefix
 RRL_BURST = 1000.0
 POLL_S = 0.2  # how soon threads notice a stop
+CACHE_MAX = 10_000  # answers per cache; full -> cleared (O(1), no per-query bookkeeping)
+CACHE_MAX_QUERY = 512  # longer queries (padding, odd options) are answered, not cached
+# RFC 7766 §6.2.3: servers should close idle connections after a few seconds;
+# §10: limit the connections open and the time one request may take to arrive.
+TCP_IDLE_S = 10.0
+TCP_MESSAGE_S = 2.0  # a whole message, first byte to last (slowloris)
+TCP_MAX_CONNECTIONS = 512  # below the common 1024 open-files soft limit
+TCP_OUT_MAX = 256 * 1024  # answers queued for a client that does not read: stop reading
+_TCP_ACCEPTS_PER_WAKE = 64
 
 
 @dataclass(frozen=True)
@@ -45,6 +62,9 @@ class DNSStatistics:
     truncated: int
     tcp_queries: int
     cache_hits: int
+    tcp_timeouts: int = 0  # connections closed idle or mid-message past its deadline
+    tcp_evicted: int = 0  # idle connections closed to admit a new one at the cap
+    tcp_refused: int = 0  # connections closed at once: at the cap, none could be evicted
 
 
 class _Counters:
@@ -52,6 +72,7 @@ class _Counters:
         self.queries = self.answered = self.refused = self.formerr = 0
         self.dropped_malformed = self.rate_limited = self.truncated = 0
         self.tcp_queries = self.cache_hits = 0
+        self.tcp_timeouts = self.tcp_evicted = self.tcp_refused = 0
 
 
 class RateLimiter:
@@ -132,8 +153,12 @@ class Resolver:
         if request.header.qr or len(request.questions) != 1 or request.header.opcode != 0:
             return self._formerr(query)
         q = request.questions[0]
-        reply = request.reply(ra=0, aa=1)
-        reply.header.rd = request.header.rd
+        # A fresh header, not the query's flags: RD and CD echoed (RFC 1035 §4.1.1,
+        # RFC 4035 §3.2.2), AD clear since nothing here is DNSSEC-validated (RFC 4035
+        # §3.2.3), RA clear (no recursion), TC and Z never copied from a query.
+        head = request.header
+        reply = DNSRecord(DNSHeader(id=head.id, qr=1, opcode=head.opcode, aa=1, rd=head.rd,
+                                    cd=head.cd, ra=0), q=q)
         opt = next((ar for ar in request.ar if ar.rtype == QTYPE.OPT), None)
         limit = max_size
         if opt is not None:
@@ -151,15 +176,23 @@ class Resolver:
             reply.add_answer(rr)
         for rr in result.authority:
             reply.add_auth(rr)
+        for rr in result.additional:
+            reply.add_ar(rr)
         wire: bytes = reply.pack()
         if limit is not None and len(wire) > limit:
             c.truncated += 1
             reply.rr, reply.auth = [], []
+            reply.ar = [ar for ar in reply.ar if ar.rtype == QTYPE.OPT]
             reply.header.tc = 1
             wire = reply.pack()
-        gen.cache[key] = wire[2:]
-        if max_size == MAX_UDP_EDNS:
-            gen.udp_cache[query[2:]] = wire[2:]
+        if len(query) <= CACHE_MAX_QUERY:
+            if len(gen.cache) >= CACHE_MAX:
+                gen.cache.clear()
+            gen.cache[key] = wire[2:]
+            if max_size == MAX_UDP_EDNS:
+                if len(gen.udp_cache) >= CACHE_MAX:
+                    gen.udp_cache.clear()
+                gen.udp_cache[query[2:]] = wire[2:]
         c.answered += 1
         return wire
 
@@ -175,27 +208,114 @@ class Resolver:
         return query[:2] + struct.pack("!HHHHH", out_flags, 0, 0, 0, 0)
 
 
+class TcpSession:
+    """One DNS-over-TCP connection's framing and deadlines, sans-IO.
+
+    RFC 1035 §4.2.2 / RFC 7766 §8: each message has a two-byte length prefix;
+    :meth:`receive` returns every complete query so far (pipelined ones included,
+    RFC 7766 §6.2.1.1). The connection expires when idle for ``idle_timeout``, or when
+    a message begun ``message_timeout`` ago is still incomplete — bytes trickling in
+    keep a connection active but do not extend that deadline.
+    """
+
+    __slots__ = ("_buf", "_message_started", "idle_timeout", "last_activity",
+                 "message_timeout")
+
+    def __init__(self, now: float, *, idle_timeout: float = TCP_IDLE_S,
+                 message_timeout: float = TCP_MESSAGE_S) -> None:
+        self.idle_timeout = idle_timeout
+        self.message_timeout = message_timeout
+        self.last_activity = now
+        self._buf = bytearray()
+        self._message_started: float | None = None
+
+    @property
+    def mid_message(self) -> bool:
+        return self._message_started is not None
+
+    def receive(self, data: bytes, now: float) -> list[bytes]:
+        self._buf += data
+        self.last_activity = now
+        queries = []
+        buf = self._buf
+        start = 0
+        while len(buf) - start >= 2:
+            length = (buf[start] << 8) | buf[start + 1]
+            if len(buf) - start - 2 < length:
+                break
+            queries.append(bytes(buf[start + 2:start + 2 + length]))
+            start += 2 + length
+        del buf[:start]
+        if not buf:
+            self._message_started = None
+        elif queries or self._message_started is None:
+            self._message_started = now  # a new message began in this chunk
+        return queries
+
+    def activity(self, now: float) -> None:
+        """Answer bytes went out: the connection is not idle."""
+        self.last_activity = now
+
+    def deadline(self) -> float:
+        if self._message_started is not None:
+            return min(self._message_started + self.message_timeout,
+                       self.last_activity + self.idle_timeout)
+        return self.last_activity + self.idle_timeout
+
+    def expired(self, now: float) -> bool:
+        return now >= self.deadline()
+
+
+class _TcpConn:
+    __slots__ = ("events", "out", "session", "sock")
+
+    def __init__(self, sock: socket.socket, session: TcpSession) -> None:
+        self.sock = sock
+        self.session = session
+        self.out = bytearray()
+        self.events = selectors.EVENT_READ
+
+
 class MeshDNSServer:
     def __init__(self, host: str, port: int, *, domain: str = "mesh",
-                 rrl_rate: float | None = RRL_RATE, rrl_burst: float = RRL_BURST) -> None:
-        """``rrl_rate`` None turns response rate limiting off (benchmarks only)."""
+                 rrl_rate: float | None = RRL_RATE, rrl_burst: float = RRL_BURST,
+                 nameserver: str | None = None,
+                 tcp_max_connections: int = TCP_MAX_CONNECTIONS,
+                 tcp_idle_timeout: float = TCP_IDLE_S,
+                 tcp_message_timeout: float = TCP_MESSAGE_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        """``rrl_rate`` None turns response rate limiting off (benchmarks only).
+        ``nameserver``: the address (or host name) this server is reached at, served
+        for the NS target; default ``host`` unless it is a wildcard. ``clock`` times
+        rate limits and TCP deadlines (tests pass a fake one)."""
         self.host = host
         self.port = port
         self.domain = domain
+        if nameserver is None and host not in ("0.0.0.0", "::", ""):
+            nameserver = host
+        self.nameserver = nameserver
         self._serial = 1
-        self.resolver = Resolver(ZoneSet(domain, (), serial=self._serial))
+        self.resolver = Resolver(ZoneSet(domain, (), serial=self._serial, nameserver=nameserver))
         self.rrl = RateLimiter(rrl_rate, rrl_burst) if rrl_rate is not None else None
+        self.tcp_max_connections = max(1, tcp_max_connections)
+        self.tcp_idle_timeout = tcp_idle_timeout
+        self.tcp_message_timeout = tcp_message_timeout
+        self.clock = clock
         self._stop = threading.Event()
         self.bound_port: int | None = None
 
-    def set_zones(self, zones: Sequence[NetworkZone]) -> None:
+    def set_zones(self, zones: Sequence[NetworkZone]) -> ZoneSet:
+        """Build and swap in new zones; returns them (``skipped`` says what was left out)."""
         self._serial += 1
-        self.resolver.set_zones(ZoneSet(self.domain, zones, serial=self._serial))
+        zoneset = ZoneSet(self.domain, zones, serial=self._serial, nameserver=self.nameserver)
+        self.resolver.set_zones(zoneset)
+        return zoneset
 
     def statistics(self) -> DNSStatistics:
         c = self.resolver.counters
         return DNSStatistics(c.queries, c.answered, c.refused, c.formerr, c.dropped_malformed,
-                             c.rate_limited, c.truncated, c.tcp_queries, c.cache_hits)
+                             c.rate_limited, c.truncated, c.tcp_queries, c.cache_hits,
+                             c.tcp_timeouts, c.tcp_evicted, c.tcp_refused)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
@@ -206,7 +326,7 @@ class MeshDNSServer:
             self.bound_port = udp.getsockname()[1]
             tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             tcp.bind((self.host, self.bound_port))
-            tcp.listen(64)
+            tcp.listen(1024)
             udp.settimeout(POLL_S)
             tcp.settimeout(POLL_S)
             self._stop.clear()
@@ -232,6 +352,7 @@ class MeshDNSServer:
         resolver, counters = self.resolver, self.resolver.counters
         allow = self.rrl.allow if self.rrl is not None else None
         recvfrom, sendto, stopped = sock.recvfrom, sock.sendto, self._stop.is_set
+        clock = self.clock
         while not stopped():
             try:
                 data, src = recvfrom(4096)
@@ -241,7 +362,7 @@ class MeshDNSServer:
                 if self._stop.is_set():
                     return
                 continue
-            if allow is not None and not allow(src[0], time.monotonic()):
+            if allow is not None and not allow(src[0], clock()):
                 counters.rate_limited += 1
                 continue
             hit = resolver.gen.udp_cache.get(data[2:])  # re-read: set_zones swaps it
@@ -265,45 +386,118 @@ class MeshDNSServer:
                 except OSError:
                     pass
 
-    def _tcp_loop(self, sock: socket.socket) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = sock.accept()
-            except (TimeoutError, OSError):
-                continue
-            with conn:
-                conn.settimeout(2.0)
-                try:
-                    self._serve_tcp(conn)
-                except (OSError, struct.error):
-                    pass
+    def _tcp_loop(self, listener: socket.socket) -> None:
+        sel = selectors.DefaultSelector()
+        conns: dict[socket.socket, _TcpConn] = {}
+        listener.setblocking(False)
+        sel.register(listener, selectors.EVENT_READ, None)
+        next_sweep = 0.0
+        try:
+            while not self._stop.is_set():
+                for key, events in sel.select(POLL_S / 2):
+                    if key.data is None:
+                        self._tcp_accept(listener, sel, conns)
+                        continue
+                    conn: _TcpConn = key.data
+                    if conn.sock not in conns:  # closed earlier in this batch (evicted)
+                        continue
+                    if events & selectors.EVENT_READ:
+                        self._tcp_read(conn, sel, conns)
+                    elif events & selectors.EVENT_WRITE:
+                        self._tcp_flush(conn, sel, conns)
+                now = self.clock()
+                if now >= next_sweep:  # deadlines are seconds: a sweep per 50 ms will do
+                    next_sweep = now + 0.05
+                    for conn in [c for c in conns.values() if c.session.expired(now)]:
+                        self.resolver.counters.tcp_timeouts += 1
+                        self._tcp_close(conn, sel, conns)
+        finally:
+            for conn in list(conns.values()):
+                self._tcp_close(conn, sel, conns)
+            sel.close()
 
-    def _serve_tcp(self, conn: socket.socket) -> None:
-        # RFC 7766: two-byte length prefix; several queries may share a connection.
-        for _ in range(100):
-            head = _recv_exact(conn, 2)
-            if head is None:
+    def _tcp_accept(self, listener: socket.socket, sel: selectors.BaseSelector,
+                    conns: dict[socket.socket, _TcpConn]) -> None:
+        counters = self.resolver.counters
+        for _ in range(_TCP_ACCEPTS_PER_WAKE):
+            try:
+                sock, _ = listener.accept()
+            except OSError:  # nothing left to accept (BlockingIOError), or EMFILE
                 return
-            (length,) = struct.unpack("!H", head)
-            query = _recv_exact(conn, length)
-            if query is None:
-                return
-            self.resolver.counters.tcp_queries += 1
+            sock.setblocking(False)
+            if len(conns) >= self.tcp_max_connections:
+                # Under pressure the longest-idle connection goes first (RFC 7766
+                # §6.2.3): a crowd of idle connections cannot lock out new clients.
+                idle = [c for c in conns.values() if not c.out]
+                if not idle:
+                    counters.tcp_refused += 1
+                    sock.close()
+                    continue
+                counters.tcp_evicted += 1
+                self._tcp_close(min(idle, key=lambda c: c.session.last_activity), sel, conns)
+            session = TcpSession(self.clock(), idle_timeout=self.tcp_idle_timeout,
+                                 message_timeout=self.tcp_message_timeout)
+            conn = _TcpConn(sock, session)
+            conns[sock] = conn
+            sel.register(sock, conn.events, conn)
+
+    def _tcp_read(self, conn: _TcpConn, sel: selectors.BaseSelector,
+                  conns: dict[socket.socket, _TcpConn]) -> None:
+        try:
+            data = conn.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._tcp_close(conn, sel, conns)
+            return
+        if not data:  # the client is done sending; what was answered is already queued
+            self._tcp_flush(conn, sel, conns, closing=True)
+            return
+        counters = self.resolver.counters
+        closing = False
+        for query in conn.session.receive(data, self.clock()):
+            counters.tcp_queries += 1
             try:
                 reply = self.resolver.answer(query, None)
-            except Exception:  # as for UDP: count it, keep serving
-                self.resolver.counters.dropped_malformed += 1
-                return
-            if reply is None:
-                return
-            conn.sendall(struct.pack("!H", len(reply)) + reply)
+            except Exception:  # as for UDP: a parser corner case must not kill the loop
+                counters.dropped_malformed += 1
+                reply = None
+            if reply is None:  # not a DNS query: answer what came before, then close
+                closing = True
+                break
+            conn.out += struct.pack("!H", len(reply)) + reply
+        self._tcp_flush(conn, sel, conns, closing=closing)
 
+    def _tcp_flush(self, conn: _TcpConn, sel: selectors.BaseSelector,
+                   conns: dict[socket.socket, _TcpConn], *, closing: bool = False) -> None:
+        if conn.out:
+            try:
+                sent = conn.sock.send(conn.out)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                self._tcp_close(conn, sel, conns)
+                return
+            if sent:
+                del conn.out[:sent]
+                conn.session.activity(self.clock())
+        if closing:
+            self._tcp_close(conn, sel, conns)  # best effort: what did not fit is dropped
+            return
+        events = selectors.EVENT_READ if len(conn.out) < TCP_OUT_MAX else 0
+        if conn.out:
+            events |= selectors.EVENT_WRITE
+        if events != conn.events:
+            conn.events = events
+            sel.modify(conn.sock, events, conn)
 
-def _recv_exact(conn: socket.socket, n: int) -> bytes | None:
-    buf = b""
-    while len(buf) < n:
-        chunk = conn.recv(n - len(buf))
-        if not chunk:
-            return None
-        buf += chunk
-    return buf
+    @staticmethod
+    def _tcp_close(conn: _TcpConn, sel: selectors.BaseSelector,
+                   conns: dict[socket.socket, _TcpConn]) -> None:
+        if conns.pop(conn.sock, None) is None:
+            return
+        try:
+            sel.unregister(conn.sock)
+        except (KeyError, ValueError):
+            pass
+        conn.sock.close()

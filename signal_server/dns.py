@@ -1,14 +1,24 @@
-"""Keeps meshdns's zones equal to the store: rebuilt after every change, within ms."""
+"""Keeps meshdns's zones equal to the store: rebuilt after every change, within ms.
+
+A record the store holds but meshdns cannot serve (one written by an older version
+that validated less) is skipped with one log line; the rest of the zone is served,
+and a zone rebuild that fails keeps the previous zones answering.
+"""
 
 from __future__ import annotations
+
+import logging
 
 import trio
 
 from meshdns.server import MeshDNSServer
-from meshdns.zone import CustomRecord, NetworkZone, NodeRecord
+from meshdns.zone import CustomRecord, NetworkZone, NodeRecord, validate_record
+from punchd.errors import Invalid
 
 from .app import Service
 from .store import Store
+
+log = logging.getLogger("meshdns")
 
 
 def build_zones(store: Store) -> list[NetworkZone]:
@@ -16,28 +26,50 @@ def build_zones(store: Store) -> list[NetworkZone]:
     for net in store.list_networks():
         nodes = tuple(NodeRecord(name=n.name, ipv4=n.ipv4, ipv6=n.ipv6)
                       for n in store.list_nodes(net.name) if n.approved)
-        records = tuple(CustomRecord(name=r.name, rtype=r.rtype, value=r.value)
-                        for r in store.list_dns_records(net.name))
-        zones.append(NetworkZone(network=net.name, nodes=nodes, records=records))
+        records: list[CustomRecord] = []
+        for r in store.list_dns_records(net.name):
+            try:
+                records.append(validate_record(r.rtype, r.name, r.value))
+            except Invalid as exc:
+                log.warning("meshdns: skipped a stored record: network %r name %r type %s: %s",
+                            net.name, r.name, r.rtype, exc.reason)
+        zones.append(NetworkZone(network=net.name, nodes=nodes, records=tuple(records)))
     return zones
+
+
+def nameserver_host(address: str) -> str:
+    """The host of an advertised ``ip:port`` / ``[ip6]:port`` / ``name:port``."""
+    host = address.rpartition(":")[0] if ":" in address else address
+    return host.strip("[]")
 
 
 class ZonePusher:
     def __init__(self, service: Service, listen: tuple[str, int], *, domain: str) -> None:
         self.service = service
-        self.dns = MeshDNSServer(listen[0], listen[1], domain=domain)
+        # The NS target must resolve: serve the address nodes are told to use.
+        nameserver = nameserver_host(service.dns.address) if service.dns is not None else None
+        self.dns = MeshDNSServer(listen[0], listen[1], domain=domain,
+                                 nameserver=nameserver or None)
         self._dirty = trio.Event()
         service.on_change.append(self._mark_dirty)
 
     def _mark_dirty(self) -> None:
         self._dirty.set()
 
+    async def _push(self) -> None:
+        zones = await self.service.call(build_zones, self.service.store)
+        self.dns.set_zones(zones)
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(self.dns.run)
-            self.dns.set_zones(await self.service.call(build_zones, self.service.store))
+            await self._push()
             task_status.started()
             while True:
                 await self._dirty.wait()
                 self._dirty = trio.Event()
-                self.dns.set_zones(await self.service.call(build_zones, self.service.store))
+                try:
+                    await self._push()
+                except Exception as exc:  # the DNS server outlives one bad rebuild
+                    log.error("meshdns: zone rebuild failed, serving the previous zones: %s: %s",
+                              type(exc).__name__, exc)

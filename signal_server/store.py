@@ -537,14 +537,33 @@ class Store:
         rec = api.DnsRecord(name=valid.name, rtype=valid.rtype, value=valid.value)  # type: ignore[arg-type]
         with self._tx():
             self.get_network(network)
+            # A CNAME owns its name alone: no other data beside it, nor a second CNAME
+            # (RFC 1034 §3.6.2, RFC 2181 §10.1); node names and the apex are data too.
+            types = {t for (t,) in self.db.execute(
+                "SELECT rtype FROM dns_records WHERE network = ? AND name = ?",
+                (network, rec.name))}
+            node = self.db.execute("SELECT 1 FROM nodes WHERE network = ? AND lower(name) = ?",
+                                   (network, rec.name)).fetchone()
+            if rec.rtype == "CNAME" and (types - {"CNAME"} or node):
+                what = f"node {rec.name!r}" if node else "other records"
+                raise Conflict(f"{rec.name!r} has {what}; a CNAME cannot share its name", "name")
+            if rec.rtype == "CNAME" and "CNAME" in types:
+                exists = self.db.execute(
+                    "SELECT 1 FROM dns_records WHERE network = ? AND name = ? AND rtype = ? "
+                    "AND value = ?", (network, rec.name, rec.rtype, rec.value)).fetchone()
+                if not exists:
+                    raise Conflict(f"{rec.name!r} has a CNAME already", "name")
+            if rec.rtype != "CNAME" and "CNAME" in types:
+                raise Conflict(f"{rec.name!r} has a CNAME; no other record can share its name",
+                               "name")
             try:
                 self.db.execute(
                     "INSERT INTO dns_records (network, name, rtype, value) VALUES (?, ?, ?, ?)",
-                    (network, rec.name.lower(), rec.rtype, rec.value),
+                    (network, rec.name, rec.rtype, rec.value),
                 )
             except sqlite3.IntegrityError as exc:
                 raise Conflict("that record exists already", "name") from exc
-        return api.DnsRecord(name=rec.name.lower(), rtype=rec.rtype, value=rec.value)
+        return rec
 
     def list_dns_records(self, network: str) -> list[api.DnsRecord]:
         self.get_network(network)
