@@ -148,7 +148,7 @@ class Resolver:
             return query[:2] + cached
         try:
             request = DNSRecord.parse(query)
-        except (DNSError, struct.error, IndexError, ValueError, UnicodeDecodeError):
+        except (DNSError, struct.error, IndexError, ValueError, UnicodeError):
             return self._formerr(query)
         if request.header.qr or len(request.questions) != 1 or request.header.opcode != 0:
             return self._formerr(query)
@@ -167,7 +167,10 @@ class Resolver:
                 limit = max(MAX_UDP_NO_EDNS, min(int(opt.rclass), MAX_UDP_EDNS))
         elif limit is not None:
             limit = MAX_UDP_NO_EDNS
-        result = gen.zones.lookup(q.qname, q.qtype)
+        try:
+            result = gen.zones.lookup(q.qname, q.qtype)
+        except UnicodeError:  # a label dnslib parses but cannot turn into text (a "." inside)
+            return self._formerr(query)
         reply.header.rcode = result.rcode
         reply.header.aa = int(result.aa)
         if result.rcode == RCODE.REFUSED:
@@ -178,13 +181,13 @@ class Resolver:
             reply.add_auth(rr)
         for rr in result.additional:
             reply.add_ar(rr)
-        wire: bytes = reply.pack()
+        wire = bytes(reply.pack())  # dnslib packs into a bytearray
         if limit is not None and len(wire) > limit:
             c.truncated += 1
             reply.rr, reply.auth = [], []
             reply.ar = [ar for ar in reply.ar if ar.rtype == QTYPE.OPT]
             reply.header.tc = 1
-            wire = reply.pack()
+            wire = bytes(reply.pack())
         if len(query) <= CACHE_MAX_QUERY:
             if len(gen.cache) >= CACHE_MAX:
                 gen.cache.clear()

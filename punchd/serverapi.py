@@ -59,7 +59,7 @@ class ServerClient:
             return None  # type: ignore[return-value,unused-ignore]
         try:
             return msgspec.json.decode(resp.content, type=type_)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
             raise APIError(resp.status_code, f"unexpected answer: {exc}") from exc
 
     async def join(self, token: JoinToken, *, name: str | None, wg_public_key: str,
@@ -117,7 +117,7 @@ async def _parse_sse(resp: httpx.Response) -> AsyncGenerator[api.Event, None]:
             elif line == "" and data:
                 try:
                     yield api.event_decoder.decode("".join(data))
-                except msgspec.DecodeError as exc:
+                except (msgspec.DecodeError, UnicodeDecodeError) as exc:
                     raise APIError(200, f"malformed event from the server: {exc}") from exc
                 data = []
     raise ServerUnreachable("event stream closed by the server")
@@ -129,5 +129,5 @@ def _raise_for_status(status: int, content: bytes) -> None:
     try:
         err = msgspec.json.decode(content, type=api.ErrorBody)
         raise APIError(status, err.error, err.field)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):
         raise APIError(status, content[:200].decode(errors="replace")) from None

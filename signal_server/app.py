@@ -228,7 +228,7 @@ async def _decode(request: Request, type_: type[T]) -> T:
         return msgspec.json.decode(body, type=type_)
     except msgspec.ValidationError as exc:
         raise Invalid(str(exc), error_field(str(exc))) from exc
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise Invalid(f"malformed JSON: {exc}") from exc
 
 

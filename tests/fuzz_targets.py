@@ -15,7 +15,6 @@ per input, so a failing input replays on its own.
 
 from __future__ import annotations
 
-import socket
 import struct
 import tempfile
 from collections.abc import Callable, Sequence
@@ -34,12 +33,13 @@ from nacl.public import Box, PrivateKey
 from nacl.signing import SigningKey
 from starlette.requests import Request as HttpRequest
 
-from meshdns.server import MAX_UDP_EDNS, MAX_UDP_NO_EDNS, MeshDNSServer, Resolver
+from meshdns.server import MAX_UDP_EDNS, MAX_UDP_NO_EDNS, Resolver, TcpSession
 from meshdns.zone import CustomRecord, NetworkZone, NodeRecord, ZoneSet
 from punchd.daemon import control
 from punchd.daemon.state import NetworkConfig, StateDir
 from punchd.errors import (
     ConfigError,
+    ControlError,
     Invalid,
     ProbeParseError,
     RelayBindError,
@@ -368,28 +368,22 @@ def _tcp_stream(draw: st.DrawFn) -> bytes:
 
 
 def check_dns_tcp(stream: bytes) -> str:
-    """The TCP listener's per-connection loop over a socketpair; it may raise only what
-    its accept loop catches (OSError, struct.error), and every answer is framed."""
-    server = MeshDNSServer("127.0.0.1", 0)
-    server.resolver = Resolver(_ZONES)
-    ours, theirs = socket.socketpair()
-    with ours, theirs:
-        ours.sendall(stream)  # small: fits the socket buffer
-        ours.shutdown(socket.SHUT_WR)
-        theirs.settimeout(2.0)
-        outcome = _outcome(lambda: server._serve_tcp(theirs), (OSError, struct.error))
-        theirs.shutdown(socket.SHUT_WR)
-        replies = b""
-        while chunk := ours.recv(65536):
-            replies += chunk
-    while replies:
-        if len(replies) < 2:
-            raise AssertionError(f"a partial length prefix: {replies!r}")
-        (length,) = struct.unpack_from("!H", replies)
-        if len(replies) < 2 + length:
-            raise AssertionError("a reply shorter than its length prefix")
-        replies = replies[2 + length:]
-    return outcome
+    """The TCP framing (meshdns.server.TcpSession) fed in chunks of every size: it never
+    raises, gives back exactly the complete messages, and the resolver answers each."""
+    resolver = Resolver(_ZONES)
+    for chunk_size in (1, 7, len(stream) or 1):
+        session = TcpSession(0.0)
+        queries: list[bytes] = []
+        for at in range(0, len(stream), chunk_size):
+            queries += session.receive(stream[at:at + chunk_size], float(at))
+        framed = b"".join(struct.pack("!H", len(q)) + q for q in queries)
+        if not stream.startswith(framed):
+            raise AssertionError("messages out of the stream's framing")
+        for query in queries:
+            reply = resolver.answer(query, None)
+            if reply is not None and not isinstance(reply, bytes):
+                raise AssertionError(f"answer of type {type(reply).__name__}")
+    return "framed"
 
 
 # -- control socket (punchd/daemon/control.py) -------------------------------------------
@@ -399,8 +393,7 @@ _CONTROL_SEEDS = [b'{"cmd": "status", "args": {}}', b'{"cmd":"join","args":{"tok
 
 
 def check_control_decode(line: bytes) -> str:
-    return _outcome(lambda: msgspec.json.decode(line, type=control.Request),
-                    (msgspec.DecodeError,))
+    return _outcome(lambda: control.decode_request(line), (ControlError,))
 
 
 def check_control_serve(chunks: list[bytes]) -> str:
@@ -547,9 +540,9 @@ TARGETS: dict[str, Target] = {t.name: t for t in [
            _signed_case(), check_signed),
     Target("dns", "meshdns Resolver.answer: bytes or None, never raises",
            st.tuples(_bytes_inputs(_DNS_SEEDS), st.sampled_from(_DNS_SIZES)), check_dns),
-    Target("dns-tcp", "meshdns MeshDNSServer._serve_tcp over a socketpair: framed answers, "
-           "only OSError/struct.error", _tcp_stream(), check_dns_tcp),
-    Target("control-decode", "msgspec.json.decode(line, type=control.Request) -> DecodeError",
+    Target("dns-tcp", "meshdns TcpSession framing, fed in chunks of 1, 7 and all bytes: "
+           "never raises, complete messages only", _tcp_stream(), check_dns_tcp),
+    Target("control-decode", "control.decode_request(line) -> only ControlError",
            _bytes_inputs(_CONTROL_SEEDS), check_control_decode),
     Target("control-serve", "ControlServer._serve over a memory stream: one answer line, never "
            "raises", st.lists(_bytes_inputs([s + b"\n" for s in _CONTROL_SEEDS]), max_size=3),

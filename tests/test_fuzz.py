@@ -14,12 +14,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 
 from meshdns.server import Resolver
-from punchd.daemon import control
 from punchd.daemon.state import StateDir
 from punchd.errors import ConfigError, Invalid
 
@@ -29,13 +27,7 @@ EXAMPLES = {"dns-tcp": 200, "control-serve": 200, "config": 200, "relay": 300}
 DEFAULT_EXAMPLES = 400
 
 # Open findings (see the reproducers below): target -> exceptions tolerated meanwhile.
-KNOWN: dict[str, tuple[type[BaseException], ...]] = {
-    "control-decode": (UnicodeDecodeError,),
-    "control-serve": (UnicodeDecodeError,),
-    "api-body": (UnicodeDecodeError,),
-    "config": (UnicodeDecodeError,),
-    "dns": (UnicodeError,),
-}
+KNOWN: dict[str, tuple[type[BaseException], ...]] = {}
 
 
 def _fuzz_test(target: Target) -> Callable[[], None]:
@@ -64,34 +56,20 @@ def test_every_target_of_the_issue_is_covered() -> None:
                             "control-decode", "control-serve", "api-body", "config"}
 
 
-# -- reproducers of crashes in code owned elsewhere -------------------------------------
+# -- reproducers of the crashes the campaign found (fixed) -------------------------------------
 
 BAD_UTF8_REQUEST = b'{"cmd": "\xff"}\n'
 
 
-@pytest.mark.xfail(strict=True, reason="control.py: msgspec raises UnicodeDecodeError (not "
-                   "DecodeError) for invalid UTF-8, so the decode lets it through")
-def test_control_request_with_invalid_utf8_is_a_decode_error() -> None:
-    with pytest.raises(msgspec.DecodeError):
-        msgspec.json.decode(BAD_UTF8_REQUEST.strip(), type=control.Request)
-
-
-@pytest.mark.xfail(strict=True, reason="control.py ControlServer._serve: a line with invalid "
-                   "UTF-8 raises UnicodeDecodeError out of _serve (and serve_listeners, i.e. "
-                   "the daemon) instead of answering ok:false")
 def test_control_serve_answers_invalid_utf8_with_ok_false() -> None:
     from .fuzz_targets import check_control_serve
     assert check_control_serve([BAD_UTF8_REQUEST]) == "refused"
 
 
-@pytest.mark.xfail(strict=True, reason="signal_server/app.py _decode: a body with invalid "
-                   "UTF-8 raises UnicodeDecodeError (a 500 with a traceback), not Invalid")
 def test_api_body_with_invalid_utf8_is_invalid() -> None:
     assert check_api_body(("PunchCreate", b'{"peer": "\xff"}')) == Invalid.__name__
 
 
-@pytest.mark.xfail(strict=True, reason="punchd/daemon/state.py load_config: a config.toml "
-                   "that is not UTF-8 raises UnicodeDecodeError from read_text, not ConfigError")
 def test_config_not_utf8_is_a_config_error(tmp_path: Path) -> None:
     state = StateDir(tmp_path)
     (state.network_dir("office")).mkdir(parents=True)
@@ -100,16 +78,11 @@ def test_config_not_utf8_is_a_config_error(tmp_path: Path) -> None:
         state.load_config("office")
 
 
-@pytest.mark.xfail(strict=True, reason="meshdns Resolver.answer is annotated bytes but returns "
-                   "dnslib's bytearray for a fresh (uncached) answer")
 def test_dns_answer_is_bytes() -> None:
     reply = Resolver(_ZONES).answer(_dns_query("alpha.office.mesh", "A"), None)
     assert type(reply) is bytes
 
 
-@pytest.mark.xfail(strict=True, reason="meshdns Resolver.answer: a query name whose label holds "
-                   "a '.' raises UnicodeError (idna) out of answer() instead of an answer or "
-                   "FORMERR (the listeners catch it, count it dropped and send nothing)")
 def test_dns_label_with_a_dot_gets_an_answer() -> None:
     query = (b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00"  # header, one question
              b"\x01.\x06office\x04mesh\x00\x00\x01\x00\x01")  # label "." . office.mesh A IN

@@ -105,6 +105,15 @@ def parse_request(request: Request) -> Command:
         raise ControlError(f"bad arguments for {request.cmd!r}: {exc}") from None
 
 
+def decode_request(line: bytes) -> Command:
+    """One control line as a typed command; ControlError for anything else."""
+    try:
+        envelope = msgspec.json.decode(line, type=Request)
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise ControlError(f"bad control request: {exc}") from None
+    return parse_request(envelope)
+
+
 Handler = Callable[[Command], Awaitable[Any]]
 
 
@@ -157,10 +166,8 @@ class ControlServer:
         every network it runs outlive a bad request."""
         try:
             line = await _read_line(stream)
-            request = parse_request(msgspec.json.decode(line, type=Request))
+            request = decode_request(line)
             return Response(ok=True, result=await self.handler(request))
-        except msgspec.DecodeError as exc:
-            return Response(ok=False, error=f"bad control request: {exc}")
         except PunchdError as exc:
             log.info("control request failed: %s", exc)
             return Response(ok=False, error=_one_line(str(exc)))
@@ -218,7 +225,7 @@ async def call(path: Path, cmd: str, args: dict[str, Any] | None = None) -> Any:
             raise ControlError(f"punchd did not answer {cmd!r} within {CALL_TIMEOUT_S:.0f} s")
     try:
         response = msgspec.json.decode(line, type=Response)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise ControlError(f"punchd answered something unreadable: {exc}") from exc
     if not response.ok:
         raise ControlError(response.error or "punchd refused the request")

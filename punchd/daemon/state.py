@@ -102,7 +102,7 @@ class StateDir:
             config = msgspec.convert(raw, type=NetworkConfig)
         except OSError as exc:
             raise ConfigError(f"{path}: {exc.strerror}") from exc
-        except tomllib.TOMLDecodeError as exc:
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
         except msgspec.ValidationError as exc:
             raise ConfigError(f"{path}: {exc}") from exc
