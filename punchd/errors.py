@@ -24,7 +24,8 @@ codec error), so callers catch ours and never a library's::
         ├── NotFound               (API: 404)
         ├── Conflict               (API: 409)
         ├── Invalid                (API: 400/422, names the field)
-        ├── Unauthorized           (API: 401/403)
+        ├── Unauthorized           (API: 401)
+        │   └── Forbidden          (API: 403: a known caller not allowed this, e.g. pending)
         ├── TooMany                (API: 429)
         └── Unavailable            (API: 503)
 
@@ -124,6 +125,12 @@ class Invalid(ServiceError):
 
 class Unauthorized(ServiceError):
     status = 401
+
+
+class Forbidden(Unauthorized):
+    """The caller is who it says, but may not do this (e.g. a node awaiting approval)."""
+
+    status = 403
 
 
 class TooMany(ServiceError):

@@ -23,17 +23,24 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from punchd.errors import Invalid, ServiceError, Unauthorized, Unavailable
+from punchd.errors import Forbidden, Invalid, NotFound, ServiceError, Unauthorized, Unavailable
 from punchd.wire import api
 from punchd.wire.signing import Signed, verify_request
 from punchd.wire.token import encode_token
 
 from .relay import RelayService
-from .store import Store
+from .store import Store, StreamView
 
 T = TypeVar("T")
 HEARTBEAT_S = 10.0
-EXPIRY_SWEEP_S = 5.0
+# An expired node's streams close within 1 s of its expiry.
+EXPIRY_SWEEP_S = 0.5
+# Open event streams per node. A reconnecting node's old stream may be half-dead (its
+# NAT dropped the mapping and TCP has not noticed), so a new stream past the limit
+# supersedes the node's oldest instead of being refused: refusing would lock out
+# exactly the node that is trying to recover.
+MAX_STREAMS_PER_NODE = 4
+SEQ_MAX = 2**63 - 1  # cursors are SQLite INTEGER seqs
 _PATH_RE = re.compile(r"at `\$((?:\.[A-Za-z_]\w*|\[\d+\])*)`$")
 _NAMED_RE = re.compile(r"(?:missing required|unknown) field `([^`]+)`")
 # Every route's body is read whole before anything else (the signature covers it), so
@@ -48,6 +55,18 @@ class EventHub:
     def __init__(self) -> None:
         self._changed: dict[str, trio.Event] = {}
         self.version: dict[str, int] = {}
+        self._streams: dict[str, list[_EventStream]] = {}  # by node id, oldest first
+
+    def open_stream(self, stream: _EventStream) -> None:
+        """Counts a node's new stream; past the limit its oldest is superseded."""
+        streams = [s for s in self._streams.get(stream.node.id, []) if not s.done]
+        streams.append(stream)
+        while len(streams) > MAX_STREAMS_PER_NODE:
+            streams.pop(0).superseded = True
+        self._streams[stream.node.id] = streams
+
+    def open_streams(self, node_id: str) -> int:
+        return sum(not s.done and not s.superseded for s in self._streams.get(node_id, ()))
 
     def changed(self, network: str) -> trio.Event:
         return self._changed.setdefault(network, trio.Event())
@@ -64,7 +83,7 @@ class _SharedRead:
 
     def __init__(self) -> None:
         self.done = trio.Event()
-        self.result: list[api.Event] | None = None
+        self.result: StreamView | None = None
         self.error: BaseException | None = None
 
 
@@ -81,10 +100,11 @@ class Service:
         self.hub = EventHub()
         self._limiter = trio.CapacityLimiter(1)
         self.on_change: list[Callable[[], None]] = []
-        self._reads: dict[tuple[str, int, int], _SharedRead] = {}
+        self._reads: dict[tuple[str, int | None, int], _SharedRead] = {}
 
-    async def events_since(self, network: str, cursor: int) -> list[api.Event] | None:
-        """The log after ``cursor``; streams woken by one change share one query.
+    async def stream_view(self, network: str, cursor: int | None) -> StreamView:
+        """The log after ``cursor`` and the membership; streams woken by one change share
+        one query.
 
         A new node's arrival wakes every stream of its network at once, all at the
         same cursor: without sharing, a thousand streams would queue a thousand
@@ -95,7 +115,7 @@ class Service:
         if read is None:
             read = self._reads[key] = _SharedRead()
             try:
-                read.result = await self.call(self.store.events_since, network, cursor)
+                read.result = await self.call(self.store.stream_view, network, cursor)
             except BaseException as exc:
                 read.error = exc
                 raise
@@ -104,7 +124,7 @@ class Service:
                 del self._reads[key]
             return read.result
         await read.done.wait()
-        if read.error is not None:
+        if read.error is not None or read.result is None:
             raise ServiceError("event log read failed") from read.error
         return read.result
 
@@ -358,7 +378,8 @@ def build_app(service: Service, admin_token: str) -> Starlette:
         if request.method == "GET":
             node = await service.call(store.touch_node, signer)
             snap = await service.call(store.snapshot, node.network)
-            peers = tuple(p for p in snap.peers if p.id != node.id)
+            # A node awaiting approval learns nothing of its peers.
+            peers = tuple(p for p in snap.peers if p.id != node.id) if node.approved else ()
             return _json(api.NetworkSnapshot(seq=snap.seq, network=snap.network, node=node,
                                              peers=peers, dns=service.dns, stun=service.stun))
         if request.method == "DELETE":
@@ -373,8 +394,10 @@ def build_app(service: Service, admin_token: str) -> Starlette:
     async def punch(request: Request) -> Response:
         signer = await node_signer(request)
         req = await _decode(request, api.PunchCreate)
-        punch_req = await service.call(store.punch, signer, req.peer)
         node = await service.call(store.node_by_signing_key, signer)
+        if not node.approved:
+            raise Forbidden("this node awaits the admin's approval")
+        punch_req = await service.call(store.punch, signer, req.peer)
         service.hub.notify(node.network)
         return _json(punch_req, 202)
 
@@ -387,6 +410,8 @@ def build_app(service: Service, admin_token: str) -> Starlette:
         signer = await node_signer(request)
         req = await _decode(request, api.RelayCreate)
         node = await service.call(store.node_by_signing_key, signer)
+        if not node.approved:
+            raise Forbidden("this node awaits the admin's approval")
         peer = await service.call(store.get_node, node.network, req.peer)
         if peer.id == node.id:
             raise Invalid("a node cannot relay to itself", "peer")
@@ -399,11 +424,16 @@ def build_app(service: Service, admin_token: str) -> Starlette:
         signer = await node_signer(request)
         node = await service.call(store.touch_node, signer)
         since_text = request.query_params.get("since")
-        try:
-            since = int(since_text) if since_text is not None else None
-        except ValueError as exc:
-            raise Invalid("since must be an integer sequence number", "since") from exc
-        return StreamingResponse(_EventStream(service, node, since),
+        since = None
+        if since_text is not None:
+            if not (since_text.isascii() and since_text.isdigit() and len(since_text) <= 19
+                    and int(since_text) <= SEQ_MAX):
+                raise Invalid(f"since must be a sequence number from 0 to {SEQ_MAX}", "since")
+            since = int(since_text)
+        network = await service.call(store.get_network, node.network)
+        stream = _EventStream(service, node, network.id, since)
+        service.hub.open_stream(stream)
+        return StreamingResponse(stream,
                                  media_type="text/event-stream",
                                  headers={"cache-control": "no-store"})
 
@@ -447,47 +477,95 @@ def _sse(event: api.Event) -> bytes:
 class _EventStream:
     """The SSE body: snapshot when fresh or too far behind, then the log, then live events.
 
+    Bound to the node's identity and its network's (not the name): whenever it wakes it
+    checks both against the store, and when the node was removed, expired or its
+    network deleted (or re-created under the same name) it sends ``StreamClosed`` and
+    ends. Every one of those changes wakes the network's streams, so they close within
+    a store round trip. A node awaiting approval sees the network and itself only; its
+    approval brings a fresh snapshot with the peers.
+
     A plain async iterator rather than an async generator: Starlette abandons the
     body iterator when a client disconnects, and an abandoned generator would be
     left to the garbage collector mid-``await``.
     """
 
-    def __init__(self, service: Service, node: api.Node, since: int | None) -> None:
+    def __init__(self, service: Service, node: api.Node, network_id: str,
+                 since: int | None) -> None:
         self.service = service
         self.node = node
+        self.network_id = network_id
         self.cursor = since
+        self.approved = node.approved
         self.pending: list[api.Event] = []
         self.done = False
+        self.superseded = False
 
     def __aiter__(self) -> _EventStream:
         return self
+
+    def _close(self, reason: str, *, removed: bool = True) -> bytes:
+        self.done = True
+        return _sse(api.StreamClosed(seq=self.cursor or 0, reason=reason, removed=removed))
+
+    def _visible(self, event: api.Event) -> bool:
+        """What a node awaiting approval may see: the network and itself."""
+        if self.approved:
+            return True
+        if isinstance(event, api.PeerAdded | api.PeerChanged):
+            return event.peer.id == self.node.id
+        if isinstance(event, api.PeerRemoved):
+            return event.node_id == self.node.id
+        return not isinstance(event, api.PunchRequest)
+
+    def _gone(self, view: StreamView) -> str | None:
+        if view.network_id is None:
+            return f"network {self.node.network!r} was deleted"
+        if view.network_id != self.network_id:
+            return f"network {self.node.network!r} was deleted (a new one has its name)"
+        if self.node.id not in view.members:
+            return "this node was removed from the network"
+        return None
 
     async def __anext__(self) -> bytes:
         store, network = self.service.store, self.node.network
         while True:
             if self.done:
                 raise StopAsyncIteration
+            if self.superseded:
+                return self._close("a newer stream of this node took this one's place",
+                                   removed=False)
             if self.pending:
                 event = self.pending.pop(0)
                 self.cursor = event.seq
+                if not self._visible(event):
+                    continue
                 if isinstance(event, api.PeerRemoved) and event.node_id == self.node.id:
                     self.done = True  # this node was deleted: its stream ends here
                 return _sse(event)
             changed = self.service.hub.changed(network)
-            if self.cursor is None:
-                snap = await self.service.call(store.snapshot, network)
+            view = await self.service.stream_view(network, self.cursor)
+            gone = self._gone(view)
+            if gone is not None:
+                return self._close(gone)
+            if view.members[self.node.id] and not self.approved:
+                self.approved = True
+                view = StreamView(view.network_id, view.members, events=None)  # now the peers
+            if view.events is None:
+                try:
+                    snap = await self.service.call(store.snapshot, network)
+                except NotFound:
+                    return self._close(f"network {network!r} was deleted")
+                if not self.approved:
+                    snap = msgspec.structs.replace(
+                        snap, peers=tuple(p for p in snap.peers if p.id == self.node.id))
                 self.cursor = snap.seq
                 return _sse(snap)
-            batch = await self.service.events_since(network, self.cursor)
-            if batch is None:
-                self.cursor = None
-                continue
-            if batch:
-                self.pending = list(batch)
+            if view.events:
+                self.pending = list(view.events)
                 continue
             with trio.move_on_after(HEARTBEAT_S):
                 await changed.wait()
-            if not changed.is_set():
+            if not changed.is_set() and not self.superseded:
                 return b": heartbeat\n\n"
 
 

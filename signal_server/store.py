@@ -21,6 +21,7 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -130,6 +131,17 @@ class Store:
             self.db.close()
             raise ConfigError(f"the store {self.path} is not a usable database ({exc}); "
                               "restore it from a backup or move it away") from exc
+        self._give_networks_ids()
+
+    def _give_networks_ids(self) -> None:
+        """Networks stored before networks had ids get one, once, so it stays put
+        (``api.Network`` makes up a fresh id for a body without one on every read)."""
+        with self._tx():
+            for name, body in self.db.execute("SELECT name, body FROM networks").fetchall():
+                if "id" not in msgspec.json.decode(body):
+                    net = msgspec.json.decode(body, type=api.Network)
+                    self.db.execute("UPDATE networks SET body = ? WHERE name = ?",
+                                    (msgspec.json.encode(net), name))
 
     def close(self) -> None:
         self.db.close()
@@ -586,11 +598,20 @@ class Store:
     # -- events -------------------------------------------------------------------------
 
     def last_seq(self) -> int:
-        row = self.db.execute("SELECT MAX(seq) FROM events").fetchone()
+        """The last seq the log handed out, even if its events were deleted since
+        (AUTOINCREMENT keeps it in ``sqlite_sequence``): deleting the network that holds
+        the newest events must not move the log backwards."""
+        row = self.db.execute(
+            "SELECT MAX(s) FROM (SELECT MAX(seq) AS s FROM events UNION ALL "
+            "SELECT seq FROM sqlite_sequence WHERE name = 'events')").fetchone()
         return int(row[0] or 0)
 
     def events_since(self, network: str, since: int, limit: int = 1000) -> list[api.Event] | None:
-        """Events after ``since``; None when some of them were trimmed from the log."""
+        """Events after ``since``; None when the cursor cannot be resumed from: some of
+        the events were trimmed from the log, or the cursor is beyond anything this log
+        handed out (the database was restored from a backup). Both get a snapshot."""
+        if since > self.last_seq():
+            return None
         trimmed = self.db.execute(
             "SELECT upto FROM event_trim WHERE network = ?", (network,)
         ).fetchone()
@@ -602,9 +623,28 @@ class Store:
         ).fetchall()
         return [api.event_decoder.decode(r[0]) for r in rows]
 
+    def stream_view(self, network: str, since: int | None) -> StreamView:
+        """What a stream checks when it wakes, in one read so they agree: the network's
+        identity (None: gone), its members (node id -> approved) and the log after
+        ``since`` (None: start with a snapshot)."""
+        row = self.db.execute("SELECT body FROM networks WHERE name = ?", (network,)).fetchone()
+        if row is None:
+            return StreamView(network_id=None, members={}, events=None)
+        members = {n.id: n.approved for n in self._nodes(network)}
+        return StreamView(network_id=msgspec.json.decode(row[0], type=api.Network).id,
+                          members=members,
+                          events=None if since is None else self.events_since(network, since))
+
     def snapshot(self, network: str) -> api.Snapshot:
         return api.Snapshot(seq=self.last_seq(), network=self.get_network(network),
                             peers=tuple(self._nodes(network)))
+
+
+@dataclass(frozen=True)
+class StreamView:
+    network_id: str | None
+    members: dict[str, bool]  # node id -> approved
+    events: list[api.Event] | None
 
 
 class _Transaction:

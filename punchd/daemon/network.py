@@ -63,7 +63,10 @@ log = logging.getLogger("punchd.network")
 RECONCILE_INTERVAL_S = 2.0
 CANDIDATE_INTERVAL_S = 25.0
 BACKOFF_MIN_S = 0.5
-BACKOFF_MAX_S = 30.0
+# Full jitter below this cap: after a server restart every node is back on its stream
+# within ~2 s, and a thousand nodes still arrive spread over that time, not at once.
+BACKOFF_MAX_S = 1.5
+REFUSED_RETRY_S = 30.0  # the server said no (401/403/404): asking again soon is no use
 class NetworkAgent:
     def __init__(self, config: NetworkConfig, keys: NetworkKeys, backend: WireGuardBackend,
                  state: StateDir, *, exclude_ifnames: Iterable[str] = ()) -> None:
@@ -293,6 +296,9 @@ class NetworkAgent:
                     self.server_connected = True
                     backoff = BACKOFF_MIN_S
                     async for event in stream:
+                        if isinstance(event, api.StreamClosed):
+                            self._stream_closed(event)
+                            break
                         if isinstance(event, api.PeerRemoved) and self.model.node is not None \
                                 and event.node_id == self.model.node.id:
                             self.removed = True
@@ -305,12 +311,22 @@ class NetworkAgent:
                 self.last_error = str(exc)
                 if isinstance(exc, APIError) and exc.status in (401, 403, 404):
                     log.warning("%s: server refused us: %s", self.name, exc)
+                    backoff = REFUSED_RETRY_S
             finally:
                 self.server_connected = False
             # Capped exponential backoff with full jitter: many nodes must not
             # return to a restarted server in lockstep.
             await trio.sleep(self._rng.uniform(0, backoff))
             backoff = min(BACKOFF_MAX_S, backoff * 2)
+
+    def _stream_closed(self, event: api.StreamClosed) -> None:
+        """The server ended our stream: removed from the network, or superseded."""
+        if event.removed:
+            self.removed = True
+            self.last_error = f"removed by the server: {event.reason}"
+            log.warning("%s: %s; no longer connecting", self.name, event.reason)
+        else:
+            log.info("%s: stream closed by the server: %s", self.name, event.reason)
 
     def _rendezvous(self, request: api.PunchRequest) -> None:
         me = self.model.node.id if self.model.node else None

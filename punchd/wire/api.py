@@ -10,6 +10,7 @@ older peers keep decoding newer messages.
 from __future__ import annotations
 
 import ipaddress
+import uuid
 from typing import Annotated, Literal
 
 import msgspec
@@ -65,6 +66,10 @@ class NatReport(Struct, frozen=True, forbid_unknown_fields=True):
     port_deltas: tuple[int, ...] = ()
 
 
+def _new_network_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
 class Network(Struct, frozen=True):
     name: str
     ipv4_cidr: str
@@ -76,6 +81,10 @@ class Network(Struct, frozen=True):
     keepalive: int = 25
     mtu: int = 1420
     created_at: float = 0.0
+    # The network's identity: one deleted and created again under the same name is
+    # another network, and the old one's members must not see the new one. The store
+    # gives rows from before ids one when it opens.
+    id: str = msgspec.field(default_factory=_new_network_id)
 
 
 class NetworkCreate(Struct, frozen=True, forbid_unknown_fields=True):
@@ -271,7 +280,21 @@ class PunchRequest(Struct, frozen=True, tag="punch_request", tag_field="kind"):
     start_at: float  # server's wall clock when probing should begin
 
 
-Event = Snapshot | PeerAdded | PeerChanged | PeerRemoved | NetworkChanged | PunchRequest
+class StreamClosed(Struct, frozen=True, tag="stream_closed", tag_field="kind"):
+    """The server's last word on a stream, and why.
+
+    ``removed``: this node is no longer a member (deleted, expired, or its network
+    deleted): it must stop reconnecting. Otherwise (a newer stream of the same node took
+    this one's place) reconnecting is fine.
+    """
+
+    seq: int
+    reason: str
+    removed: bool = True
+
+
+Event = (Snapshot | PeerAdded | PeerChanged | PeerRemoved | NetworkChanged | PunchRequest
+         | StreamClosed)
 
 event_encoder = msgspec.json.Encoder()
 event_decoder: msgspec.json.Decoder[Event] = msgspec.json.Decoder(Event)
