@@ -136,15 +136,20 @@ class ControlServer:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.unlink(missing_ok=True)
+        # Bound and listening under a temporary name, then renamed into place: the path
+        # appears only once connecting to it works (between bind and listen a client
+        # that saw the socket would be refused).
+        staging = self.path.with_name(f".{self.path.name}.{os.getpid()}")
+        staging.unlink(missing_ok=True)
         sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
         old_umask = os.umask(0o177)
         try:
-            await sock.bind(str(self.path))
+            await sock.bind(str(staging))
         finally:
             os.umask(old_umask)
-        os.chmod(self.path, 0o600)
+        os.chmod(staging, 0o600)
         sock.listen(16)
+        os.replace(staging, self.path)
         listener = trio.SocketListener(sock)
         try:
             async with listener:
