@@ -350,3 +350,11 @@ def test_an_address_is_relay_only_when_it_is_the_peers_relay() -> None:
     assert p.kind_of("n2", RELAY) == "relay"
     assert p.kind_of("n2", DIRECT) == "direct"
     assert p.kind_of("n2", None) == "direct"
+
+
+def test_host_candidates_stay_within_what_the_server_accepts() -> None:
+    from punchd.daemon.paths import host_candidates
+
+    many = host_candidates([f"10.0.{i}.1/24" for i in range(100)], 51820)
+    assert len(many) == api.MAX_CANDIDATES - 2
+    assert many[0].address == "10.0.0.1:51820"

@@ -28,6 +28,7 @@ import msgspec
 
 from punchd.daemon.control import Request, Response
 from punchd.errors import ControlError
+from tests.conftest import free_dns_port, free_port
 
 BIN = Path(sys.executable).parent
 POLL_S = 0.05  # how often the control sockets are polled while waiting for a stream
@@ -36,25 +37,6 @@ READY_TIMEOUT_S = 20.0
 
 class FaultError(AssertionError):
     """A process of the fault suite did not do what it must (start, answer, stop)."""
-
-
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def free_dns_port() -> int:
-    """A port free for both UDP and TCP (meshdns binds both)."""
-    for _ in range(50):
-        port = free_port(socket.SOCK_DGRAM)
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            try:
-                tcp.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return port
-    raise FaultError("no port free for both UDP and TCP")
 
 
 def end(proc: subprocess.Popen[bytes] | None, timeout: float = 5.0) -> None:

@@ -77,5 +77,7 @@ def host_candidates(addresses: Iterable[str], port: int) -> tuple[api.Candidate,
         # RFC 8445 §5.1.2.1: type preference 126 for host, local preference by order.
         priority = (126 << 24) + ((65535 - i) << 8) + 255
         out.append(api.Candidate(kind="host", address=f"{host}:{port}", priority=priority))
-    return tuple(out)
+    # The server takes at most MAX_CANDIDATES per node: keep the first addresses (the
+    # highest local preference) and room for the server-reflexive and port-mapped ones.
+    return tuple(out[:api.MAX_CANDIDATES - 2])
 
