@@ -1,11 +1,9 @@
-"""Path decisions: which endpoint WireGuard should use for each peer, and what kind it is.
+"""Path decisions and candidates, pure: the value :class:`punchd.daemon.policy.PathPolicy`
+decides per peer, this node's host candidates, and the guess from a peer's published
+candidates that the policy uses without punching (enough wherever a peer's address is
+directly reachable: routed networks, same LAN).
 
-This is where discovery, punching and the relay plug in: they record what they
-learn here, and reconciliation programs WireGuard from it. Without them, the
-endpoint comes from the peer's published candidates, which is enough wherever a
-peer's address is directly reachable (routed networks, same LAN).
-
-Preference order: host candidates on a subnet this node is on (same LAN), then
+Preference order of the guess: host candidates on a subnet this node is on (same LAN), then
 server-reflexive and port-mapped, then any other host candidate.
 """
 
