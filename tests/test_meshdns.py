@@ -39,6 +39,19 @@ def resolver() -> Resolver:
     return Resolver(ZoneSet("mesh", ZONES))
 
 
+def udp_query(port: int, name: str, qtype: str) -> DNSRecord:
+    q = DNSRecord.question(name, qtype)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(2)
+        for _ in range(3):  # UDP: a resolver retries, and so does this test
+            s.sendto(q.pack(), ("127.0.0.1", port))
+            try:
+                return DNSRecord.parse(s.recv(4096))
+            except TimeoutError:
+                continue
+    raise TimeoutError(f"no answer for {name}")
+
+
 def test_node_names_answer_a_and_aaaa(resolver: Resolver) -> None:
     reply = ask(resolver, "alpha.office.mesh")
     assert reply.header.rcode == RCODE.NOERROR and reply.header.aa
@@ -139,16 +152,7 @@ async def test_udp_and_tcp_listeners_and_zone_updates() -> None:
         server.set_zones(ZONES)
 
         def udp(name: str, qtype: str = "A") -> DNSRecord:
-            q = DNSRecord.question(name, qtype)
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-                s.settimeout(2)
-                for _ in range(3):  # UDP: a resolver retries, and so does this test
-                    s.sendto(q.pack(), ("127.0.0.1", port))
-                    try:
-                        return DNSRecord.parse(s.recv(4096))
-                    except TimeoutError:
-                        continue
-                raise TimeoutError(f"no answer for {name}")
+            return udp_query(port, name, qtype)
 
         def tcp(name: str, qtype: str = "A") -> DNSRecord:
             q = DNSRecord.question(name, qtype).pack()

@@ -24,6 +24,8 @@ from signal_server.app import Service
 from signal_server.dns import ZonePusher, build_zones
 from signal_server.store import Store
 
+from .test_meshdns import udp_query
+
 DKIM = "v=DKIM1; k=rsa; p=" + "A" * 280  # ~300 bytes, like a 2048-bit key
 
 
@@ -145,17 +147,6 @@ async def test_a_store_holding_bad_records_still_serves_dns(
 
 # -- TCP: concurrent, with an idle timeout, a per-message deadline and a cap -------------
 
-def udp_query(port: int, name: str, qtype: str) -> DNSRecord:
-    q = DNSRecord.question(name, qtype)
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.settimeout(2)
-        for _ in range(3):  # UDP: a resolver retries, and so does this test
-            s.sendto(q.pack(), ("127.0.0.1", port))
-            try:
-                return DNSRecord.parse(s.recv(4096))
-            except TimeoutError:
-                continue
-    raise TimeoutError(f"no answer for {name}")
 
 
 def frame(name: str, qtype: str = "A") -> tuple[int, bytes]:
