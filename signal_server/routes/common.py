@@ -24,6 +24,7 @@ from punchd.wire import api
 from punchd.wire.signing import Signed, verify_request
 
 from ..service import Service
+from ..store import Store
 
 T = TypeVar("T")
 _PATH_RE = re.compile(r"at `\$((?:\.[A-Za-z_]\w*|\[\d+\])*)`$")
@@ -76,6 +77,16 @@ class Call:
 
 
 Handler = Callable[[Call], Awaitable[Response]]
+
+
+def network_read(read: Callable[[Store, str], object]) -> Handler:
+    """The handler of a plain look at one network: ``read(store, {network})`` as JSON."""
+
+    async def handler(call: Call) -> Response:
+        return json_response(await call.service.call(read, call.service.store,
+                                                     call.path("network")))
+
+    return handler
 
 
 @dataclass(frozen=True)
@@ -175,7 +186,8 @@ async def _authenticate(op: Operation, request: Request, ctx: Context) -> Call:
     return Call(request, ctx, signed)
 
 
-def endpoint(operations: Sequence[Operation], ctx: Context) -> Callable[[Request], Awaitable[Response]]:
+def endpoint(operations: Sequence[Operation], ctx: Context
+             ) -> Callable[[Request], Awaitable[Response]]:
     """The Starlette endpoint of one path: dispatch by method, authenticate, answer errors."""
     by_method: dict[str, Operation] = {op.method: op for op in operations}
     if "GET" in by_method:  # Starlette routes HEAD with GET

@@ -6,15 +6,11 @@ from starlette.responses import Response
 
 from punchd.wire import api
 
-from .common import Call, Operation, json_response, no_content
+from ..store import Store
+from .common import Call, Operation, json_response, network_read, no_content
 
 RECORDS = "/api/v1/networks/{network}/dns"
 RECORD = "/api/v1/networks/{network}/dns/{name}/{rtype}"
-
-
-async def list_records(call: Call) -> Response:
-    return json_response(await call.service.call(call.service.store.list_dns_records,
-                                                 call.path("network")))
 
 
 async def add_record(call: Call) -> Response:
@@ -32,8 +28,8 @@ async def delete_record(call: Call) -> Response:
 
 
 OPERATIONS = [
-    Operation("GET", RECORDS, "list custom DNS records", "admin", list_records,
-              response=list[api.DnsRecord]),
+    Operation("GET", RECORDS, "list custom DNS records", "admin",
+              network_read(Store.list_dns_records), response=list[api.DnsRecord]),
     Operation("POST", RECORDS, "add a custom DNS record", "admin", add_record,
               request=api.DnsRecord, response=api.DnsRecord, status=201),
     Operation("DELETE", RECORD, "delete a custom DNS record", "admin", delete_record,

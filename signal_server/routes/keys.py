@@ -7,15 +7,11 @@ from starlette.responses import Response
 from punchd.wire import api
 from punchd.wire.token import encode_token
 
-from .common import Call, Operation, json_response, no_content
+from ..store import Store
+from .common import Call, Operation, json_response, network_read, no_content
 
 KEYS = "/api/v1/networks/{network}/keys"
 KEY = "/api/v1/networks/{network}/keys/{key}"
-
-
-async def list_keys(call: Call) -> Response:
-    return json_response(await call.service.call(call.service.store.list_access_keys,
-                                                 call.path("network")))
 
 
 async def create_key(call: Call) -> Response:
@@ -34,8 +30,8 @@ async def delete_key(call: Call) -> Response:
 
 
 OPERATIONS = [
-    Operation("GET", KEYS, "list access keys (no secrets)", "admin", list_keys,
-              response=list[api.AccessKey]),
+    Operation("GET", KEYS, "list access keys (no secrets)", "admin",
+              network_read(Store.list_access_keys), response=list[api.AccessKey]),
     Operation("POST", KEYS, "create an access key and its join token", "admin", create_key,
               request=api.AccessKeyCreate, response=api.AccessKeyCreated, status=201),
     Operation("DELETE", KEY, "revoke an access key", "admin", delete_key, status=204),

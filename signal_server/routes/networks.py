@@ -6,7 +6,8 @@ from starlette.responses import Response
 
 from punchd.wire import api
 
-from .common import Call, Operation, json_response, no_content
+from ..store import Store
+from .common import Call, Operation, json_response, network_read, no_content
 
 NETWORKS = "/api/v1/networks"
 NETWORK = "/api/v1/networks/{network}"
@@ -20,11 +21,6 @@ async def create_network(call: Call) -> Response:
     req = await call.body(api.NetworkCreate)
     return json_response(await call.service.write(req.name, call.service.store.create_network,
                                                   req), 201)
-
-
-async def get_network(call: Call) -> Response:
-    return json_response(await call.service.call(call.service.store.get_network,
-                                                 call.path("network")))
 
 
 async def update_network(call: Call) -> Response:
@@ -45,7 +41,8 @@ OPERATIONS = [
               response=list[api.Network]),
     Operation("POST", NETWORKS, "create a network", "admin", create_network,
               request=api.NetworkCreate, response=api.Network, status=201),
-    Operation("GET", NETWORK, "one network", "admin", get_network, response=api.Network),
+    Operation("GET", NETWORK, "one network", "admin", network_read(Store.get_network),
+              response=api.Network),
     Operation("PATCH", NETWORK, "update, renumber", "admin", update_network,
               request=api.NetworkUpdate, response=api.Network),
     Operation("DELETE", NETWORK, "delete a network and its nodes", "admin", delete_network,

@@ -6,16 +6,12 @@ from starlette.responses import Response
 
 from punchd.wire import api
 
-from .common import Call, Operation, json_response, no_content
+from ..store import Store
+from .common import Call, Operation, json_response, network_read, no_content
 
 NODES = "/api/v1/networks/{network}/nodes"
 NODE = "/api/v1/networks/{network}/nodes/{node}"
 APPROVE = "/api/v1/networks/{network}/nodes/{node}/approve"
-
-
-async def list_nodes(call: Call) -> Response:
-    return json_response(await call.service.call(call.service.store.list_nodes,
-                                                 call.path("network")))
 
 
 async def get_node(call: Call) -> Response:
@@ -43,7 +39,8 @@ async def approve_node(call: Call) -> Response:
 
 
 OPERATIONS = [
-    Operation("GET", NODES, "list nodes", "admin", list_nodes, response=list[api.Node]),
+    Operation("GET", NODES, "list nodes", "admin", network_read(Store.list_nodes),
+              response=list[api.Node]),
     Operation("GET", NODE, "one node", "admin", get_node, response=api.Node),
     Operation("PATCH", NODE, "set or clear the node's expiry", "admin", set_expiry,
               request=api.NodeExpiry, response=api.Node),
