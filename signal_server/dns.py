@@ -15,7 +15,7 @@ from meshdns.server import MeshDNSServer
 from meshdns.zone import CustomRecord, NetworkZone, NodeRecord, validate_record
 from punchd.errors import Invalid
 
-from .app import Service
+from .service import Service
 from .store import Store
 
 log = logging.getLogger("meshdns")

@@ -23,8 +23,9 @@ from hypercorn.trio import serve
 from punchd.errors import ConfigError
 from punchd.wire import api
 
-from .app import Service, build_app
+from .app import build_app
 from .relay import RelayMode, RelayPool, RelayService
+from .service import Service
 from .store import Store
 
 ADMIN_TOKEN_FILE = "admin.token"

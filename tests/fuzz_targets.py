@@ -48,7 +48,7 @@ from punchd.errors import (
     Unauthorized,
 )
 from punchd.wire import api, probe, relay, signing, stun, token
-from signal_server.app import _decode
+from signal_server.routes.common import decode_body
 
 
 @dataclass(frozen=True)
@@ -429,7 +429,7 @@ def check_control_serve(chunks: list[bytes]) -> str:
     return "ok" if response.ok else "refused"
 
 
-# -- API bodies (signal_server/app.py _decode, the Structs of punchd/wire/api.py) ----------
+# -- API bodies (signal_server/routes/common.py decode_body, the Structs of punchd/wire/api.py) --
 
 API_REQUESTS: dict[str, type[Any]] = {
     name: cls for name, cls in vars(api).items()
@@ -473,7 +473,7 @@ def check_api_body(case: tuple[str, bytes]) -> str:
 
     request = HttpRequest({"type": "http", "method": "POST", "path": "/", "headers": [],
                            "query_string": b""}, receive)
-    return _outcome(lambda: _run_coroutine(_decode(request, API_REQUESTS[struct_name])),
+    return _outcome(lambda: _run_coroutine(decode_body(request, API_REQUESTS[struct_name])),
                     (Invalid,))
 
 
@@ -547,7 +547,7 @@ TARGETS: dict[str, Target] = {t.name: t for t in [
     Target("control-serve", "ControlServer._serve over a memory stream: one answer line, never "
            "raises", st.lists(_bytes_inputs([s + b"\n" for s in _CONTROL_SEEDS]), max_size=3),
            check_control_serve),
-    Target("api-body", "signal_server.app._decode for every request Struct -> Invalid",
+    Target("api-body", "signal_server.routes.common.decode_body for every request Struct -> Invalid",
            st.tuples(st.sampled_from(sorted(API_REQUESTS)), _api_bodies()), check_api_body),
     Target("config", "StateDir.load_config on any config.toml -> ConfigError",
            st.one_of(st.binary(max_size=200), _mutate([_CONFIG_SEED]), _toml_config(),

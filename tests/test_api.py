@@ -5,6 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 import trio
+import trio.testing
 from nacl.public import PrivateKey
 from nacl.signing import SigningKey
 
@@ -168,7 +169,10 @@ async def test_punch_request_reaches_both_streams(signal_server: RunningServer) 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(watch, "alpha", alpha)
             nursery.start_soon(watch, "beta", beta)
-            await trio.sleep(0.2)
+            # Punch once the server holds both streams open (no guessed sleep).
+            hub = srv.server.service.hub
+            while not (hub.open_streams(a.node.id) and hub.open_streams(b.node.id)):
+                await trio.testing.wait_all_tasks_blocked(cushion=0.001)
             await alpha.request_punch("beta")
     assert got["alpha"] == got["beta"]
     assert set(got["alpha"].nodes) == {a.node.id, b.node.id}

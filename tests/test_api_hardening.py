@@ -16,7 +16,9 @@ from punchd.wire import api
 from punchd.wire.signing import b64, sign_request
 from punchd.wire.token import decode_token
 from signal_server import store as store_mod
-from signal_server.app import Service, build_app, error_field
+from signal_server.app import build_app
+from signal_server.routes.common import error_field
+from signal_server.service import Service
 from signal_server.store import Store
 
 from .conftest import RunningServer

@@ -20,8 +20,8 @@ from meshdns.server import MeshDNSServer, Resolver
 from meshdns.zone import CustomRecord, NetworkZone, NodeRecord, ZoneSet, validate_record
 from punchd.errors import Conflict, Invalid
 from punchd.wire import api
-from signal_server.app import Service
 from signal_server.dns import ZonePusher, build_zones
+from signal_server.service import Service
 from signal_server.store import Store
 
 from .test_meshdns import udp_query

@@ -30,7 +30,8 @@ from schemathesis.specs.openapi.checks import response_schema_conformance  # noq
 from punchd.errors import NotFound, Unauthorized  # noqa: E402
 from punchd.wire import api  # noqa: E402
 from punchd.wire.signing import b64, sign_request  # noqa: E402
-from signal_server.app import Service, build_app, openapi_spec  # noqa: E402
+from signal_server.app import build_app, openapi_spec  # noqa: E402
+from signal_server.service import Service  # noqa: E402
 from signal_server.store import Store  # noqa: E402
 
 ADMIN_TOKEN = "schemathesis-admin-token"

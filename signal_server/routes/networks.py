@@ -1,0 +1,50 @@
+"""Admin: networks (``/networks``, ``/networks/{network}``)."""
+
+from __future__ import annotations
+
+from starlette.responses import Response
+
+from punchd.wire import api
+
+from ..store import Store
+from .common import Call, Operation, json_response, network_read, no_content
+
+NETWORKS = "/api/v1/networks"
+NETWORK = "/api/v1/networks/{network}"
+
+
+async def list_networks(call: Call) -> Response:
+    return json_response(await call.service.call(call.service.store.list_networks))
+
+
+async def create_network(call: Call) -> Response:
+    req = await call.body(api.NetworkCreate)
+    return json_response(await call.service.write(req.name, call.service.store.create_network,
+                                                  req), 201)
+
+
+async def update_network(call: Call) -> Response:
+    name = call.path("network")
+    req = await call.body(api.NetworkUpdate)
+    return json_response(await call.service.write(name, call.service.store.update_network,
+                                                  name, req))
+
+
+async def delete_network(call: Call) -> Response:
+    name = call.path("network")
+    await call.service.write(name, call.service.store.delete_network, name)
+    return no_content()
+
+
+OPERATIONS = [
+    Operation("GET", NETWORKS, "list networks", "admin", list_networks,
+              response=list[api.Network]),
+    Operation("POST", NETWORKS, "create a network", "admin", create_network,
+              request=api.NetworkCreate, response=api.Network, status=201),
+    Operation("GET", NETWORK, "one network", "admin", network_read(Store.get_network),
+              response=api.Network),
+    Operation("PATCH", NETWORK, "update, renumber", "admin", update_network,
+              request=api.NetworkUpdate, response=api.Network),
+    Operation("DELETE", NETWORK, "delete a network and its nodes", "admin", delete_network,
+              status=204),
+]

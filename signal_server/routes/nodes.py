@@ -1,0 +1,50 @@
+"""Admin: a network's nodes (list, inspect, expire, approve, remove)."""
+
+from __future__ import annotations
+
+from starlette.responses import Response
+
+from punchd.wire import api
+
+from ..store import Store
+from .common import Call, Operation, json_response, network_read, no_content
+
+NODES = "/api/v1/networks/{network}/nodes"
+NODE = "/api/v1/networks/{network}/nodes/{node}"
+APPROVE = "/api/v1/networks/{network}/nodes/{node}/approve"
+
+
+async def get_node(call: Call) -> Response:
+    return json_response(await call.service.call(call.service.store.get_node,
+                                                 call.path("network"), call.path("node")))
+
+
+async def set_expiry(call: Call) -> Response:
+    net, name = call.path("network"), call.path("node")
+    req = await call.body(api.NodeExpiry)
+    return json_response(await call.service.write(net, call.service.store.set_node_expiry,
+                                                  net, name, req))
+
+
+async def delete_node(call: Call) -> Response:
+    net, name = call.path("network"), call.path("node")
+    await call.service.write(net, call.service.store.delete_node, net, name)
+    return no_content()
+
+
+async def approve_node(call: Call) -> Response:
+    net, name = call.path("network"), call.path("node")
+    return json_response(await call.service.write(net, call.service.store.approve_node,
+                                                  net, name))
+
+
+OPERATIONS = [
+    Operation("GET", NODES, "list nodes", "admin", network_read(Store.list_nodes),
+              response=list[api.Node]),
+    Operation("GET", NODE, "one node", "admin", get_node, response=api.Node),
+    Operation("PATCH", NODE, "set or clear the node's expiry", "admin", set_expiry,
+              request=api.NodeExpiry, response=api.Node),
+    Operation("DELETE", NODE, "remove a node", "admin", delete_node, status=204),
+    Operation("POST", APPROVE, "approve a waiting node", "admin", approve_node,
+              response=api.Node),
+]
