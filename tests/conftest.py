@@ -84,14 +84,14 @@ def in_use(output: str) -> bool:
 
 
 def start_on_free_port(start: Callable[[int], T | None], *,
-                       kind: int = socket.SOCK_STREAM) -> tuple[T, int]:
+                       pick: Callable[[], int] = unheld_port) -> tuple[T, int]:
     """``start(port)`` for a child process that must be given a port number.
 
     ``start`` returns the started thing, or None when the child said the port was in
     use (:func:`in_use`), and raises on any other failure; then a new port is tried, at
     most ``PORT_ATTEMPTS`` times."""
     for _ in range(PORT_ATTEMPTS):
-        port = unheld_port(kind)
+        port = pick()
         started = start(port)
         if started is not None:
             return started, port
