@@ -251,13 +251,13 @@ async def test_responder_drops_garbage_and_keeps_serving(
 
 
 async def test_responder_on_ipv6_loopback(nursery: trio.Nursery) -> None:
-    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
-        try:
-            probe.bind(("::1", 0))
-        except OSError:
-            pytest.skip("no IPv6 loopback here")
-        port = probe.getsockname()[1]
-    responder = StunResponder(("::1", port))
+    try:
+        sock = bound_socket(socket.SOCK_DGRAM, "::1")
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    port = port_of(sock)
+    responder = StunResponder(("::1", port), sockets={("::1", port):
+                                                      trio.socket.from_stdlib_socket(sock)})
     await nursery.start(responder.run)
     data, src, mine = await ask(("::1", port), stun.binding_request(TXID), socket.AF_INET6)
     assert src == ("::1", port)
