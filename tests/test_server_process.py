@@ -11,7 +11,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .conftest import BIN, bound_socket, port_of, reap, start_server_process
+import pytest
+
+from .conftest import (
+    BIN,
+    bound_socket,
+    in_use,
+    port_of,
+    reap,
+    start_on_free_port,
+    start_server_process,
+)
 
 
 def admin(port: int, data: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -93,7 +103,22 @@ def one_line_failure(res: subprocess.CompletedProcess[str], text: str) -> None:
 
 def test_port_in_use_is_one_line(tmp_path: Path) -> None:
     with held_port() as port:
-        one_line_failure(serve(tmp_path, http=f"127.0.0.1:{port}"), "cannot start")
+        res = serve(tmp_path, http=f"127.0.0.1:{port}")
+    one_line_failure(res, "cannot start")
+    assert in_use(res.stderr)  # what start_server_process takes as "pick another port"
+
+
+def test_a_port_taken_before_the_child_binds_is_replaced() -> None:
+    tried: list[int] = []
+
+    def start(port: int) -> str | None:
+        tried.append(port)
+        return None if len(tried) < 3 else "up"  # "in use" twice, then started
+
+    assert start_on_free_port(start) == ("up", tried[-1])
+    assert len(tried) == 3
+    with pytest.raises(RuntimeError, match="taken before use"):
+        start_on_free_port(lambda port: None)
 
 
 def test_garbage_and_truncated_store_are_one_line(tmp_path: Path) -> None:
