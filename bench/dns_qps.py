@@ -20,23 +20,15 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from tests.conftest import reap
-from tests.test_meshdns_vs_nsd import nsd_config, start_meshdns, zone_files
+from tests.test_meshdns_vs_nsd import start_meshdns, start_nsd
 
 QUERIES = [
     "alpha.office.mesh A", "beta.office.mesh A", "alpha.office.mesh AAAA", "www.office.mesh A",
     "docs.office.mesh A", "nobody.office.mesh A", "office.mesh TXT", "beta.office.mesh AAAA",
 ]
-
-
-def free_port() -> int:
-    import socket
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def dnsperf(port: int, datafile: Path, seconds: float) -> dict[str, float]:
@@ -67,15 +59,11 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="dnsqps-"))
     datafile = work / "queries.txt"
     datafile.write_text("\n".join(QUERIES * 1000) + "\n")
-    nsd_port, mesh_port = free_port(), free_port()
-    conf = nsd_config(work, nsd_port, zone_files(work), rrl=False)
-    procs = [
-        subprocess.Popen(["taskset", "-c", "0", "nsd", "-d", "-c", str(conf)],
-                         stdout=subprocess.PIPE, text=True),
-        start_meshdns(mesh_port, "--no-rrl", pin="0"),
-    ]
+    nsd, nsd_port = start_nsd(work, rrl=False, pin="0")  # returns once NSD answers
+    procs = [nsd]
     try:
-        time.sleep(1.0)  # NSD loads its zones
+        meshdns, mesh_port = start_meshdns("--no-rrl", pin="0")
+        procs.append(meshdns)
         rounds: dict[str, list[dict[str, float]]] = {"meshdns": [], "nsd": []}
         for _ in range(args.rounds):
             for name, port in (("meshdns", mesh_port), ("nsd", nsd_port)):

@@ -11,6 +11,7 @@ import ipaddress
 import os
 import secrets
 import signal
+import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,8 +87,13 @@ class ServerOptions:
 
 
 class SignalServer:
-    def __init__(self, options: ServerOptions) -> None:
+    def __init__(self, options: ServerOptions, *,
+                 http_socket: socket.socket | None = None) -> None:
+        """``http_socket``: a listening socket bound to ``options.http`` to serve on
+        instead of binding it (tests bind port 0 and pass it, so no one takes the port
+        between choosing and binding it); the server owns it from here."""
         self.options = options
+        self._http_socket = http_socket
         options.data_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(options.data_dir, 0o700)
         scheme = "https" if options.certfile else "http"
@@ -134,7 +140,12 @@ class SignalServer:
     async def run_http(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         config = Config()
         host, port = self.options.http
-        config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+        if self._http_socket is not None:
+            # hypercorn adopts the descriptor (and closes it); ours must not close it too.
+            config.bind = [f"fd://{self._http_socket.detach()}"]
+            self._http_socket = None
+        else:
+            config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
         config.accesslog = None
         config.errorlog = "-"
         config.loglevel = "WARNING"

@@ -37,6 +37,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -138,23 +139,33 @@ class StunCore:
 class StunResponder:
     """The trio adapter: binds every local address of the core, one receive loop each."""
 
-    def __init__(self, primary: Addr, alternate: Addr | None = None) -> None:
+    def __init__(self, primary: Addr, alternate: Addr | None = None, *,
+                 sockets: Mapping[Addr, trio.socket.SocketType] | None = None) -> None:
+        """``sockets``: UDP sockets already bound, one for each local address of the
+        core, to serve on instead of binding them (tests bind port 0 and pass them, so
+        no one takes a port between choosing and binding it); the responder owns them."""
         self.core = StunCore(primary, alternate)
+        self._given = {_normal(local): sock for local, sock in (sockets or {}).items()}
+        if self._given and set(self._given) != set(self.core.local_addresses()):
+            raise StunServerError(f"STUN sockets for {sorted(self._given)}, expected one for "
+                                  f"each of {self.core.local_addresses()}")
         self._sockets: dict[Addr, trio.socket.SocketType] = {}
 
     def statistics(self) -> StunStatistics:
         return self.core.statistics()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        given, self._given = self._given, {}
         try:
             for local in self.core.local_addresses():
-                self._sockets[local] = await _bind(local)
+                sock = given.pop(local, None)
+                self._sockets[local] = sock if sock is not None else await _bind(local)
             async with trio.open_nursery() as nursery:
                 for local, sock in self._sockets.items():
                     nursery.start_soon(self._serve, local, sock)
                 task_status.started()
         finally:
-            for sock in self._sockets.values():
+            for sock in [*self._sockets.values(), *given.values()]:
                 sock.close()
             self._sockets.clear()
 

@@ -19,7 +19,7 @@ import pytest
 
 from meshdns.zone import NEGATIVE_TTL, TTL, CustomRecord, NetworkZone, NodeRecord
 
-from .conftest import free_dns_port, reap
+from .conftest import in_use, reap, start_on_free_port, unheld_dns_port
 
 pytestmark = pytest.mark.skipif(
     shutil.which("nsd") is None or shutil.which("dig") is None,
@@ -118,38 +118,71 @@ from meshdns import server as s
 from tests.test_meshdns_vs_nsd import ZONES
 rate = None if "--no-rrl" in sys.argv else s.RRL_RATE
 async def main():
-    srv = s.MeshDNSServer("127.0.0.1", int(sys.argv[1]), rrl_rate=rate)
+    srv = s.MeshDNSServer("127.0.0.1", 0, rrl_rate=rate)
     async with trio.open_nursery() as n:
         await n.start(srv.run)
         srv.set_zones(ZONES)
-        print("ready", flush=True)
+        print("ready", srv.bound_port, flush=True)
 trio.run(main)
 """
 
 
-def start_meshdns(port: int, *extra: str, pin: str | None = None) -> subprocess.Popen[str]:
-    """meshdns serving ZONES in its own process (as the signal server runs it)."""
+def start_meshdns(*extra: str, pin: str | None = None) -> tuple[subprocess.Popen[str], int]:
+    """meshdns serving ZONES in its own process (as the signal server runs it), on a
+    port it binds itself (port 0); and that port, from its ready line."""
     prefix = ["taskset", "-c", pin] if pin else []
-    proc = subprocess.Popen([*prefix, sys.executable, "-c", MESHDNS_MAIN, str(port), *extra],
+    proc = subprocess.Popen([*prefix, sys.executable, "-c", MESHDNS_MAIN, *extra],
                             stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-    return proc
+    assert proc.stdout is not None
+    ready, _, port = proc.stdout.readline().strip().partition(" ")
+    assert ready == "ready" and port.isdigit(), (ready, port)
+    return proc, int(port)
+
+
+NSD_START_S = 10.0  # NSD loads these zones in well under a second; a bound, not a pause
+NSD_POLL_S = 0.1
+
+
+def start_nsd(directory: Path, *, rrl: bool = True, pin: str | None = None,
+              ) -> tuple[subprocess.Popen[str], int]:
+    """NSD serving the zones of :func:`zone_files`, once it answers; and its port.
+
+    NSD must be told a port number: one taken between our pick and its bind makes it
+    exit saying so, and it starts again on another (:func:`start_on_free_port`)."""
+    zones = zone_files(directory)
+    prefix = ["taskset", "-c", pin] if pin else []
+
+    def start(port: int) -> subprocess.Popen[str] | None:
+        conf = nsd_config(directory, port, zones, rrl=rrl)
+        check = subprocess.run(["nsd-checkconf", str(conf)], capture_output=True, text=True)
+        assert check.returncode == 0, check.stderr
+        log = directory / "nsd.log"
+        log.unlink(missing_ok=True)
+        nsd = subprocess.Popen([*prefix, "nsd", "-d", "-c", str(conf)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
+        deadline = time.monotonic() + NSD_START_S
+        # An external process's start can only be polled: bounded, and ended early when
+        # NSD exits.
+        while "status:" not in dig(port, "mesh", "SOA"):
+            if nsd.poll() is not None:
+                said = log.read_text() if log.exists() else ""
+                if in_use(said):
+                    return None
+                raise AssertionError(f"NSD exited {nsd.returncode}: {said[-2000:]}")
+            if time.monotonic() > deadline:
+                reap(nsd)
+                raise AssertionError(f"NSD did not answer within {NSD_START_S} s")
+            time.sleep(NSD_POLL_S)
+        return nsd
+
+    return start_on_free_port(start, pick=unheld_dns_port)
 
 
 def test_answers_match_nsd(tmp_path: Path) -> None:
-    names = zone_files(tmp_path)
-    nsd_port = free_dns_port()
-    mesh_port = free_dns_port(taken=(nsd_port,))
-    conf = nsd_config(tmp_path, nsd_port, names)
-    check = subprocess.run(["nsd-checkconf", str(conf)], capture_output=True, text=True)
-    assert check.returncode == 0, check.stderr
-    nsd = subprocess.Popen(["nsd", "-d", "-c", str(conf)], stdout=subprocess.PIPE, text=True)
-    meshdns = start_meshdns(mesh_port)
+    nsd, nsd_port = start_nsd(tmp_path)
+    meshdns: subprocess.Popen[str] | None = None
     try:
-        deadline = time.monotonic() + 10
-        while "status:" not in dig(nsd_port, "mesh", "SOA"):
-            assert time.monotonic() < deadline, "NSD did not start"
-            time.sleep(0.1)
+        meshdns, mesh_port = start_meshdns()
         mismatches = []
         for name, qtype in QUESTIONS:
             ours = normalise(dig(mesh_port, name, qtype))
@@ -158,5 +191,6 @@ def test_answers_match_nsd(tmp_path: Path) -> None:
                 mismatches.append(f"{name} {qtype}:\n  meshdns {ours}\n  nsd     {theirs}")
         assert not mismatches, "\n".join(mismatches)
     finally:
-        reap(meshdns)
+        if meshdns is not None:
+            reap(meshdns)
         reap(nsd)

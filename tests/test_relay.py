@@ -4,6 +4,7 @@ relay forwarding real datagrams on loopback between two bound "nodes"."""
 
 from __future__ import annotations
 
+import random
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -21,7 +22,7 @@ from signal_server.main import ServerOptions, SignalServer
 from signal_server.relay import RelayPool, RelayService
 from signal_server.relay.table import CLOCK_SKEW_MS, BindOutcome, RelayTable
 
-from .conftest import RunningServer, free_port
+from .conftest import RunningServer, bound_socket, port_of
 from .test_api import joined_client
 
 SECRET = b"s" * 16
@@ -150,10 +151,13 @@ async def test_relay_api_without_a_relay_is_503(signal_server: RunningServer) ->
 
 @pytest.fixture
 async def relay_server(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[RunningServer]:
-    low = 41000 + (free_port(socket.SOCK_DGRAM) % 20000)
-    options = ServerOptions(data_dir=tmp_path / "server", http=("127.0.0.1", free_port()),
+    # Any ten ports: the relay binds an allocation's ports when it makes it and skips
+    # one someone else holds (RelayService.allocate), so no port needs reserving here.
+    low = random.randrange(41000, 61000)
+    listener = bound_socket()
+    options = ServerOptions(data_dir=tmp_path / "server", http=("127.0.0.1", port_of(listener)),
                             relay=[RelayPool("127.0.0.1", low, low + 9)], relay_mode="userspace")
-    server = SignalServer(options)
+    server = SignalServer(options, http_socket=listener)
     await nursery.start(server.run)
     running = RunningServer(server)
     yield running
@@ -219,14 +223,20 @@ async def test_userspace_relay_forwards_between_bound_endpoints(
         forged, _ = wire.bind_request(sides[0].id, sides[0].side, b"guess" * 4,
                                       int(time.time() * 1000))
         await stranger.sendto(forged, relays[0])
-    await trio.sleep(0.2)
+    # The relay reads side 0's socket in arrival order: once a datagram sent after the
+    # stranger's comes out of side 1, the stranger's two have been judged.
+    await socks[0].sendto(b"after the stranger", relays[0])
+    with trio.fail_after(2):
+        data, _ = await socks[1].recvfrom(2048)
+    assert data == b"after the stranger"
     status = (await relay_server.admin.get("/relay")).json()
     stats = status["statistics"]
     assert status["forwarder"] == "userspace"
-    assert stats["dropped"] >= 2 and stats["binds_refused"] >= 1
-    assert stats["forwarded_userspace"] == 2
+    # Dropped: "early" (before any bind) and the stranger's; refused: the forged bind.
+    assert stats["dropped"] == 2 and stats["binds_refused"] == 1
+    assert stats["forwarded_userspace"] == 3
     [alloc] = status["allocations"]
-    assert all(side["bound"] for side in alloc["sides"]) and alloc["forwarded"] == 2
+    assert all(side["bound"] for side in alloc["sides"]) and alloc["forwarded"] == 3
     for sock in socks:
         sock.close()
     await alpha.aclose()

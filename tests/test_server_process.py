@@ -7,22 +7,21 @@ import os
 import signal
 import stat
 import subprocess
-import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from .conftest import free_port, reap
+import pytest
 
-BIN = Path(sys.executable).parent
-
-
-def start(data: Path, port: int) -> subprocess.Popen[str]:
-    proc = subprocess.Popen([str(BIN / "signal-server"), "serve", "--data-dir", str(data),
-                             "--http", f"127.0.0.1:{port}"], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    assert "signal-server: ready" in line, line
-    return proc
+from .conftest import (
+    BIN,
+    bound_socket,
+    in_use,
+    port_of,
+    reap,
+    start_on_free_port,
+    start_server_process,
+)
 
 
 def admin(port: int, data: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -32,8 +31,8 @@ def admin(port: int, data: Path, *args: str) -> subprocess.CompletedProcess[str]
 
 
 def test_cli_contract_and_kill_9_loses_nothing(tmp_path: Path) -> None:
-    data, port = tmp_path / "data", free_port()
-    proc = start(data, port)
+    data = tmp_path / "data"
+    proc, port = start_server_process(data)
     try:
         assert stat.S_IMODE(os.stat(data / "admin.token").st_mode) == 0o600
         token = (data / "admin.token").read_text().strip()
@@ -54,7 +53,7 @@ def test_cli_contract_and_kill_9_loses_nothing(tmp_path: Path) -> None:
     finally:
         reap(proc)
     # Restart on the same data: everything answered before the kill is still there.
-    proc = start(data, port)
+    proc, port = start_server_process(data)
     try:
         assert (data / "admin.token").read_text().strip() == token  # same admin token
         res = admin(port, data, "network", "list", "--json")
@@ -78,11 +77,21 @@ def test_bad_listen_address_is_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in res.stderr
 
 
+@contextmanager
+def held_port() -> Iterator[int]:
+    """A loopback port we listen on, so a server told to bind it fails at once."""
+    with bound_socket() as taken:
+        yield port_of(taken)
+
+
 def serve(data: Path, *extra: str, http: str | None = None) -> subprocess.CompletedProcess[str]:
-    # Every call here fails before it binds; a real free port keeps a bug from hanging.
-    http = http or f"127.0.0.1:{free_port()}"
-    return subprocess.run([str(BIN / "signal-server"), "serve", "--data-dir", str(data),
-                           "--http", http, *extra], capture_output=True, text=True, timeout=30)
+    # Every call here must fail before it binds. Its port is one we hold: a bug that got
+    # as far as binding fails "cannot start" (not the message asked for) instead of
+    # serving until the timeout.
+    with held_port() as port:
+        return subprocess.run([str(BIN / "signal-server"), "serve", "--data-dir", str(data),
+                               "--http", http or f"127.0.0.1:{port}", *extra],
+                              capture_output=True, text=True, timeout=30)
 
 
 def one_line_failure(res: subprocess.CompletedProcess[str], text: str) -> None:
@@ -93,12 +102,23 @@ def one_line_failure(res: subprocess.CompletedProcess[str], text: str) -> None:
 
 
 def test_port_in_use_is_one_line(tmp_path: Path) -> None:
-    import socket
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        one_line_failure(serve(tmp_path, http=f"127.0.0.1:{port}"), "cannot start")
+    with held_port() as port:
+        res = serve(tmp_path, http=f"127.0.0.1:{port}")
+    one_line_failure(res, "cannot start")
+    assert in_use(res.stderr)  # what start_server_process takes as "pick another port"
+
+
+def test_a_port_taken_before_the_child_binds_is_replaced() -> None:
+    tried: list[int] = []
+
+    def start(port: int) -> str | None:
+        tried.append(port)
+        return None if len(tried) < 3 else "up"  # "in use" twice, then started
+
+    assert start_on_free_port(start) == ("up", tried[-1])
+    assert len(tried) == 3
+    with pytest.raises(RuntimeError, match="taken before use"):
+        start_on_free_port(lambda port: None)
 
 
 def test_garbage_and_truncated_store_are_one_line(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from punchd.wire import stun
 from signal_server.stun_server import MAX_RESPONSE_BYTES, StunCore, StunResponder, StunServerError
 
-from .conftest import free_port
+from .conftest import PORT_ATTEMPTS, bound_socket, port_of
 
 TXID = bytes.fromhex("b7e7a701bc34d686fa87dfae")
 PRIMARY, ALTERNATE = ("192.0.2.10", 3478), ("192.0.2.11", 3479)
@@ -180,11 +180,31 @@ def test_fuzz_never_raises_and_never_amplifies(data: bytes) -> None:
 # -- the trio responder on loopback ---------------------------------------------------------
 
 
+def bind_rfc5780_sockets() -> dict[tuple[str, int], trio.socket.SocketType]:
+    """UDP sockets on the four (IP, port) pairs of 127.0.0.1/127.0.0.2 and two ports.
+
+    The kernel picks both ports on 127.0.0.1; should 127.0.0.2 have one of them taken,
+    all four are let go and two others picked."""
+    for _ in range(PORT_ATTEMPTS):
+        socks = [bound_socket(socket.SOCK_DGRAM) for _ in range(2)]
+        try:
+            for port in [port_of(s) for s in socks]:
+                other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                socks.append(other)
+                other.bind(("127.0.0.2", port))
+        except OSError:
+            for sock in socks:
+                sock.close()
+            continue
+        return {sock.getsockname(): trio.socket.from_stdlib_socket(sock) for sock in socks}
+    raise RuntimeError(f"127.0.0.2 had none of {PORT_ATTEMPTS} pairs of ports free")
+
+
 @pytest.fixture
 async def loopback_responder(nursery: trio.Nursery) -> AsyncIterator[StunResponder]:
-    p1 = free_port(socket.SOCK_DGRAM)
-    p2 = free_port(socket.SOCK_DGRAM)
-    responder = StunResponder(("127.0.0.1", p1), ("127.0.0.2", p2))
+    sockets = bind_rfc5780_sockets()
+    (ip1, p1), (_, p2), (ip2, _), _ = sockets
+    responder = StunResponder((ip1, p1), (ip2, p2), sockets=sockets)
     await nursery.start(responder.run)
     yield responder
 
@@ -231,13 +251,13 @@ async def test_responder_drops_garbage_and_keeps_serving(
 
 
 async def test_responder_on_ipv6_loopback(nursery: trio.Nursery) -> None:
-    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
-        try:
-            probe.bind(("::1", 0))
-        except OSError:
-            pytest.skip("no IPv6 loopback here")
-        port = probe.getsockname()[1]
-    responder = StunResponder(("::1", port))
+    try:
+        sock = bound_socket(socket.SOCK_DGRAM, "::1")
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    port = port_of(sock)
+    responder = StunResponder(("::1", port), sockets={("::1", port):
+                                                      trio.socket.from_stdlib_socket(sock)})
     await nursery.start(responder.run)
     data, src, mine = await ask(("::1", port), stun.binding_request(TXID), socket.AF_INET6)
     assert src == ("::1", port)
@@ -297,3 +317,9 @@ async def test_interop_with_debian_rfc3489_stun_client(loopback_responder: StunR
     assert "Primary: Open" in text, text
     stats = loopback_responder.statistics()
     assert stats.requests >= 4 and stats.malformed == 0
+
+
+async def test_responder_refuses_sockets_for_other_addresses() -> None:
+    with trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        with pytest.raises(StunServerError, match="expected one for each"):
+            StunResponder(("127.0.0.1", 3478), sockets={("127.0.0.1", 3479): sock})

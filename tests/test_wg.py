@@ -10,14 +10,22 @@ from punchd.wg.base import WgPeer, generate_private_key, public_key
 from punchd.wg.fake import FakeBackend
 from punchd.wg.uapi import encode_set, parse_errno, parse_get
 
-from .wg_conformance import run_conformance
+from .wg_conformance import ObservedLink, run_conformance
 
 PRIV = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk="  # wg(8) documentation example
 PEER = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="
 
 
 async def test_fake_backend_conformance() -> None:
-    await run_conformance(FakeBackend(), "pdtest0")
+    backend = FakeBackend()
+
+    async def read_link(ifname: str) -> ObservedLink:
+        link = backend.devices[ifname].link
+        if link is None:  # never set: the fake's link is down and bare
+            return ObservedLink(frozenset(), 0, False, frozenset())
+        return ObservedLink(frozenset(link.addresses), link.mtu, True, frozenset(link.routes))
+
+    await run_conformance(backend, "pdtest0", read_link)
 
 
 def test_open_backend_fake() -> None:

@@ -1,10 +1,16 @@
 """The one conformance suite every WireGuard backend passes (fake, userspace, kernel).
 
-``run_conformance(backend, ifname)`` drives a backend through the interface's
-contract and asserts what it reports; each backend's test module calls it.
+``run_conformance(backend, ifname, read_link)`` drives a backend through the
+interface's contract and asserts what it reports; each backend's test module calls
+it. The interface has no read of the link (addresses, MTU, up, routes), so the caller
+passes one that looks where the backend writes: the fake's memory, or ``ip -j`` for
+the real backends (``netns_tests/wg_conformance_main.py``).
 """
 
 from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import NamedTuple
 
 import pytest
 
@@ -12,7 +18,19 @@ from punchd.errors import WireGuardError
 from punchd.wg.base import LinkConfig, WgPeer, WireGuardBackend, generate_private_key, public_key
 
 
-async def run_conformance(backend: WireGuardBackend, ifname: str) -> None:
+class ObservedLink(NamedTuple):
+    """The link as the system has it after ``set_link``."""
+
+    addresses: frozenset[str]  # "198.19.0.5/24"; IPv6 link-local left out
+    mtu: int
+    up: bool
+    routes: frozenset[str]  # the static routes through the link: "198.19.1.0/24"
+
+
+ReadLink = Callable[[str], Awaitable[ObservedLink]]
+
+
+async def run_conformance(backend: WireGuardBackend, ifname: str, read_link: ReadLink) -> None:
     assert not await backend.interface_exists(ifname)
     with pytest.raises(WireGuardError):
         await backend.get_device(ifname)
@@ -62,8 +80,18 @@ async def run_conformance(backend: WireGuardBackend, ifname: str) -> None:
     with pytest.raises(WireGuardError):
         await backend.set_peer(ifname, WgPeer(public_key=a, allowed_ips=("300.1.1.1/32",)))
 
-    await backend.set_link(ifname, LinkConfig(addresses=("198.19.0.1/24",), mtu=1400))
-    await backend.set_link(ifname, LinkConfig(addresses=("198.19.0.5/24",), mtu=1380))
+    await backend.set_link(ifname, LinkConfig(addresses=("198.19.0.1/24",), mtu=1400,
+                                              routes=("198.19.1.0/24",)))
+    assert await read_link(ifname) == ObservedLink(
+        frozenset({"198.19.0.1/24"}), 1400, True, frozenset({"198.19.1.0/24"}))
+    # The link becomes exactly the new config: the old address and route go.
+    second = LinkConfig(addresses=("198.19.0.5/24", "198.19.2.5/24"), mtu=1380)
+    await backend.set_link(ifname, second)
+    expected = ObservedLink(frozenset({"198.19.0.5/24", "198.19.2.5/24"}), 1380, True,
+                            frozenset())
+    assert await read_link(ifname) == expected
+    await backend.set_link(ifname, second)  # idempotent
+    assert await read_link(ifname) == expected
 
     await backend.delete_interface(ifname)
     assert not await backend.interface_exists(ifname)

@@ -6,6 +6,11 @@
         site.hosts[0].run(["ping", "-c1", lab.server.ip])
 
 See ``topology.py`` for the addressing plan and ``nat.py`` for the NAT types.
+
+A test tool, all adapters (ip, nft and processes, blocking): ``topology.py`` (the
+namespaces and links), ``nat.py`` (the nftables NATs), ``mesh.py`` (the real product
+on lab hosts), ``natprobe.py`` (measures a NAT's behaviour) and ``faults.py`` (the
+processes of the fault suite, on loopback).
 """
 
 from .nat import NAT_TYPES

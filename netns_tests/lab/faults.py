@@ -17,7 +17,6 @@ import signal
 import socket
 import sqlite3
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -28,9 +27,8 @@ import msgspec
 
 from punchd.daemon.control import Request, Response
 from punchd.errors import ControlError
-from tests.conftest import free_dns_port, free_port
+from tests.conftest import BIN, PORT_ATTEMPTS, in_use, unheld_dns_port, unheld_port
 
-BIN = Path(sys.executable).parent
 POLL_S = 0.05  # how often the control sockets are polled while waiting for a stream
 READY_TIMEOUT_S = 20.0
 
@@ -82,12 +80,16 @@ def backup(db: Path, to: Path) -> None:
 
 
 class FaultServer:
-    """``signal-server serve`` on loopback, on one data dir and one port across restarts."""
+    """``signal-server serve`` on loopback, on one data dir and one port across restarts.
+
+    The ports are picked at the first start, which picks others when one was taken
+    before the server bound it; restarts keep them, as the nodes know this URL."""
 
     def __init__(self, data_dir: Path, *, dns: bool = False) -> None:
         self.data_dir = data_dir
-        self.port = free_port()
-        self.dns_port = free_dns_port() if dns else None
+        self.dns = dns
+        self.port = 0  # until the first start
+        self.dns_port: int | None = None
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
         self.ready_at = 0.0
@@ -108,6 +110,19 @@ class FaultServer:
     def start(self) -> float:
         """Start it and wait for its ready line; returns (and keeps) the monotonic time
         the line appeared."""
+        if self.starts:
+            return self._start_once()
+        for _ in range(PORT_ATTEMPTS):
+            self.port = unheld_port()
+            self.dns_port = unheld_dns_port(taken=(self.port,)) if self.dns else None
+            try:
+                return self._start_once()
+            except FaultError as exc:
+                if not in_use(str(exc)):
+                    raise
+        raise FaultError(f"every one of {PORT_ATTEMPTS} free ports was taken before use")
+
+    def _start_once(self) -> float:
         argv = [str(BIN / "signal-server"), "serve", "--data-dir", str(self.data_dir),
                 "--http", f"127.0.0.1:{self.port}"]
         if self.dns_port is not None:

@@ -1,4 +1,13 @@
-"""WireGuard backends behind one interface (see :mod:`punchd.wg.base`)."""
+"""WireGuard backends behind one interface (see :mod:`punchd.wg.base`).
+
+``base.py`` is the interface (:class:`~punchd.wg.base.WireGuardBackend`), its Structs
+and pure key and address helpers; ``fake.py`` is an in-memory backend (no I/O) for
+tests. Adapters: ``netlink.py`` (kernel WireGuard by generic netlink) and ``uapi.py``
+(wireguard-go as a child process, over its UAPI socket; its ``encode_set`` and
+``parse_get`` are the pure codec), both setting the link through ``links.py``
+(rtnetlink, pyroute2 in a worker thread). All three pass one conformance suite,
+``tests/wg_conformance.py``. :func:`open_backend` picks one.
+"""
 
 from __future__ import annotations
 
