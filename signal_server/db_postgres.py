@@ -36,11 +36,11 @@ Errors: a unique violation is ``DuplicateRow``; a lost server or an exhausted po
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import psycopg.errors
@@ -56,13 +56,15 @@ POOL_MAX = 8
 CONNECT_TIMEOUT_S = 10.0
 
 
+# user:password@ in a URL's authority; a regex, not urlsplit, because a URL that does
+# not parse (a stray "[") must still lose its password before it is shown.
+_PASSWORD = re.compile(r"^([a-z]+://[^/:@?#]*):[^@/?#]*@", re.IGNORECASE)
+_PASSWORD_PARAM = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
+
+
 def redact(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+    """The URL without its password (in the authority or a ``password=`` parameter)."""
+    return _PASSWORD_PARAM.sub(r"\1***", _PASSWORD.sub(r"\1:***@", url))
 
 
 class _Rows:
