@@ -4,7 +4,7 @@ Every public method is one transaction: it validates, changes the records, appen
 the resulting events to the per-network event log, and commits before it returns,
 so a ``kill -9`` after an answer loses nothing, and a refused request changes
 nothing. Methods are synchronous; the server calls them through a worker thread
-(see :class:`signal_server.app.Service`).
+(see :class:`signal_server.service.Service`).
 
 The rules live here once; the SQL dialect lives behind :class:`signal_server.db.Database`
 (``db_sqlite``, ``db_postgres``), whose write transactions run one at a time across

@@ -8,7 +8,6 @@ races, connection failures, and the server process on a PostgreSQL URL.
 from __future__ import annotations
 
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +24,7 @@ from signal_server import schema
 from signal_server.db_postgres import redact
 from signal_server.store import Store, open_store
 
-from .conftest import free_port, reap
+from .conftest import BIN, reap, start_server_process, unheld_port
 from .pgcluster import PgCluster, pg_cluster  # noqa: F401  (the session fixture)
 from .test_store import key32
 
@@ -141,24 +140,12 @@ def test_a_database_url_that_is_not_one_is_one_line() -> None:
 
 def test_serve_on_a_database_url_keeps_state_across_servers(url: str, tmp_path: Path) -> None:
     """Two servers in turn (one killed with -9) on one database see the same state."""
-    binary = Path(sys.executable).parent / "signal-server"
-    data, port = tmp_path / "data", free_port()
-
-    def start() -> subprocess.Popen[str]:
-        proc = subprocess.Popen([str(binary), "serve", "--data-dir", str(data), "--http",
-                                 f"127.0.0.1:{port}", "--database", url],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert "signal-server: ready" in line, line
-        return proc
-
-    proc = start()
+    data = tmp_path / "data"
+    proc, port = start_server_process(data, "--database", url)
     try:
         token = (data / "admin.token").read_text().strip()
-        admin = httpx.Client(base_url=f"http://127.0.0.1:{port}/api/v1", timeout=10,
-                             headers={"authorization": f"Bearer {token}"})
-        with admin:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}/api/v1", timeout=10,
+                          headers={"authorization": f"Bearer {token}"}) as admin:
             resp = admin.post("/networks", json={"name": "office", "ipv4_cidr": "198.19.0.0/24"})
             assert resp.status_code == 201, resp.text
         proc.kill()
@@ -166,7 +153,7 @@ def test_serve_on_a_database_url_keeps_state_across_servers(url: str, tmp_path: 
     finally:
         reap(proc)
     assert not (data / "signal.db").exists()  # nothing went to SQLite
-    proc = start()
+    proc, port = start_server_process(data, "--database", url)
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}/api/v1", timeout=10,
                           headers={"authorization": f"Bearer {token}"}) as admin:
@@ -176,9 +163,8 @@ def test_serve_on_a_database_url_keeps_state_across_servers(url: str, tmp_path: 
 
 
 def test_serve_on_an_unreachable_database_is_one_line(tmp_path: Path) -> None:
-    binary = Path(sys.executable).parent / "signal-server"
-    res = subprocess.run([str(binary), "serve", "--data-dir", str(tmp_path / "d"), "--http",
-                          f"127.0.0.1:{free_port()}", "--database",
+    res = subprocess.run([str(BIN / "signal-server"), "serve", "--data-dir", str(tmp_path / "d"),
+                          "--http", f"127.0.0.1:{unheld_port()}", "--database",
                           f"postgresql://x:secret@/db?host={tmp_path}"],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode != 0
