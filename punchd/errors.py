@@ -23,11 +23,13 @@ codec error), so callers catch ours and never a library's::
     └── ServiceError               the signal server's own domain errors
         ├── NotFound               (API: 404)
         ├── Conflict               (API: 409)
+        │   └── DuplicateRow       the store's UNIQUE constraint refused a row
         ├── Invalid                (API: 400/422, names the field)
         ├── Unauthorized           (API: 401)
         │   └── Forbidden          (API: 403: a known caller not allowed this, e.g. pending)
         ├── TooMany                (API: 429)
         └── Unavailable            (API: 503)
+            └── StoreUnavailable   the store's database cannot be reached now
 
 Packages add leaf classes under these branches in their own ``errors``/codec modules;
 no other roots.
@@ -139,3 +141,12 @@ class TooMany(ServiceError):
 
 class Unavailable(ServiceError):
     status = 503
+
+
+class DuplicateRow(Conflict):
+    """A row a UNIQUE or PRIMARY KEY constraint of the store refused. The store's
+    rules refuse such requests first, with a better reason; this is the backstop."""
+
+
+class StoreUnavailable(Unavailable):
+    """The store's database is unreachable or has no free connection: retry later."""

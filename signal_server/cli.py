@@ -229,6 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the signal server")
     serve.add_argument("--data-dir", required=True, type=Path)
+    serve.add_argument("--database", metavar="URL",
+                       help="postgresql://... to share one database between replicas (a "
+                            "password is better kept in PGPASSWORD or ~/.pgpass); "
+                            "default: SQLite in --data-dir")
     serve.add_argument("--http", required=True, metavar="HOST:PORT")
     serve.add_argument("--stun", action="append", default=[], metavar="HOST:PORT",
                        help="STUN listener; give twice (second address) for RFC 5780")
@@ -318,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
                 domain=args.domain, public_url=args.public_url,
                 certfile=args.certfile, keyfile=args.keyfile,
                 relay=[parse_relay(r) for r in args.relay], relay_mode=args.relay_mode,
+                database=args.database,
             )
             if len(options.stun) > 2:
                 raise ConfigError("--stun: give at most two (primary and alternate)")

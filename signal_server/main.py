@@ -27,7 +27,7 @@ from punchd.wire import api
 from .app import build_app
 from .relay import RelayMode, RelayPool, RelayService
 from .service import Service
-from .store import Store
+from .store import open_store
 
 ADMIN_TOKEN_FILE = "admin.token"
 
@@ -84,6 +84,7 @@ class ServerOptions:
     keyfile: str | None = None
     relay: list[RelayPool] = field(default_factory=list)
     relay_mode: RelayMode = "auto"
+    database: str | None = None  # a postgresql:// URL or an SQLite path; None: data_dir's
 
 
 class SignalServer:
@@ -103,7 +104,7 @@ class SignalServer:
                               "address for join tokens: give --public-url (e.g. "
                               f"{scheme}://203.0.113.10:{port})")
         self.admin_token = load_or_create_admin_token(options.data_dir)
-        self.store = Store(options.data_dir / "signal.db")
+        self.store = open_store(options.database or options.data_dir / "signal.db")
         url_host = f"[{host}]" if ":" in host else host
         self.public_url = options.public_url or f"{scheme}://{url_host}:{port}"
         self.relay = RelayService(options.relay, options.relay_mode) if options.relay else None

@@ -1,11 +1,16 @@
-"""The signal server's store: SQLite (WAL), one transaction per operation.
+"""The signal server's store: every rule, over SQLite or PostgreSQL.
 
 Every public method is one transaction: it validates, changes the records, appends
 the resulting events to the per-network event log, and commits before it returns,
 so a ``kill -9`` after an answer loses nothing, and a refused request changes
-nothing. Methods are synchronous; the server calls them through one worker thread
-(see :class:`signal_server.service.Service`), which also makes access-key use counts
-exact under concurrent joins.
+nothing. Methods are synchronous; the server calls them through a worker thread
+(see :class:`signal_server.service.Service`).
+
+The rules live here once; the SQL dialect lives behind :class:`signal_server.db.Database`
+(``db_sqlite``, ``db_postgres``), whose write transactions run one at a time across
+every process sharing the database. That is what makes access-key use counts and
+address choice exact under concurrent joins, on one server or on several replicas;
+UNIQUE constraints (:mod:`signal_server.schema`) are the backstop.
 
 Records are stored as msgspec JSON of the Structs in :mod:`punchd.wire.api` (the one
 schema); columns exist only for what is looked up or kept unique.
@@ -17,10 +22,10 @@ import hashlib
 import ipaddress
 import itertools
 import secrets
-import sqlite3
 import time
 import uuid
 from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -28,34 +33,20 @@ from typing import TypeVar
 import msgspec
 
 from meshdns.zone import validate_record
-from punchd.errors import ConfigError, Conflict, Invalid, NotFound, Unauthorized
+from punchd.errors import Conflict, DuplicateRow, Invalid, NotFound, Unauthorized
 from punchd.wire import api
 from punchd.wire.signing import MAX_SKEW_S
 
+from .db import Database, decode_row, open_database
+from .schema import migrate, node_columns
+
 T = TypeVar("T")
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS networks (name TEXT PRIMARY KEY, body BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS access_keys (
-    id TEXT PRIMARY KEY, network TEXT NOT NULL, secret_hash TEXT NOT NULL UNIQUE,
-    body BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS nodes (
-    id TEXT PRIMARY KEY, network TEXT NOT NULL, name TEXT NOT NULL,
-    signing_key TEXT NOT NULL UNIQUE, body BLOB NOT NULL, UNIQUE (network, name));
-CREATE TABLE IF NOT EXISTS dns_records (
-    network TEXT NOT NULL, name TEXT NOT NULL, rtype TEXT NOT NULL, value TEXT NOT NULL,
-    PRIMARY KEY (network, name, rtype, value));
-CREATE TABLE IF NOT EXISTS events (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT, network TEXT NOT NULL, body BLOB NOT NULL);
-CREATE INDEX IF NOT EXISTS events_by_network ON events (network, seq);
-CREATE TABLE IF NOT EXISTS event_trim (network TEXT PRIMARY KEY, upto INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS request_nonces (
-    signing_key TEXT NOT NULL, nonce TEXT NOT NULL, sent REAL NOT NULL,
-    PRIMARY KEY (signing_key, nonce));
-CREATE INDEX IF NOT EXISTS request_nonces_by_sent ON request_nonces (sent);
-CREATE INDEX IF NOT EXISTS request_nonces_by_key ON request_nonces (signing_key, sent);
-CREATE TABLE IF NOT EXISTS request_floor (signing_key TEXT PRIMARY KEY, sent REAL NOT NULL);
-"""
+_NETWORK = msgspec.json.Decoder(api.Network)
+_ACCESS_KEY = msgspec.json.Decoder(api.AccessKey)
+_NODE = msgspec.json.Decoder(api.Node)
+_ANY: msgspec.json.Decoder[object] = msgspec.json.Decoder()
+
 
 # Events kept per network for resuming streams; older cursors get a snapshot.
 EVENT_RETENTION = 2000
@@ -107,39 +98,34 @@ def _check_candidates(candidates: Iterable[api.Candidate]) -> None:
             raise Invalid(str(exc), f"candidates[{i}].address") from exc
 
 
-class Store:
-    """All domain state; ``path`` may be ``":memory:"`` for tests."""
+def open_store(target: str | Path) -> Store:
+    """A ``postgresql://`` URL opens PostgreSQL; anything else is an SQLite file."""
+    return Store(open_database(target))
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = str(path)
+
+class Store:
+    """All domain state. ``target`` is an SQLite path (``":memory:"`` for tests) or an
+    open :class:`Database`; :func:`open_store` also takes a PostgreSQL URL."""
+
+    def __init__(self, target: str | Path | Database) -> None:
+        self.db: Database = open_database(target) if isinstance(target, (str, Path)) \
+            else target
+        self.path = self.db.name
         try:
-            self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        except sqlite3.Error as exc:
-            raise ConfigError(f"cannot open the store {self.path}: {exc}") from exc
-        try:
-            self.db.execute("PRAGMA journal_mode=WAL")
-            # FULL: a transaction is on disk before the server answers (kill -9 safe).
-            self.db.execute("PRAGMA synchronous=FULL")
-            self.db.execute("PRAGMA foreign_keys=ON")
-            # A truncated file opens fine and fails on the first page it lacks, which
-            # would be mid-request: check every page now, at start.
-            (verdict,) = self.db.execute("PRAGMA quick_check").fetchone()
-            if verdict != "ok":
-                raise sqlite3.DatabaseError(verdict)
-            self.db.executescript(SCHEMA)
-        except sqlite3.Error as exc:
+            migrate(self.db)
+            self._give_networks_ids()
+        except BaseException:
             self.db.close()
-            raise ConfigError(f"the store {self.path} is not a usable database ({exc}); "
-                              "restore it from a backup or move it away") from exc
-        self._give_networks_ids()
+            raise
 
     def _give_networks_ids(self) -> None:
         """Networks stored before networks had ids get one, once, so it stays put
         (``api.Network`` makes up a fresh id for a body without one on every read)."""
         with self._tx():
             for name, body in self.db.execute("SELECT name, body FROM networks").fetchall():
-                if "id" not in msgspec.json.decode(body):
-                    net = msgspec.json.decode(body, type=api.Network)
+                raw = decode_row("networks", body, _ANY)
+                if not isinstance(raw, dict) or "id" not in raw:
+                    net = decode_row("networks", body, _NETWORK)
                     self.db.execute("UPDATE networks SET body = ? WHERE name = ?",
                                     (msgspec.json.encode(net), name))
 
@@ -148,17 +134,17 @@ class Store:
 
     # -- transaction plumbing ---------------------------------------------------------
 
-    def _tx(self) -> _Transaction:
-        return _Transaction(self.db)
+    def _tx(self) -> AbstractContextManager[None]:
+        return self.db.transaction()
 
     def _emit(self, network: str, event_body: api.Event) -> None:
-        """Append an event; its seq is assigned by the log (the AUTOINCREMENT key)."""
-        cur = self.db.execute("INSERT INTO events (network, body) VALUES (?, ?)", (network, b""))
-        seq = cur.lastrowid
-        assert seq is not None
+        """Append an event; its seq is the next of the one-row counter, which only
+        the one running write transaction can move (so seqs commit in order)."""
+        self.db.execute("UPDATE event_counter SET seq = seq + 1 WHERE id = 1")
+        (seq,) = self.db.execute("SELECT seq FROM event_counter WHERE id = 1").fetchone()
         stamped = msgspec.structs.replace(event_body, seq=seq)
-        self.db.execute("UPDATE events SET body = ? WHERE seq = ?",
-                        (api.event_encoder.encode(stamped), seq))
+        self.db.execute("INSERT INTO events (seq, network, body) VALUES (?, ?, ?)",
+                        (seq, network, api.event_encoder.encode(stamped)))
         cutoff = self.db.execute(
             "SELECT seq FROM events WHERE network = ? ORDER BY seq DESC LIMIT 1 OFFSET ?",
             (network, EVENT_RETENTION),
@@ -175,7 +161,7 @@ class Store:
 
     def _networks(self) -> list[api.Network]:
         rows = self.db.execute("SELECT body FROM networks ORDER BY name").fetchall()
-        return [msgspec.json.decode(r[0], type=api.Network) for r in rows]
+        return [decode_row("networks", r[0], _NETWORK) for r in rows]
 
     def list_networks(self) -> list[api.Network]:
         return self._networks()
@@ -184,7 +170,7 @@ class Store:
         row = self.db.execute("SELECT body FROM networks WHERE name = ?", (name,)).fetchone()
         if row is None:
             raise NotFound(f"no network {name!r}", "network")
-        return msgspec.json.decode(row[0], type=api.Network)
+        return decode_row("networks", row[0], _NETWORK)
 
     def _check_overlap(self, name: str, cidr: str | None, field: str) -> None:
         if cidr is None:
@@ -279,7 +265,7 @@ class Store:
         rows = self.db.execute(
             "SELECT body FROM access_keys WHERE network = ? ORDER BY id", (network,)
         ).fetchall()
-        return [msgspec.json.decode(r[0], type=api.AccessKey) for r in rows]
+        return [decode_row("access_keys", r[0], _ACCESS_KEY) for r in rows]
 
     def delete_access_key(self, network: str, key_id: str) -> None:
         with self._tx():
@@ -295,7 +281,7 @@ class Store:
         ).fetchone()
         if row is None:
             raise Unauthorized("unknown access key", "access_key")
-        return msgspec.json.decode(row[0], type=api.AccessKey)
+        return decode_row("access_keys", row[0], _ACCESS_KEY)
 
     def _use_access_key(self, secret: str, now: float) -> api.AccessKey:
         key = self._access_key(secret)
@@ -342,7 +328,7 @@ class Store:
         try:
             self.db.execute("INSERT INTO request_nonces (signing_key, nonce, sent) "
                             "VALUES (?, ?, ?)", (signing_key, nonce, sent))
-        except sqlite3.IntegrityError as exc:
+        except DuplicateRow as exc:
             raise Unauthorized("replayed request (nonce seen before)") from exc
         (count,) = self.db.execute("SELECT COUNT(*) FROM request_nonces WHERE signing_key = ?",
                                    (signing_key,)).fetchone()
@@ -363,7 +349,7 @@ class Store:
         rows = self.db.execute(
             "SELECT body FROM nodes WHERE network = ? ORDER BY name", (network,)
         ).fetchall()
-        return [msgspec.json.decode(r[0], type=api.Node) for r in rows]
+        return [decode_row("nodes", r[0], _NODE) for r in rows]
 
     def list_nodes(self, network: str) -> list[api.Node]:
         self.get_network(network)
@@ -371,9 +357,14 @@ class Store:
 
     def _put_node(self, node: api.Node) -> None:
         self.db.execute(
-            "INSERT INTO nodes (id, network, name, signing_key, body) VALUES (?, ?, ?, ?, ?) "
-            "ON CONFLICT (id) DO UPDATE SET name = excluded.name, body = excluded.body",
-            (node.id, node.network, node.name, node.signing_key, msgspec.json.encode(node)),
+            "INSERT INTO nodes (id, network, name, signing_key, body, ipv4, ipv6, "
+            "wg_public_key, probe_public_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (id) DO UPDATE SET name = excluded.name, body = excluded.body, "
+            "ipv4 = excluded.ipv4, ipv6 = excluded.ipv6, "
+            "wg_public_key = excluded.wg_public_key, "
+            "probe_public_key = excluded.probe_public_key",
+            (node.id, node.network, node.name, node.signing_key, msgspec.json.encode(node),
+             *node_columns(node)),
         )
 
     def node_by_signing_key(self, signing_key: str) -> api.Node:
@@ -382,7 +373,7 @@ class Store:
         ).fetchone()
         if row is None:
             raise Unauthorized("unknown node key (not joined, or deleted)")
-        return msgspec.json.decode(row[0], type=api.Node)
+        return decode_row("nodes", row[0], _NODE)
 
     def get_node(self, network: str, name: str) -> api.Node:
         row = self.db.execute(
@@ -390,7 +381,7 @@ class Store:
         ).fetchone()
         if row is None:
             raise NotFound(f"no node {name!r} in network {network!r}", "node")
-        return msgspec.json.decode(row[0], type=api.Node)
+        return decode_row("nodes", row[0], _NODE)
 
     @staticmethod
     def _address_pool(cidr: str, used: set[str]) -> Iterator[str]:
@@ -431,7 +422,7 @@ class Store:
                 "SELECT body FROM nodes WHERE signing_key = ?", (req.signing_key,)
             ).fetchone()
             if row is not None:
-                old = msgspec.json.decode(row[0], type=api.Node)
+                old = decode_row("nodes", row[0], _NODE)
                 key = self._access_key(req.access_key)
                 if (old.network, old.wg_public_key, old.probe_public_key) != \
                         (key.network, req.wg_public_key, req.probe_public_key):
@@ -516,7 +507,7 @@ class Store:
         changed: set[str] = set()
         with self._tx():
             for (body,) in self.db.execute("SELECT body FROM nodes").fetchall():
-                node = msgspec.json.decode(body, type=api.Node)
+                node = decode_row("nodes", body, _NODE)
                 if node.expires_at is not None and node.expires_at <= now:
                     self.db.execute("DELETE FROM nodes WHERE id = ?", (node.id,))
                     self._emit(node.network, api.PeerRemoved(seq=0, node_id=node.id,
@@ -573,7 +564,7 @@ class Store:
                     "INSERT INTO dns_records (network, name, rtype, value) VALUES (?, ?, ?, ?)",
                     (network, rec.name, rec.rtype, rec.value),
                 )
-            except sqlite3.IntegrityError as exc:
+            except DuplicateRow as exc:
                 raise Conflict("that record exists already", "name") from exc
         return rec
 
@@ -599,12 +590,10 @@ class Store:
 
     def last_seq(self) -> int:
         """The last seq the log handed out, even if its events were deleted since
-        (AUTOINCREMENT keeps it in ``sqlite_sequence``): deleting the network that holds
+        (the counter is kept apart from the events): deleting the network that holds
         the newest events must not move the log backwards."""
-        row = self.db.execute(
-            "SELECT MAX(s) FROM (SELECT MAX(seq) AS s FROM events UNION ALL "
-            "SELECT seq FROM sqlite_sequence WHERE name = 'events')").fetchone()
-        return int(row[0] or 0)
+        (seq,) = self.db.execute("SELECT seq FROM event_counter WHERE id = 1").fetchone()
+        return int(seq)
 
     def events_since(self, network: str, since: int, limit: int = 1000) -> list[api.Event] | None:
         """Events after ``since``; None when the cursor cannot be resumed from: some of
@@ -621,23 +610,26 @@ class Store:
             "SELECT body FROM events WHERE network = ? AND seq > ? ORDER BY seq LIMIT ?",
             (network, since, limit),
         ).fetchall()
-        return [api.event_decoder.decode(r[0]) for r in rows]
+        return [decode_row("events", r[0], api.event_decoder) for r in rows]
 
     def stream_view(self, network: str, since: int | None) -> StreamView:
         """What a stream checks when it wakes, in one read so they agree: the network's
         identity (None: gone), its members (node id -> approved) and the log after
         ``since`` (None: start with a snapshot)."""
-        row = self.db.execute("SELECT body FROM networks WHERE name = ?", (network,)).fetchone()
-        if row is None:
-            return StreamView(network_id=None, members={}, events=None)
-        members = {n.id: n.approved for n in self._nodes(network)}
-        return StreamView(network_id=msgspec.json.decode(row[0], type=api.Network).id,
-                          members=members,
-                          events=None if since is None else self.events_since(network, since))
+        with self.db.read():
+            row = self.db.execute("SELECT body FROM networks WHERE name = ?",
+                                  (network,)).fetchone()
+            if row is None:
+                return StreamView(network_id=None, members={}, events=None)
+            members = {n.id: n.approved for n in self._nodes(network)}
+            events = None if since is None else self.events_since(network, since)
+            return StreamView(network_id=decode_row("networks", row[0], _NETWORK).id,
+                              members=members, events=events)
 
     def snapshot(self, network: str) -> api.Snapshot:
-        return api.Snapshot(seq=self.last_seq(), network=self.get_network(network),
-                            peers=tuple(self._nodes(network)))
+        with self.db.read():  # seq and peers from one moment: no event falls between
+            return api.Snapshot(seq=self.last_seq(), network=self.get_network(network),
+                                peers=tuple(self._nodes(network)))
 
 
 @dataclass(frozen=True)
@@ -646,23 +638,3 @@ class StreamView:
     members: dict[str, bool]  # node id -> approved
     events: list[api.Event] | None
 
-
-class _Transaction:
-    """``with store._tx():`` — BEGIN IMMEDIATE, COMMIT on success, ROLLBACK on any error."""
-
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self.db = db
-        self.depth = 0
-
-    def __enter__(self) -> None:
-        if not self.db.in_transaction:
-            self.db.execute("BEGIN IMMEDIATE")
-            self.depth = 1
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if not self.depth:
-            return
-        if exc_type is None:
-            self.db.execute("COMMIT")
-        else:
-            self.db.execute("ROLLBACK")

@@ -1,24 +1,40 @@
-"""The store's conformance suite, run against an SQLite file and an in-memory SQLite."""
+"""The store's conformance suite: every test that takes ``store`` runs against an SQLite
+file, an in-memory SQLite and a real PostgreSQL (tests/pgcluster.py; skipped, saying
+why, where PostgreSQL is not installed)."""
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 from nacl.public import PrivateKey
 from nacl.signing import SigningKey
 
-from punchd.errors import Conflict, Invalid, NotFound, Unauthorized
+from punchd.errors import ConfigError, Conflict, DuplicateRow, Invalid, NotFound, Unauthorized
 from punchd.wire import api
 from punchd.wire.signing import b64
+from signal_server import schema
 from signal_server import store as store_mod
-from signal_server.store import Store
+from signal_server.store import Store, open_store
+
+from .pgcluster import PgCluster, pg_cluster  # noqa: F401  (the session fixture)
+
+BACKENDS = ["file", "memory", "postgresql"]
 
 
-@pytest.fixture(params=["file", "memory"])
+@pytest.fixture(params=BACKENDS)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    if request.param == "postgresql":
+        cluster: PgCluster = request.getfixturevalue("pg_cluster")
+        with cluster.fresh_schema() as url:
+            s = open_store(url)
+            yield s
+            s.close()
+        return
     s = Store(tmp_path / "s.db" if request.param == "file" else ":memory:")
     yield s
     s.close()
@@ -226,3 +242,162 @@ def test_renumber_into_too_small_a_range_is_refused(store: Store) -> None:
     assert small.value.field == "ipv4_cidr" and "room for 2" in small.value.reason
     assert store.get_network("net").ipv4_cidr == "198.19.0.0/24"  # nothing changed
     assert sorted(n.ipv4 or "" for n in store.list_nodes("net"))[0] == "198.19.0.1/24"
+
+
+# -- what both backends promise beyond the API: migrations, constraints, hostile rows ---------
+
+@pytest.fixture(params=["file", "postgresql"])
+def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Where a store lives, for tests that open it more than once."""
+    if request.param == "postgresql":
+        cluster: PgCluster = request.getfixturevalue("pg_cluster")
+        with cluster.fresh_schema() as url:
+            yield url
+        return
+    yield str(tmp_path / "s.db")
+
+
+def test_reopening_keeps_everything_and_the_log_never_moves_back(target: str) -> None:
+    store = open_store(target)
+    network(store)
+    _, secret = store.create_access_key("net", api.AccessKeyCreate())
+    join(store, secret, "a")
+    network(store, "gone", "198.19.5.0/24")
+    store.update_network("gone", api.NetworkUpdate(require_approval=True))
+    seq = store.last_seq()
+    store.delete_network("gone")  # takes the newest event with it
+    assert store.last_seq() == seq
+    store.close()
+    store = open_store(target)
+    assert schema.schema_version(store.db) == schema.LATEST
+    assert store.last_seq() == seq and [n.name for n in store.list_nodes("net")] == ["a"]
+    join(store, secret, "b")
+    assert store.last_seq() == seq + 1
+    store.close()
+
+
+def test_a_newer_schema_is_refused(target: str) -> None:
+    store = open_store(target)
+    store.db.execute("INSERT INTO schema_version (version, applied_at) VALUES (?, ?)",
+                     (schema.LATEST + 1, 0.0))
+    store.close()
+    with pytest.raises(ConfigError, match=f"schema version {schema.LATEST + 1}, newer"):
+        open_store(target)
+
+
+def test_a_network_row_that_does_not_decode_fails_the_start_naming_it(target: str) -> None:
+    store = open_store(target)
+    network(store)
+    store.db.execute("UPDATE networks SET body = ?", (b"\x00garbage",))
+    store.close()
+    with pytest.raises(ConfigError, match="networks table holds a row that does not decode"):
+        open_store(target)
+
+
+def test_rows_that_do_not_decode_name_their_table(store: Store) -> None:
+    network(store)
+    _, secret = store.create_access_key("net", api.AccessKeyCreate())
+    join(store, secret, "a")
+    first = store.last_seq()
+    store.update_network("net", api.NetworkUpdate(require_approval=True))
+    for table, bad, call in [
+        ("events", b"[1, 2]", lambda: store.events_since("net", first - 1)),
+        ("nodes", b"\xff\xfe", lambda: store.list_nodes("net")),
+        ("access_keys", b'{"id": 5}', lambda: store.list_access_keys("net")),
+        ("networks", b"null", lambda: store.get_network("net")),
+    ]:
+        store.db.execute(f"UPDATE {table} SET body = ?", (bad,))
+        with pytest.raises(ConfigError, match=f"the store's {table} table holds a row"):
+            call()
+
+
+def test_unique_constraints_back_the_rules(store: Store) -> None:
+    """Were a rule ever bypassed (a race, a bug), the database still refuses a second
+    owner of an address or key in one network."""
+    network(store, ipv6_cidr="fd00:1::/64")
+    network(store, "other", "198.19.1.0/24")
+    _, secret = store.create_access_key("net", api.AccessKeyCreate())
+    a = join(store, secret, "a").node
+    insert = ("INSERT INTO nodes (id, network, name, signing_key, body, ipv4, ipv6, "
+              "wg_public_key, probe_public_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+    for i, (ipv4, ipv6, wg, probe) in enumerate([
+        (a.ipv4, None, key32(), key32()),
+        (None, a.ipv6, key32(), key32()),
+        (None, None, a.wg_public_key, key32()),
+        (None, None, key32(), a.probe_public_key),
+    ]):
+        with pytest.raises(DuplicateRow):
+            store.db.execute(insert, (f"x{i}", "net", f"x{i}", f"k{i}", b"{}", ipv4, ipv6,
+                                      wg, probe))
+    # Another network may use the same address and keys.
+    store.db.execute(insert, ("y", "other", "y", "ky", b"{}", a.ipv4, None, a.wg_public_key,
+                              a.probe_public_key))
+
+
+def _downgrade_to_pre_migration(path: Path) -> None:
+    """Make a file what releases before migrations left: version 1's tables only."""
+    db = sqlite3.connect(path)
+    db.executescript("""
+        DROP INDEX nodes_ipv4; DROP INDEX nodes_ipv6; DROP INDEX nodes_wg_public_key;
+        DROP INDEX nodes_probe_public_key; DROP TABLE event_counter; DROP TABLE schema_version;
+        ALTER TABLE nodes DROP COLUMN ipv4; ALTER TABLE nodes DROP COLUMN ipv6;
+        ALTER TABLE nodes DROP COLUMN wg_public_key; ALTER TABLE nodes DROP COLUMN probe_public_key;
+    """)
+    db.close()
+
+
+def _tables(path: Path) -> list[tuple[str, str]]:
+    db = sqlite3.connect(path)
+    try:
+        return db.execute("SELECT name, sql FROM sqlite_master ORDER BY name").fetchall()
+    finally:
+        db.close()
+
+
+def test_a_pre_migration_sqlite_file_opens_and_is_marked(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    fresh = tmp_path / "v1.db"
+    db = sqlite3.connect(fresh)
+    db.executescript(schema._V1_SQLITE)
+    db.close()
+    store = Store(path)
+    network(store, ipv6_cidr="fd00:1::/64")
+    _, secret = store.create_access_key("net", api.AccessKeyCreate(uses=5))
+    a, b = join(store, secret, "a").node, join(store, secret, "b").node
+    network(store, "gone", "198.19.5.0/24")
+    store.update_network("gone", api.NetworkUpdate(require_approval=True))
+    seq = store.last_seq()
+    store.delete_network("gone")
+    store.close()
+    _downgrade_to_pre_migration(path)
+    assert _tables(path) == _tables(fresh)  # exactly the old shape
+
+    store = Store(path)
+    assert schema.schema_version(store.db) == schema.LATEST
+    assert [n.id for n in store.list_nodes("net")] == [a.id, b.id]
+    assert store.last_seq() == seq  # from sqlite_sequence: the deleted events count
+    assert store.list_access_keys("net")[0].uses_left == 3
+    assert store.db.execute("SELECT ipv4, wg_public_key FROM nodes WHERE id = ?",
+                            (b.id,)).fetchone() == (b.ipv4, b.wg_public_key)
+    assert join(store, secret, "c").node.ipv4 == "198.19.0.3/24"
+    store.close()
+
+
+def test_a_pre_migration_file_breaking_a_new_constraint_is_refused_untouched(
+        tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    store = Store(path)
+    network(store)
+    _, secret = store.create_access_key("net", api.AccessKeyCreate())
+    a, b = join(store, secret, "a").node, join(store, secret, "b").node
+    store.close()
+    _downgrade_to_pre_migration(path)
+    db = sqlite3.connect(path)
+    clash = msgspec.structs.replace(b, ipv4=a.ipv4)
+    db.execute("UPDATE nodes SET body = ? WHERE id = ?", (msgspec.json.encode(clash), b.id))
+    db.commit()
+    db.close()
+    before = _tables(path)
+    with pytest.raises(ConfigError, match="cannot take schema version 2: its nodes table"):
+        Store(path)
+    assert _tables(path) == before  # the failed migration changed nothing
