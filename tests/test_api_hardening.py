@@ -268,3 +268,15 @@ async def test_replayed_join_after_leave_is_refused(signal_server: RunningServer
         replay = await anon.post("/api/v1/join", content=body, headers=captured)
     assert replay.status_code == 401 and "replayed" in replay.json()["error"]
     assert (await srv.admin.get("/networks/net/nodes")).json() == []
+
+
+async def test_a_store_row_that_does_not_decode_is_a_500_and_the_server_serves_on(
+        signal_server: RunningServer, caplog: pytest.LogCaptureFixture) -> None:
+    srv = signal_server
+    await srv.create_network("net")
+    await srv.create_network("other", cidr="198.19.1.0/24")
+    srv.server.store.db.execute("UPDATE networks SET body = ? WHERE name = 'net'", (b"null",))
+    resp = await srv.admin.get("/networks/net")
+    assert resp.status_code == 500 and resp.json()["error"].startswith("internal error")
+    assert "networks table holds a row" in caplog.text and "Traceback" not in caplog.text
+    assert (await srv.admin.get("/networks/other")).status_code == 200

@@ -10,6 +10,7 @@ runs (so the document's security is the one enforced) and answers a
 from __future__ import annotations
 
 import hmac
+import logging
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -19,12 +20,14 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from punchd.errors import Invalid, ServiceError, Unauthorized
+from punchd.errors import Invalid, PunchdError, ServiceError, Unauthorized
 from punchd.wire import api
 from punchd.wire.signing import Signed, verify_request
 
 from ..service import Service
 from ..store import Store
+
+log = logging.getLogger("signal_server.api")
 
 T = TypeVar("T")
 _PATH_RE = re.compile(r"at `\$((?:\.[A-Za-z_]\w*|\[\d+\])*)`$")
@@ -199,6 +202,11 @@ def endpoint(operations: Sequence[Operation], ctx: Context
             return await op.handler(await _authenticate(op, request, ctx))
         except ServiceError as exc:
             return error_response(exc.status, exc.reason, exc.field)
+        except PunchdError as exc:
+            # Ours but not the caller's fault (a store row that does not decode): one
+            # line in the log, a 500 without the detail, and the server serves on.
+            log.error("%s %s: %s", request.method, request.url.path, exc)
+            return error_response(500, "internal error (see the server log)", None)
 
     return serve
 
