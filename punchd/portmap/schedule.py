@@ -177,11 +177,13 @@ class UdpMapper:
 
     # -- what the owner asks ----------------------------------------------------------
 
-    def probe(self, now: float) -> None:
-        self._probes["nat-pmp"] = Request(natpmp.external_address_request(), now,
+    def probe(self, now: float, protocols: Iterable[Protocol] = PROTOCOLS) -> None:
+        if "nat-pmp" in protocols:
+            self._probes["nat-pmp"] = Request(natpmp.external_address_request(), now,
+                                              budget=self.budget)
+        if "pcp" in protocols:
+            self._probes["pcp"] = Request(pcp.announce_request(self.client_ip), now,
                                           budget=self.budget)
-        self._probes["pcp"] = Request(pcp.announce_request(self.client_ip), now,
-                                      budget=self.budget)
 
     def map(self, protocol: UdpProtocol, now: float) -> None:
         """A mapping request for WireGuard's port; the renewal is the same request."""
@@ -193,6 +195,11 @@ class UdpMapper:
             self.external_ip, self._natpmp_port = None, None
             self._probes["nat-pmp"] = Request(natpmp.external_address_request(), now,
                                               budget=self.budget)
+
+    @property
+    def releasing(self) -> bool:
+        """A delete is still waiting for its answer (and has budget left)."""
+        return bool(self._releases)
 
     def release(self, protocol: UdpProtocol, now: float) -> None:
         self._maps.pop(protocol, None)
@@ -374,11 +381,15 @@ class Map(msgspec.Struct, frozen=True, tag=True):
     protocol: Protocol
 
 
+class Probe(msgspec.Struct, frozen=True, tag=True):
+    """Probe all protocols again (the mapping expired, or a retry after giving up)."""
+
+
 class GiveUp(msgspec.Struct, frozen=True, tag=True):
     reason: str
 
 
-Action = Map | GiveUp
+Action = Map | Probe | GiveUp
 State = Literal["probing", "mapping", "mapped", "failed"]
 
 
@@ -475,14 +486,19 @@ class PortmapSchedule:
 
     def _lost(self, now: float) -> list[Action]:
         """The mapping expired without a renewal: start over, as at start-up."""
+        self.remaps += 1
+        return self.restart(now)
+
+    def restart(self, now: float) -> list[Action]:
+        """Forget everything and probe again (after a network change, or to retry)."""
         self.external = None
-        self.state, self.current = "probing", None
+        self.state, self.current, self.reason = "probing", None, None
         self.answered.clear()
         self.failed.clear()
         self.unavailable.clear()
         self._probe_deadline = now + self.budget
-        self.remaps += 1
-        return []
+        self.renew_at = self.expires_at = None
+        return [Probe()]
 
     def handle_timer(self, now: float) -> list[Action]:
         if self.state == "probing" and self._probe_deadline is not None and (
