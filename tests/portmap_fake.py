@@ -106,12 +106,13 @@ class FakeGateway:
 
 
 async def serve_udp(gateway: FakeGateway, sock: trio.socket.SocketType) -> None:
-    """The responder: answer each datagram from where it came."""
-    while True:
-        data, source = await sock.recvfrom(2048)
-        reply = gateway.handle(data, source, trio.current_time())
-        if reply is not None:
-            await sock.sendto(reply, source)
+    """The responder: answer each datagram from where it came (closes ``sock`` at the end)."""
+    with sock:
+        while True:
+            data, source = await sock.recvfrom(2048)
+            reply = gateway.handle(data, source, trio.current_time())
+            if reply is not None:
+                await sock.sendto(reply, source)
 
 
 async def bound_udp() -> tuple[trio.socket.SocketType, int]:
@@ -198,8 +199,9 @@ _DESCRIPTION = (
 
 
 async def serve_ssdp(igd: FakeIgd, sock: trio.socket.SocketType) -> None:
-    while True:
-        data, source = await sock.recvfrom(2048)
-        reply = igd.ssdp(data)
-        if reply is not None:
-            await sock.sendto(reply, source)
+    with sock:
+        while True:
+            data, source = await sock.recvfrom(2048)
+            reply = igd.ssdp(data)
+            if reply is not None:
+                await sock.sendto(reply, source)

@@ -234,11 +234,13 @@ def test_a_failed_mapping_falls_back_to_the_next_that_answered() -> None:
 
 def test_nothing_answers_gives_up_at_the_budget() -> None:
     schedule = PortmapSchedule(5.0)
-    assert schedule.next_deadline() == 7.0
-    assert schedule.handle_timer(6.9) == []
-    actions = schedule.handle_timer(7.0)
+    assert schedule.next_deadline() == pytest.approx(7.1)  # the budget and GRACE_S
+    assert schedule.handle(Unavailable("pcp", "no answer after 4 requests"), 7.0) == []
+    assert schedule.handle_timer(7.0) == []
+    actions = schedule.handle_timer(7.1)
     assert len(actions) == 1 and isinstance(actions[0], GiveUp)
-    assert "pcp: no answer; nat-pmp: no answer; upnp: no answer" in actions[0].reason
+    assert "pcp: no answer after 4 requests; nat-pmp: no answer; upnp: no answer" in \
+        actions[0].reason
 
 
 def test_all_unavailable_gives_up_before_the_budget() -> None:
@@ -265,7 +267,7 @@ def test_renewal_at_half_life_and_a_failed_renewal_retries_until_expiry() -> Non
     # The last retry fails with less than a second left: the mapping is gone; probe again.
     schedule.handle(MapFailed("nat-pmp", "no answer"), 179.5)
     assert schedule.state == "probing" and schedule.external is None
-    assert schedule.remaps == 1 and schedule.next_deadline() == pytest.approx(181.5)
+    assert schedule.remaps == 1 and schedule.next_deadline() == pytest.approx(181.6)
 
 
 def test_expiry_without_any_answer_starts_over() -> None:
@@ -297,7 +299,7 @@ def test_permanent_upnp_lease_is_never_renewed() -> None:
 
 def test_restart_probes_again_after_giving_up() -> None:
     schedule = PortmapSchedule(0.0)
-    schedule.handle_timer(2.0)
+    schedule.handle_timer(2.1)
     assert schedule.state == "failed" and schedule.handle(Answered("pcp"), 3.0) == []
     assert schedule.restart(60.0) == [Probe()]
     assert schedule.handle(Answered("pcp"), 60.1) == [Map("pcp")]

@@ -124,6 +124,7 @@ class PortMapping:
         self._released = trio.Event()
         self._retry_at = math.inf
         self._started = False
+        self._announced: Addr | None = None
         self._nursery: trio.Nursery | None = None
 
     # -- what callers see -----------------------------------------------------------
@@ -172,7 +173,10 @@ class PortMapping:
                 self._nursery = nursery
                 nursery.start_soon(self._receive, sock)
                 self._probe(now)
-                await self._drive(sock, task_status)
+                failure = await self._drive(sock, task_status)
+                nursery.cancel_scope.cancel()
+        # Raised outside the nursery, so the caller gets our error, not an ExceptionGroup.
+        raise PortmapError(failure)
 
     def _probe(self, now: float) -> None:
         assert self._udp is not None and self._nursery is not None
@@ -181,7 +185,8 @@ class PortMapping:
             self._nursery.start_soon(self._ssdp_search)
 
     async def _drive(self, sock: trio.socket.SocketType,
-                     task_status: trio.TaskStatus[None]) -> None:
+                     task_status: trio.TaskStatus[None]) -> str:
+        """Runs until cancelled; returns why, when no mapping could be made at start."""
         udp = self._udp
         assert udp is not None
         while True:
@@ -189,13 +194,17 @@ class PortMapping:
             udp.handle_timer(now)
             events = udp.events() + self._upnp_events
             self._upnp_events = []
+            actions = []
             for event in events:
-                self._on_event(event, now)
-                self._act(self._schedule.handle(event, now), now, task_status)
-            self._act(self._schedule.handle_timer(now), now, task_status)
+                self._on_event(event)
+                actions += self._schedule.handle(event, now)
+            actions += self._schedule.handle_timer(now)
             if now >= self._retry_at:
                 self._retry_at = math.inf
-                self._act(self._schedule.restart(now), now, task_status)
+                actions += self._schedule.restart(now)
+            failure = self._act(actions, now)
+            if failure is not None:
+                return failure
             for datagram in udp.datagrams_to_send(now):
                 try:
                     await sock.send(datagram)
@@ -204,20 +213,21 @@ class PortMapping:
             if self._schedule.state == "mapped" and not self._started:
                 self._started = True
                 task_status.started()
+            if udp.has_events:
+                continue  # a send just failed: act on it now, not at the next deadline
             deadlines = [d for d in (udp.next_deadline(), self._schedule.next_deadline())
                          if d is not None]
             with trio.move_on_at(min(deadlines, default=self._retry_at)):
                 await self._wake.wait()
             self._wake = trio.Event()
 
-    def _on_event(self, event: Event, now: float) -> None:
+    def _on_event(self, event: Event) -> None:
         log.debug("portmap %s: %s", self.gateway.ip, event)
         if isinstance(event, Released):
             self._released.set()
 
-    def _act(self, actions: list[Action], now: float,
-             task_status: trio.TaskStatus[None]) -> None:
-        before = self._schedule.external
+    def _act(self, actions: list[Action], now: float) -> str | None:
+        """Carry out the schedule's actions; the reason when giving up before any mapping."""
         for action in actions:
             if isinstance(action, Map):
                 self._map(action.protocol, now)
@@ -225,12 +235,14 @@ class PortMapping:
                 self._probe(now)
             elif isinstance(action, GiveUp):
                 if not self._started:
-                    raise PortmapError(action.reason)
+                    return action.reason
                 log.info("portmap: %s; trying again in %.0f s", action.reason, RETRY_AFTER_S)
                 self._retry_at = now + RETRY_AFTER_S
-        if self._schedule.external != before:
+        if self._schedule.external != self._announced:
+            self._announced = self._schedule.external
             self._changed.set()
             self._changed = trio.Event()
+        return None
 
     def _map(self, protocol: Protocol, now: float) -> None:
         assert self._udp is not None and self._nursery is not None
@@ -355,7 +367,7 @@ class PortMapping:
         try:
             async with self._http.stream(method, url, headers=headers, content=content) as resp:
                 body = bytearray()
-                async for chunk in resp.aiter_raw():
+                async for chunk in resp.aiter_bytes():  # decoded: a gzip bomb meets the cap too
                     body += chunk
                     if len(body) > upnp.MAX_BODY:
                         raise PortmapError(f"{method} {url}: more than {upnp.MAX_BODY} bytes")
@@ -420,11 +432,18 @@ async def open_port_mapping(
                                  follow_redirects=False) as http:
         mapping = PortMapping(internal_port, gateway, lifetime, budget, http, description,
                               protocols)
+        failure: PortmapError | None = None
         async with trio.open_nursery() as nursery:
-            await nursery.start(mapping.run)
             try:
-                yield mapping
-            finally:
-                with trio.CancelScope(shield=True):
-                    await mapping.release()
-                nursery.cancel_scope.cancel()
+                await nursery.start(mapping.run)
+            except PortmapError as exc:  # kept for after the nursery: no ExceptionGroup
+                failure = exc
+            else:
+                try:
+                    yield mapping
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await mapping.release()
+                    nursery.cancel_scope.cancel()
+        if failure is not None:
+            raise failure

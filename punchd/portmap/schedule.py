@@ -67,6 +67,7 @@ MAX_TRIES = 9  # RFC 6886 §3.1 (the full 64 s); our budget ends it sooner
 REQUEST_BUDGET_S = 2.0  # ours: see the module docstring
 DEFAULT_LIFETIME_S = 7200  # RFC 6886 §3.3: the recommended lifetime
 MIN_RETRY_S = 1.0  # a failed renewal is not retried sooner than this
+GRACE_S = 0.1  # the schedule's own deadline trails the requests' by this much
 
 
 # -- events ---------------------------------------------------------------------------
@@ -243,6 +244,10 @@ class UdpMapper:
             if request.expired(now):
                 del self._releases[protocol]  # best effort: the lifetime ends it anyway
 
+    @property
+    def has_events(self) -> bool:
+        return bool(self._events)
+
     def events(self) -> list[Event]:
         out, self._events = self._events, []
         return out
@@ -401,7 +406,7 @@ class PortmapSchedule:
         self.state: State = "probing"
         self.protocols = protocols
         self.budget = budget
-        self._probe_deadline: float | None = now + budget
+        self._probe_deadline: float | None = now + budget + GRACE_S
         self.answered: list[Protocol] = []
         self.unavailable: dict[Protocol, str] = {}
         self.failed: dict[Protocol, str] = {}
@@ -429,8 +434,13 @@ class PortmapSchedule:
     def _next_candidate(self) -> Protocol | None:
         return next((p for p in self.answered if p not in self.failed), None)
 
-    def _advance(self, now: float) -> list[Action]:
-        """Start the next mapping, wait for more answers, or give up."""
+    def _advance(self, now: float, *, timer: bool = False) -> list[Action]:
+        """Start the next mapping, wait for more answers, or give up.
+
+        Only the timer gives up for lack of answers, and only :data:`GRACE_S` after the
+        budget: each protocol's own verdict at the budget comes in first, so the reason
+        names them all.
+        """
         if self.state in ("mapping", "mapped"):
             return []
         candidate = self._next_candidate()
@@ -438,8 +448,7 @@ class PortmapSchedule:
             self.state, self.current = "mapping", candidate
             return [Map(candidate)]
         settled = all(p in self.unavailable or p in self.failed for p in self.protocols)
-        deadline_passed = self._probe_deadline is None or now >= self._probe_deadline
-        if settled or deadline_passed:
+        if settled or timer:
             self.state = "failed"
             self.reason = f"no port mapping from the gateway ({self._summary()})"
             return [GiveUp(self.reason)]
@@ -496,14 +505,14 @@ class PortmapSchedule:
         self.answered.clear()
         self.failed.clear()
         self.unavailable.clear()
-        self._probe_deadline = now + self.budget
+        self._probe_deadline = now + self.budget + GRACE_S
         self.renew_at = self.expires_at = None
         return [Probe()]
 
     def handle_timer(self, now: float) -> list[Action]:
         if self.state == "probing" and self._probe_deadline is not None and (
                 now >= self._probe_deadline):
-            return self._advance(now)
+            return self._advance(now, timer=True)
         if self.state == "mapped" and self.renew_at is not None and now >= self.renew_at:
             if self.expires_at is not None and now >= self.expires_at:
                 return self._lost(now)
