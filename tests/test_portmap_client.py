@@ -79,6 +79,32 @@ async def test_a_moved_port_at_renewal_is_announced(
         nursery.cancel_scope.cancel()
 
 
+async def test_a_lost_mapping_is_announced_and_made_again_when_the_gateway_returns(
+        autojump_clock: trio.testing.MockClock) -> None:
+    fake = FakeGateway(speaks=("nat-pmp",))
+    async with trio.open_nursery() as nursery:
+        port = await start_gateway(nursery, fake)
+        gateway = Gateway("127.0.0.1", port=port, ssdp_port=closed_udp_port())
+        async with open_port_mapping(WG, gateway=gateway, lifetime=20,
+                                     protocols=("nat-pmp",)) as mapping:
+            start = trio.current_time()
+            fake.silent = True  # renewals at 10 s, then halfway to the expiry, all unanswered
+            await mapping.wait_changed()
+            assert mapping.external is None and mapping.protocol is None
+            lost_after = trio.current_time() - start
+            # Renewals at 10, 16 and 19 s each fail after the 2 s budget; the last one's
+            # failure at 21 s finds the 20 s lifetime over.
+            assert lost_after == pytest.approx(21.0, abs=0.01)
+            await trio.sleep(5)  # the fresh probe fails too: give up, retry in 60 s
+            fake.silent = False
+            await mapping.wait_changed()
+            assert mapping.external == ("192.0.2.1", WG)
+            retried_after = trio.current_time() - start - lost_after
+            assert retried_after == pytest.approx(2.1 + 60, abs=0.1)  # GRACE_S + RETRY_AFTER_S
+            assert mapping.statistics().remaps == 1
+        nursery.cancel_scope.cancel()
+
+
 @pytest.mark.parametrize("kind", ["garbage", "silent"])
 async def test_a_gateway_that_answers_garbage_or_nothing_gives_up_in_two_seconds(
         autojump_clock: trio.testing.MockClock, kind: str) -> None:

@@ -215,9 +215,9 @@ class PortMapping:
                 task_status.started()
             if udp.has_events:
                 continue  # a send just failed: act on it now, not at the next deadline
-            deadlines = [d for d in (udp.next_deadline(), self._schedule.next_deadline())
-                         if d is not None]
-            with trio.move_on_at(min(deadlines, default=self._retry_at)):
+            deadlines = [d for d in (udp.next_deadline(), self._schedule.next_deadline(),
+                                     self._retry_at) if d is not None]
+            with trio.move_on_at(min(deadlines)):
                 await self._wake.wait()
             self._wake = trio.Event()
 
