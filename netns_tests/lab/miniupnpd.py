@@ -21,6 +21,7 @@ process, stopped by PID at teardown like every other.
 
 from __future__ import annotations
 
+import shutil
 import time
 
 from .topology import Lab, LabError, Proc, Site
@@ -95,6 +96,8 @@ def start_miniupnpd(lab: Lab, site: Site, *, stun_port: int = 3478,
     The lab's STUN server (``Mesh(lab).start_server()``) must already answer on
     ``lab.server.ip:stun_port`` with its RFC 5780 second address.
     """
+    if shutil.which("miniupnpd") is None:
+        raise LabError("miniupnpd is missing; run ./scripts/setup (it installs it)")
     if site.carrier is not None:
         raise LabError("miniupnpd on a cgnat site: the carrier's NAT would hide it")
     lan_cidr = f"{site.hosts[0].ip.rsplit('.', 1)[0]}.0/24"
