@@ -4,6 +4,8 @@ mapping, renewal at half the lifetime, delete on close, garbage, silence, UPnP f
 from __future__ import annotations
 
 import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 import trio
@@ -29,6 +31,15 @@ async def start_gateway(nursery: trio.Nursery, fake: FakeGateway) -> int:
     sock, port = await bound_udp()
     nursery.start_soon(serve_udp, fake, sock)
     return port
+
+
+@asynccontextmanager
+async def fake_on_loopback(fake: FakeGateway) -> AsyncIterator[Gateway]:
+    """The fake's NAT-PMP/PCP port; nothing answers SSDP."""
+    async with trio.open_nursery() as nursery:
+        port = await start_gateway(nursery, fake)
+        yield Gateway("127.0.0.1", port=port, ssdp_port=closed_udp_port())
+        nursery.cancel_scope.cancel()
 
 
 @pytest.mark.parametrize("speaks", [("nat-pmp",), ("pcp",), ("nat-pmp", "pcp")])
@@ -68,23 +79,18 @@ async def test_maps_renews_at_half_life_and_deletes_on_close(
 async def test_a_moved_port_at_renewal_is_announced(
         autojump_clock: trio.testing.MockClock) -> None:
     fake = FakeGateway(speaks=("pcp",))
-    async with trio.open_nursery() as nursery:
-        port = await start_gateway(nursery, fake)
-        gateway = Gateway("127.0.0.1", port=port, ssdp_port=closed_udp_port())
-        async with open_port_mapping(WG, gateway=gateway, lifetime=100) as mapping:
-            fake.port_offset = 3
-            with trio.fail_after(51):
-                await mapping.wait_changed()
-            assert mapping.external == ("192.0.2.1", WG + 3)
-        nursery.cancel_scope.cancel()
+    async with fake_on_loopback(fake) as gateway, \
+            open_port_mapping(WG, gateway=gateway, lifetime=100) as mapping:
+        fake.port_offset = 3
+        with trio.fail_after(51):
+            await mapping.wait_changed()
+        assert mapping.external == ("192.0.2.1", WG + 3)
 
 
 async def test_a_lost_mapping_is_announced_and_made_again_when_the_gateway_returns(
         autojump_clock: trio.testing.MockClock) -> None:
     fake = FakeGateway(speaks=("nat-pmp",))
-    async with trio.open_nursery() as nursery:
-        port = await start_gateway(nursery, fake)
-        gateway = Gateway("127.0.0.1", port=port, ssdp_port=closed_udp_port())
+    async with fake_on_loopback(fake) as gateway:
         async with open_port_mapping(WG, gateway=gateway, lifetime=20,
                                      protocols=("nat-pmp",)) as mapping:
             start = trio.current_time()
@@ -102,7 +108,6 @@ async def test_a_lost_mapping_is_announced_and_made_again_when_the_gateway_retur
             retried_after = trio.current_time() - start - lost_after
             assert retried_after == pytest.approx(2 + 60, abs=0.01)  # probe budget + RETRY_AFTER_S
             assert mapping.statistics().remaps == 1
-        nursery.cancel_scope.cancel()
 
 
 @pytest.mark.parametrize("kind", ["garbage", "silent"])

@@ -31,6 +31,8 @@ import msgspec
 
 from punchd.errors import PortmapParseError
 
+from . import code_name
+
 PORT = 5351  # RFC 6886 §3: the gateway listens on UDP 5351
 VERSION = 0
 RESPONSE_BIT = 0x80  # §3: an answer's opcode is 128 + the request's
@@ -74,11 +76,7 @@ Response = ExternalAddressResponse | MapResponse
 
 
 def result_name(code: int) -> str:
-    """A result code for a log line: the RFC's name, or the number for unknown ones."""
-    try:
-        return Result(code).name
-    except ValueError:
-        return f"result {code}"
+    return code_name(Result, code)
 
 
 def is_pcp_answer(datagram: bytes) -> bool:

@@ -36,6 +36,8 @@ import msgspec
 
 from punchd.errors import PortmapParseError
 
+from . import code_name
+
 PORT = 5351  # §19.1: the server's port, shared with NAT-PMP
 VERSION = 2
 RESPONSE_BIT = 0x80
@@ -96,10 +98,7 @@ class Response(msgspec.Struct, frozen=True):
 
 
 def result_name(code: int) -> str:
-    try:
-        return Result(code).name
-    except ValueError:
-        return f"result {code}"
+    return code_name(Result, code)
 
 
 def _encode_address(address: str) -> bytes:
