@@ -200,6 +200,26 @@ def test_epoch_lost(prev: int, prev_at: float, epoch: int, now: float, lost: boo
     assert epoch_lost(prev, prev_at, epoch, now) is lost
 
 
+def test_a_closed_port_fails_a_pending_renewal_instead_of_dropping_it() -> None:
+    mapper = UdpMapper(CLIENT[0], WG)
+    mapper.probe(0.0)
+    run(mapper, FakeGateway())
+    mapper.map("nat-pmp", 10.0)
+    mapper.unreachable("closed")
+    # The probe that came with the mapping is dropped too; PCP had nothing pending.
+    assert mapper.events() == [MapFailed("nat-pmp", "closed")]
+    assert mapper.next_deadline() is None
+
+
+def test_stop_ends_renewals() -> None:
+    schedule = PortmapSchedule(0.0)
+    schedule.handle(Answered("pcp"), 0.0)
+    schedule.handle(Mapped("pcp", ("192.0.2.1", WG), 60), 0.0)
+    schedule.stop()
+    assert schedule.next_deadline() is None and schedule.external is None
+    assert schedule.handle_timer(30.0) == [] and schedule.handle(Answered("upnp"), 31.0) == []
+
+
 def test_address_mismatch_when_the_client_ip_is_wrong() -> None:
     mapper = UdpMapper("198.18.0.99", WG)  # not what the gateway sees as our source
     mapper.probe(0.0)

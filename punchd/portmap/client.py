@@ -381,7 +381,9 @@ class PortMapping:
 
     async def release(self) -> None:
         """Delete the mapping at the gateway; bounded by the request budget."""
-        protocol, self._schedule.external = self.protocol, None
+        protocol = self.protocol
+        self._schedule.stop()
+        self._retry_at = math.inf
         if protocol is None or self._udp is None:
             return
         with trio.move_on_after(self._budget + 0.5):

@@ -256,9 +256,11 @@ class UdpMapper:
         """The gateway's port 5351 is closed (ICMP port unreachable): neither protocol."""
         protocols: tuple[UdpProtocol, ...] = ("pcp", "nat-pmp")
         for protocol in protocols:
-            if self._probes.pop(protocol, None) is not None or protocol in self._maps:
+            probe, mapping = self._probes.pop(protocol, None), self._maps.pop(protocol, None)
+            if mapping is not None:  # a renewal, say: the schedule retries it
+                self._events.append(MapFailed(protocol, reason))
+            elif probe is not None:
                 self._events.append(Unavailable(protocol, reason))
-            self._maps.pop(protocol, None)
         self._releases.clear()
 
     def handle_datagram(self, data: bytes, now: float) -> None:
@@ -497,6 +499,11 @@ class PortmapSchedule:
         """The mapping expired without a renewal: start over, as at start-up."""
         self.remaps += 1
         return self.restart(now)
+
+    def stop(self) -> None:
+        """The owner is deleting the mapping: no more renewals, no more actions."""
+        self.state, self.external, self.reason = "failed", None, "closed"
+        self.renew_at = self.expires_at = self._probe_deadline = None
 
     def restart(self, now: float) -> list[Action]:
         """Forget everything and probe again (after a network change, or to retry)."""
