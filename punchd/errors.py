@@ -11,6 +11,7 @@ codec error), so callers catch ours and never a library's::
     │   ├── StunParseError
     │   │   └── RelayBindError     a relay bind that does not authenticate
     │   ├── ProbeParseError
+    │   ├── PortmapParseError      a NAT-PMP/PCP datagram, SSDP answer or UPnP XML that does not parse
     │   └── TokenError             a join token that does not decode
     ├── ConfigError                bad configuration or state files; names the field
     ├── WireGuardError             a WireGuard backend failed
@@ -20,6 +21,7 @@ codec error), so callers catch ours and never a library's::
     │   └── APIError               the server answered 4xx/5xx with a reason
     ├── ControlError               punchctl <-> punchd control socket
     ├── NetworkDown                the host cannot send or receive now (link/address gone)
+    ├── PortmapError               the gateway would not map a port (refused, no answer, fault)
     └── ServiceError               the signal server's own domain errors
         ├── NotFound               (API: 404)
         ├── Conflict               (API: 409)
@@ -56,6 +58,10 @@ class RelayBindError(StunParseError):
 
 class ProbeParseError(CodecError):
     """A datagram that is not a well-formed, authentic punch probe."""
+
+
+class PortmapParseError(CodecError):
+    """A NAT-PMP or PCP datagram, an SSDP answer or a UPnP document that does not parse."""
 
 
 class TokenError(CodecError):
@@ -100,6 +106,10 @@ class NetworkDown(PunchdError):
     """A socket operation failed because of the host's network, not ours: the link or
     address went away (ENETUNREACH, EHOSTUNREACH, EADDRNOTAVAIL, ENETDOWN, ENOBUFS...).
     Weather, not a bug: log it, retry with backoff, recover when the link returns."""
+
+
+class PortmapError(PunchdError):
+    """No port mapping: the gateway refused, faulted or did not answer (names which)."""
 
 
 class ServiceError(PunchdError):
