@@ -289,6 +289,35 @@ def test_a_peers_ping_on_an_unanswered_pair_asks_again_at_once() -> None:
     assert s.next_deadline() == pytest.approx(0.9 + sess.RTO_INITIAL)
 
 
+def test_a_hopeless_verdict_keeps_the_path_already_proven() -> None:
+    # Connected on a public pair, then new NAT reports say punching cannot work (both map
+    # per destination): the next attempt checks only LAN and relay pairs, but the proven
+    # path stays selected and kept alive (it used to drop out of the pairs, and the next
+    # keepalive raised KeyError).
+    f = Fed(a_session([candidate("srflx", PUB_B)]))
+    f.s.punch(0.0)
+    f.pump()
+    f.complete(PUB_B, 0.0, 0.020, b"a")
+    assert state(f.s) == "connected" and f.s.selected == PUB_B
+    symmetric = nat(APDM, APDM, (7, 93))
+    f.s.update_local(f.s.local_candidates, symmetric)
+    f.s.update_peer(f.s.peer_candidates, symmetric)
+    f.s.punch(1.0)
+    f.pump()
+    for _ in range(100):  # bounded: a stuck schedule must fail, not spin
+        t = f.s.next_deadline()
+        if t is None or t >= 3.0:
+            break
+        f.s.handle_timer(t)
+        f.pump()
+        for ping in f.pings.get(PUB_B, [])[-1:]:  # the peer answers the keepalive
+            f.s.handle_datagram(B_CODEC.seal(w.Probe("pong", ping.txid, t,
+                                                     ("192.0.2.1", 1))), PUB_B, t + 0.01)
+    assert state(f.s) == "connected" and f.s.selected == PUB_B
+    assert f.s.selected_kind == "srflx"
+    assert not any(isinstance(e, PathLost) for e in f.s.events())
+
+
 def test_no_candidates_fails_at_once() -> None:
     s = a_session([])
     s.punch(0.0)

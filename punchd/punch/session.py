@@ -432,8 +432,9 @@ class PunchSession:
             self._pairs[self.relay] = _Pair(self.relay, "relay", 0)
         if hopeless is not None:
             # Through the NATs it cannot work; two hosts on one LAN still can, directly,
-            # and the relay can.
-            self._pairs = {a: p for a, p in self._pairs.items() if p.lan or p.kind == "relay"}
+            # and the relay can. A path already proven stays: it is kept alive on its pair.
+            self._pairs = {a: p for a, p in self._pairs.items()
+                           if p.lan or p.kind == "relay" or a == self.selected}
             if not self._pairs:
                 self._fail(now, hopeless, RETRY_FIRST_HOPELESS)
                 return
