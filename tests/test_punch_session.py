@@ -22,6 +22,7 @@ from punchd.punch.candidates import (
     parse_addr,
 )
 from punchd.punch.driver import PunchDriver
+from punchd.punch.prediction import SPRAY_BUDGET
 from punchd.punch.session import (
     KEEPALIVE,
     LOST_AFTER,
@@ -34,12 +35,12 @@ from punchd.punch.session import (
     PunchEvent,
     PunchFailed,
     PunchSession,
-    assess,
 )
 from punchd.wire import probe as w
-from punchd.wire.api import Candidate, NatReport
+from punchd.wire.api import Candidate
 
 from .natsim import Node, Simulation, build_pair, discover
+from .test_prediction import APDM, nat
 from .test_probe import A, B
 
 Addr = tuple[str, int]
@@ -87,42 +88,6 @@ def test_pairs_are_pruned_ordered_and_limited() -> None:
         (LAN_B, "host"), (("203.0.113.1", 51820), "prflx")]
     many = [candidate("srflx", ("203.0.113.1", port)) for port in range(1000, 1300)]
     assert len(form_pairs(local, many, controlling=False)) == 100  # RFC 8445 §6.1.2.5
-
-
-# -- assess: the fail-fast verdict ------------------------------------------------------------
-
-EIM, ADM, APDM = "endpoint-independent", "address-dependent", "address-and-port-dependent"
-
-
-def nat(mapping: str, filtering: str, deltas: tuple[int, ...] = ()) -> NatReport:
-    return NatReport(mapping=mapping, filtering=filtering,  # type: ignore[arg-type]
-                     port_deltas=deltas)
-
-
-@pytest.mark.parametrize(("local", "peer", "spray", "hopeless"), [
-    (None, None, None, False),
-    (nat(EIM, APDM), nat(EIM, APDM), None, False),
-    (nat(EIM, APDM), nat(APDM, APDM, (1, 1)), 1, False),  # peer predictable: spray
-    (nat(APDM, APDM, (1, 1)), nat(EIM, APDM), None, False),  # the peer sprays at us
-    (nat(EIM, APDM), nat(ADM, APDM, (2, 0)), 2, False),
-    (nat(EIM, APDM), nat(APDM, APDM, (517, -2000)), None, True),  # random ports
-    (nat(EIM, APDM), nat(APDM, APDM, (500, 500)), None, True),  # too far to guess
-    (nat(APDM, APDM, (7, 93)), nat(EIM, APDM), None, True),  # same verdict, other side
-    (nat(EIM, ADM), nat(APDM, APDM, (7, 93)), None, False),  # ADF lets it in
-    (nat(EIM, EIM), nat(APDM, APDM, (7, 93)), None, False),
-    (nat(APDM, EIM, (1, 1)), nat(APDM, APDM, (1, 1)), None, True),  # both symmetric
-    (nat(APDM, EIM, (1, 1)), nat(ADM, APDM, (1, 0)), 1, False),  # both guess, can meet
-    (nat(ADM, APDM, (3, 0)), nat(ADM, APDM, (1, 0)), 1, False),
-    (nat(ADM, APDM, (3, 0)), nat(APDM, APDM, (7, 93)), None, True),
-    (None, nat(APDM, APDM, (1, 1)), 1, False),  # our own NAT unknown: guess anyway
-    (nat(APDM, APDM, (1, 1)), None, None, False),
-])
-def test_assess(local: NatReport | None, peer: NatReport | None, spray: int | None,
-                hopeless: bool) -> None:
-    got_spray, reason = assess(local, peer)
-    assert got_spray == spray
-    assert (reason is not None) is hopeless
-    assert (assess(peer, local)[1] is not None) is hopeless  # both sides agree
 
 
 # -- the session, hand-fed -----------------------------------------------------------------
@@ -433,7 +398,7 @@ def test_spray_is_bounded() -> None:
     sim, a, b = build_pair("prc", "symseq")
     prc_side = a
     connected(sim, a, b)
-    assert prc_side.s.statistics().pairs <= 100 + sess.SPRAY_BUDGET
+    assert prc_side.s.statistics().pairs <= 100 + SPRAY_BUDGET
 
 
 # -- the trio driver -------------------------------------------------------------------------
