@@ -21,7 +21,6 @@ the state as it is. The table, as the tests check it against this text::
     punching   --give-up-->         failed
     failed     --give-up-->         failed
     connected  --give-up-->         connected
-    idle       --pair-succeeded-->  connected
     punching   --pair-succeeded-->  connected
     failed     --pair-succeeded-->  connected
     connected  --pair-succeeded-->  connected
@@ -143,7 +142,6 @@ TRANSITIONS: dict[tuple[State, Trigger], State] = {
     ("punching", "give-up"): "failed",
     ("failed", "give-up"): "failed",
     ("connected", "give-up"): "connected",  # through the relay, which stays selected
-    ("idle", "pair-succeeded"): "connected",
     ("punching", "pair-succeeded"): "connected",
     ("failed", "pair-succeeded"): "connected",  # a late pong of the attempt that failed
     ("connected", "pair-succeeded"): "connected",
