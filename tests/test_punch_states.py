@@ -127,7 +127,7 @@ def into(way: str, seed: int, t0: float) -> Peer:
 # -- the inputs ---------------------------------------------------------------------------
 
 INPUTS = ["punch", "timer", "ping", "pong", "garbage", "update_peer", "update_local",
-          "relay", "relay-none", "wait", "silence"]
+          "relay", "relay-none", "wait", "silence", "hopeless-punch"]
 
 
 def apply(p: Peer, kind: str, data: st.DataObject) -> None:
@@ -169,6 +169,10 @@ def apply(p: Peer, kind: str, data: st.DataObject) -> None:
     elif kind == "silence":  # the peer stops answering, for longer than LOST_AFTER
         p.answering.clear()
         p.run(p.now + LOST_AFTER + 0.3)
+    elif kind == "hopeless-punch":  # rediscovery: both NATs now symmetric; then punch
+        s.update_local(s.local_candidates, SYMMETRIC)
+        s.update_peer(s.peer_candidates, SYMMETRIC)
+        s.punch(p.now)
     else:
         raise AssertionError(kind)
     p.pump()
@@ -206,22 +210,27 @@ def expect(way: str, default: State, **special: tuple[tuple[Trigger, ...], State
 
 
 expect("idle", "idle", punch=(("attempt",), "punching"), ping=(("attempt",), "punching"),
-       relay=(("attempt",), "punching"))
+       relay=(("attempt",), "punching"), hopeless_punch=(("attempt",), "punching"))
 expect("idle-empty", "idle", punch=(("give-up",), "failed"),
+       hopeless_punch=(("give-up",), "failed"),
        ping=(("give-up", "peer-check"), "punching"), relay=(("attempt",), "punching"))
 expect("punching", "punching", punch=(("attempt",), "punching"),
+       hopeless_punch=(("attempt",), "punching"),  # the LAN pair is still worth a try
        pong=(("pair-succeeded",), "connected"), relay=(("attempt",), "punching"),
        wait=(("give-up",), "failed"))
 for way, ends in (("connected-direct", N), ("connected-relay", ("give-up",))):
     expect(way, "connected", punch=(("attempt",), "connected"),
+           hopeless_punch=(("attempt",), "connected"),  # the proven path stays
            pong=(("pair-succeeded",), "connected"),  # a better pair: PathChanged
            relay=(("attempt",), "connected"), wait=(ends, "connected"),
            silence=(("path-lost", "attempt"), "punching"))
 expect("failed-timeout", "failed", punch=(("attempt",), "punching"),
+       hopeless_punch=(("attempt",), "punching"),
        timer=(("attempt",), "punching"), ping=(("attempt",), "punching"),
        pong=(("pair-succeeded",), "connected"), relay=(("attempt",), "punching"))
 for way in ("failed-empty", "failed-hopeless"):
     expect(way, "failed", punch=(("give-up",), "failed"), timer=(("give-up",), "failed"),
+           hopeless_punch=(("give-up",), "failed"),
            ping=(("give-up", "peer-check"), "punching"), relay=(("attempt",), "punching"))
 
 
