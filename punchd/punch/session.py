@@ -500,7 +500,7 @@ class PunchSession:
         self._next_pace = now + TA
 
     def _start_check(self, pair: _Pair, now: float) -> None:
-        if not pair.apply("start"):  # already in progress, or succeeded meanwhile
+        if not pair.apply("start"):  # succeeded already, on a late pong of the last attempt
             return
         pair.stop_at = now + PUNCH_TIMEOUT
         pair.rto = RTO_INITIAL
