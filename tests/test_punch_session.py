@@ -22,6 +22,7 @@ from punchd.punch.candidates import (
     parse_addr,
 )
 from punchd.punch.driver import PunchDriver
+from punchd.punch.prediction import SPRAY_BUDGET
 from punchd.punch.session import (
     KEEPALIVE,
     LOST_AFTER,
@@ -34,12 +35,12 @@ from punchd.punch.session import (
     PunchEvent,
     PunchFailed,
     PunchSession,
-    assess,
 )
 from punchd.wire import probe as w
-from punchd.wire.api import Candidate, NatReport
+from punchd.wire.api import Candidate
 
 from .natsim import Node, Simulation, build_pair, discover
+from .test_prediction import APDM, nat
 from .test_probe import A, B
 
 Addr = tuple[str, int]
@@ -87,42 +88,6 @@ def test_pairs_are_pruned_ordered_and_limited() -> None:
         (LAN_B, "host"), (("203.0.113.1", 51820), "prflx")]
     many = [candidate("srflx", ("203.0.113.1", port)) for port in range(1000, 1300)]
     assert len(form_pairs(local, many, controlling=False)) == 100  # RFC 8445 §6.1.2.5
-
-
-# -- assess: the fail-fast verdict ------------------------------------------------------------
-
-EIM, ADM, APDM = "endpoint-independent", "address-dependent", "address-and-port-dependent"
-
-
-def nat(mapping: str, filtering: str, deltas: tuple[int, ...] = ()) -> NatReport:
-    return NatReport(mapping=mapping, filtering=filtering,  # type: ignore[arg-type]
-                     port_deltas=deltas)
-
-
-@pytest.mark.parametrize(("local", "peer", "spray", "hopeless"), [
-    (None, None, None, False),
-    (nat(EIM, APDM), nat(EIM, APDM), None, False),
-    (nat(EIM, APDM), nat(APDM, APDM, (1, 1)), 1, False),  # peer predictable: spray
-    (nat(APDM, APDM, (1, 1)), nat(EIM, APDM), None, False),  # the peer sprays at us
-    (nat(EIM, APDM), nat(ADM, APDM, (2, 0)), 2, False),
-    (nat(EIM, APDM), nat(APDM, APDM, (517, -2000)), None, True),  # random ports
-    (nat(EIM, APDM), nat(APDM, APDM, (500, 500)), None, True),  # too far to guess
-    (nat(APDM, APDM, (7, 93)), nat(EIM, APDM), None, True),  # same verdict, other side
-    (nat(EIM, ADM), nat(APDM, APDM, (7, 93)), None, False),  # ADF lets it in
-    (nat(EIM, EIM), nat(APDM, APDM, (7, 93)), None, False),
-    (nat(APDM, EIM, (1, 1)), nat(APDM, APDM, (1, 1)), None, True),  # both symmetric
-    (nat(APDM, EIM, (1, 1)), nat(ADM, APDM, (1, 0)), 1, False),  # both guess, can meet
-    (nat(ADM, APDM, (3, 0)), nat(ADM, APDM, (1, 0)), 1, False),
-    (nat(ADM, APDM, (3, 0)), nat(APDM, APDM, (7, 93)), None, True),
-    (None, nat(APDM, APDM, (1, 1)), 1, False),  # our own NAT unknown: guess anyway
-    (nat(APDM, APDM, (1, 1)), None, None, False),
-])
-def test_assess(local: NatReport | None, peer: NatReport | None, spray: int | None,
-                hopeless: bool) -> None:
-    got_spray, reason = assess(local, peer)
-    assert got_spray == spray
-    assert (reason is not None) is hopeless
-    assert (assess(peer, local)[1] is not None) is hopeless  # both sides agree
 
 
 # -- the session, hand-fed -----------------------------------------------------------------
@@ -289,6 +254,35 @@ def test_a_peers_ping_on_an_unanswered_pair_asks_again_at_once() -> None:
     assert s.next_deadline() == pytest.approx(0.9 + sess.RTO_INITIAL)
 
 
+def test_a_hopeless_verdict_keeps_the_path_already_proven() -> None:
+    # Connected on a public pair, then new NAT reports say punching cannot work (both map
+    # per destination): the next attempt checks only LAN and relay pairs, but the proven
+    # path stays selected and kept alive (it used to drop out of the pairs, and the next
+    # keepalive raised KeyError).
+    f = Fed(a_session([candidate("srflx", PUB_B)]))
+    f.s.punch(0.0)
+    f.pump()
+    f.complete(PUB_B, 0.0, 0.020, b"a")
+    assert state(f.s) == "connected" and f.s.selected == PUB_B
+    symmetric = nat(APDM, APDM, (7, 93))
+    f.s.update_local(f.s.local_candidates, symmetric)
+    f.s.update_peer(f.s.peer_candidates, symmetric)
+    f.s.punch(1.0)
+    f.pump()
+    for _ in range(100):  # bounded: a stuck schedule must fail, not spin
+        t = f.s.next_deadline()
+        if t is None or t >= 3.0:
+            break
+        f.s.handle_timer(t)
+        f.pump()
+        for ping in f.pings.get(PUB_B, [])[-1:]:  # the peer answers the keepalive
+            f.s.handle_datagram(B_CODEC.seal(w.Probe("pong", ping.txid, t,
+                                                     ("192.0.2.1", 1))), PUB_B, t + 0.01)
+    assert state(f.s) == "connected" and f.s.selected == PUB_B
+    assert f.s.selected_kind == "srflx"
+    assert not any(isinstance(e, PathLost) for e in f.s.events())
+
+
 def test_no_candidates_fails_at_once() -> None:
     s = a_session([])
     s.punch(0.0)
@@ -404,7 +398,7 @@ def test_spray_is_bounded() -> None:
     sim, a, b = build_pair("prc", "symseq")
     prc_side = a
     connected(sim, a, b)
-    assert prc_side.s.statistics().pairs <= 100 + sess.SPRAY_BUDGET
+    assert prc_side.s.statistics().pairs <= 100 + SPRAY_BUDGET
 
 
 # -- the trio driver -------------------------------------------------------------------------

@@ -9,12 +9,34 @@ WireGuard's port) and ``handle_timer(now)`` (the time given by ``next_deadline()
 came). Outputs are drained with ``datagrams_to_send()`` and ``events()``. Every
 datagram leaves from WireGuard's port, so the NAT mapping we punch is WireGuard's.
 
-States::
+States. The session's state changes in one place, :data:`TRANSITIONS` (applied by
+``PunchSession._transition``); a trigger the table does not list for a state leaves
+the state as it is. The table, as the tests check it against this text::
 
-    idle --punch()/peer's ping--> punching --pair answers both ways--> connected
-    punching --deadline, no pair / cannot work--> failed --retry backoff--> punching
-    connected --no pong for LOST_AFTER--> punching (PathLost, re-punch at once)
-    failed --peer's ping arrives--> punching
+    idle       --attempt-->         punching
+    punching   --attempt-->         punching
+    failed     --attempt-->         punching
+    connected  --attempt-->         connected
+    idle       --give-up-->         failed
+    punching   --give-up-->         failed
+    failed     --give-up-->         failed
+    connected  --give-up-->         connected
+    punching   --pair-succeeded-->  connected
+    failed     --pair-succeeded-->  connected
+    connected  --pair-succeeded-->  connected
+    connected  --path-lost-->       punching
+    failed     --peer-check-->      punching
+
+``attempt``: an attempt starts with pairs to check (``punch()``, the retry timer, the
+peer's ping while idle or failed, ``set_relay``, a lost path); a connected session
+keeps its path meanwhile. ``give-up``: the attempt ends, or cannot start, without a
+direct pair; connected, that is through the relay, which stays selected. A path
+lost (no pong for ``LOST_AFTER``) is followed at once by an attempt. ``peer-check``:
+the peer's ping got through although the attempt was judged hopeless; its pair is
+checked. Each candidate pair has a state of its own, in :data:`PAIR_TRANSITIONS`:
+``waiting`` (not checked yet this attempt), ``in-progress`` (pinging), ``succeeded``
+(a pong came back), ``failed`` (its check ended unanswered, or was stopped), as in
+RFC 8445 §6.1.2.6.
 
 Checks. The peer's candidates become pairs (one per remote address, RFC 8445
 §6.1.2.4), ordered by pair priority (§6.1.2.3). A new check starts every ``TA``
@@ -39,7 +61,8 @@ RFC 4787 §4.1) its pings to us leave from a port we have not seen. If our NAT l
 them in (endpoint-independent or address-dependent filtering) that port shows up as a
 peer-reflexive pair by itself. If our NAT filters per address and port, we spray
 pings at predicted ports (the peer's server-reflexive port plus multiples of the
-port delta discovery measured), bounded by ``SPRAY_BUDGET``; each spray opens our
+port delta discovery measured, :mod:`punchd.punch.prediction`), bounded by
+``SPRAY_BUDGET``; each spray opens our
 filter for that port. When both NATs map per destination, both spray, which meets
 only if both step predictably and one maps per address (its guesses share a port).
 Otherwise (both symmetric, or the peer's ports are random and we filter per port)
@@ -82,15 +105,8 @@ from punchd.errors import ProbeParseError
 from punchd.wire import probe as wire
 from punchd.wire.api import Candidate, CandidateKind, NatReport
 
-from .candidates import (
-    MAX_PAIRS,
-    Addr,
-    BadCandidate,
-    candidate_priority,
-    form_pairs,
-    pair_priority,
-    parse_addr,
-)
+from .candidates import MAX_PAIRS, Addr, candidate_priority, form_pairs, pair_priority
+from .prediction import SPRAY_BUDGET, SPRAY_BURST, assess, predicted_ports
 
 # RFC 8445 §14.2: Ta, the pacing of new checks. 50 ms is the RFC's default.
 TA = 0.05
@@ -100,9 +116,6 @@ RTO_INITIAL = 0.1
 RTO_MAX = 1.0
 PUNCH_TIMEOUT = 5.0  # an attempt without any successful pair fails after this
 LAN_TIMEOUT = 1.0  # when only LAN pairs can work: their answer comes fast or never
-SPRAY_BUDGET = 64  # predicted ports per attempt
-SPRAY_BURST = 16  # predicted ports started per Ta tick
-MAX_PORT_DELTA = 64  # larger or inconsistent deltas are not predictable
 # RFC 4787 REQ-5 allows NATs 2 min; many use 30 s. Cheap (one ~100-byte probe), and
 # it is also how a dead path is noticed: fall back to the relay within ~2 s.
 KEEPALIVE = 0.5
@@ -117,7 +130,40 @@ RTT_SWITCH_MIN = 0.005
 TX_LIFETIME = 10.0  # outstanding transaction ids are forgotten after this
 
 State = Literal["idle", "punching", "connected", "failed"]
-_DEPENDENT = ("address-dependent", "address-and-port-dependent")
+Trigger = Literal["attempt", "give-up", "pair-succeeded", "path-lost", "peer-check"]
+
+# The session's state changes here and only here (see the header's table).
+TRANSITIONS: dict[tuple[State, Trigger], State] = {
+    ("idle", "attempt"): "punching",
+    ("punching", "attempt"): "punching",
+    ("failed", "attempt"): "punching",
+    ("connected", "attempt"): "connected",  # the path stays while the attempt runs
+    ("idle", "give-up"): "failed",
+    ("punching", "give-up"): "failed",
+    ("failed", "give-up"): "failed",
+    ("connected", "give-up"): "connected",  # through the relay, which stays selected
+    ("punching", "pair-succeeded"): "connected",
+    ("failed", "pair-succeeded"): "connected",  # a late pong of the attempt that failed
+    ("connected", "pair-succeeded"): "connected",
+    ("connected", "path-lost"): "punching",
+    ("failed", "peer-check"): "punching",
+}
+
+# RFC 8445 §6.1.2.6 pair states (no Frozen: one component, so no pair waits on another).
+PairState = Literal["waiting", "in-progress", "succeeded", "failed"]
+PairInput = Literal["start", "stop", "answer"]
+
+# A pair's state changes here and only here. Unlisted: the input leaves it as it is (a
+# waiting pair that is "stopped" can still be checked when the peer's ping triggers it).
+PAIR_TRANSITIONS: dict[tuple[PairState, PairInput], PairState] = {
+    ("waiting", "start"): "in-progress",
+    ("failed", "start"): "in-progress",  # triggered check (RFC 8445 §7.3.1.4)
+    ("in-progress", "stop"): "failed",  # unanswered by the end, or no longer useful
+    ("waiting", "answer"): "succeeded",  # a pong for the previous attempt's ping
+    ("in-progress", "answer"): "succeeded",
+    ("failed", "answer"): "succeeded",  # a late pong
+}
+
 _LAN_NETS = [ipaddress.ip_network(n) for n in (
     "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7", "fe80::/10")]
 
@@ -163,8 +209,7 @@ class SessionStatistics(Struct, frozen=True):
 
 
 class _Pair:
-    __slots__ = ("got_ping", "kind", "next_tx", "priority", "remote", "rto", "rtt",
-                 "started", "stop_at", "succeeded")
+    __slots__ = ("kind", "next_tx", "priority", "remote", "rto", "rtt", "state", "stop_at")
 
     def __init__(self, remote: Addr, kind: CandidateKind, priority: int) -> None:
         self.remote = remote
@@ -173,13 +218,19 @@ class _Pair:
         self.reset()
 
     def reset(self) -> None:
-        self.started = False
-        self.next_tx = 0.0
-        self.stop_at = 0.0
+        self.state: PairState = "waiting"
+        self.next_tx = 0.0  # the next retransmission, while in progress
+        self.stop_at = 0.0  # the check ends unanswered at this time
         self.rto = RTO_INITIAL
         self.rtt: float | None = None
-        self.got_ping = False
-        self.succeeded = False
+
+    def apply(self, event: PairInput) -> bool:
+        """Move by :data:`PAIR_TRANSITIONS`; False when the table leaves the state."""
+        new = PAIR_TRANSITIONS.get((self.state, event))
+        if new is None:
+            return False
+        self.state = new
+        return True
 
     @property
     def rank(self) -> int:
@@ -200,44 +251,6 @@ class _Pair:
         return any(ip in net for net in _LAN_NETS if net.version == ip.version)
 
 
-def assess(local: NatReport | None, peer: NatReport | None) -> tuple[int | None, str | None]:
-    """(port delta to spray with, or None; reason it cannot work, or None).
-
-    Symmetric in its verdict: two sessions given each other's reports agree on failure.
-    """
-    local_dep = local is not None and local.mapping in _DEPENDENT
-    peer_dep = peer is not None and peer.mapping in _DEPENDENT
-    if local and peer and local_dep and peer_dep:
-        # Both guess. That can only meet when one side's guesses all leave from one port
-        # (address-dependent mapping: one port per peer IP) and both step predictably.
-        both_predictable = predictable_delta(local) and predictable_delta(peer)
-        if both_predictable and "address-dependent" in (local.mapping, peer.mapping):
-            return predictable_delta(peer), None
-        return None, "both NATs map per destination (symmetric/symmetric): needs the relay"
-    for dep, other, who in ((peer, local, "peer"), (local, peer, "local")):
-        if dep is None or dep.mapping not in _DEPENDENT:
-            continue
-        if other is None:  # our own NAT not known yet: guessing is cheap and bounded
-            return (predictable_delta(dep) if who == "peer" else None), None
-        if other.filtering != "address-and-port-dependent":
-            return None, None  # its pings get in by themselves (prflx)
-        delta = predictable_delta(dep)
-        if delta is None:
-            return None, (f"{who} NAT maps per destination with unpredictable ports and "
-                          "the other filters per address and port: needs the relay")
-        return (delta if who == "peer" else None), None
-    return None, None
-
-
-def predictable_delta(nat: NatReport) -> int | None:
-    # Zero deltas are a mapping reused (address-dependent mapping, same IP): no step.
-    deltas = {d for d in nat.port_deltas if d}
-    if len(deltas) != 1:
-        return None
-    (delta,) = deltas
-    return delta if 0 < abs(delta) <= MAX_PORT_DELTA else None
-
-
 class PunchSession:
     def __init__(self, *, local_key: PrivateKey, peer_key: PublicKey,
                  local_candidates: list[Candidate], peer_candidates: list[Candidate],
@@ -253,7 +266,7 @@ class PunchSession:
         self.peer_nat = peer_nat
         self._state: State = "idle"
         self._pairs: dict[Addr, _Pair] = {}
-        self._waiting: list[_Pair] = []  # not started yet, best first
+        self._waiting: list[_Pair] = []  # to be started by the pacer, best first
         self._outstanding: dict[bytes, tuple[Addr, float]] = {}
         self._replay = wire.ReplayGuard()
         self._out: list[tuple[bytes, Addr]] = []
@@ -330,7 +343,7 @@ class PunchSession:
         if self.selected is not None and self.selected in self._pairs:
             targets = [self._pairs[self.selected]]
         else:
-            targets = sorted((p for p in self._pairs.values() if p.started),
+            targets = sorted((p for p in self._pairs.values() if p.state != "waiting"),
                              key=lambda p: -p.priority)[:limit]
         return [self._send_ping(pair, now) for pair in targets]
 
@@ -345,7 +358,7 @@ class PunchSession:
         if self._next_keepalive is not None:
             times.append(self._next_keepalive)
             times.append(self._last_pong + LOST_AFTER)
-        times.extend(p.next_tx for p in self._pairs.values() if self._checking(p))
+        times.extend(p.next_tx for p in self._pairs.values() if p.state == "in-progress")
         return min(times, default=None)
 
     def handle_timer(self, now: float) -> None:
@@ -354,9 +367,9 @@ class PunchSession:
         if self._next_pace is not None and self._waiting and now >= self._next_pace:
             self._pace(now)
         for pair in list(self._pairs.values()):
-            if self._checking(pair) and now >= pair.next_tx:
+            if pair.state == "in-progress" and now >= pair.next_tx:
                 if now >= pair.stop_at:
-                    pair.next_tx = float("inf")  # check over, unanswered
+                    pair.apply("stop")  # check over, unanswered
                     continue
                 self._send_ping(pair, now)
                 pair.rto = min(pair.rto * 2, RTO_MAX)
@@ -367,7 +380,7 @@ class PunchSession:
             if on_relay:
                 self._fail(now, self._hopeless or "no direct pair answered within "
                            f"{PUNCH_TIMEOUT:g} s", RETRY_FIRST_HOPELESS if self._hopeless
-                           else RETRY_FIRST, keep_path=True)
+                           else RETRY_FIRST)
             elif self._state == "punching" and self._hopeless is not None:
                 self._fail(now, self._hopeless, RETRY_FIRST_HOPELESS)
             elif self._state == "punching":
@@ -379,7 +392,7 @@ class PunchSession:
                 self._events.append(PathLost(lost))
                 self.selected = self.selected_rtt = None
                 self._next_keepalive = None
-                self._state = "punching"
+                self._transition("path-lost")
                 self._start_attempt(now)
             elif self._next_keepalive is not None and now >= self._next_keepalive:
                 # The timer fires KEEPALIVE_RETRY after each keepalive: answered -> the
@@ -424,7 +437,11 @@ class PunchSession:
                 pair.reset()
                 self._pairs[addr] = pair
         if spray_delta is not None:
-            self._add_predictions(spray_delta)
+            # Nearer guesses first: the peer's next mappings come next.
+            prio = candidate_priority("predicted")
+            for addr, step in predicted_ports(self.peer_candidates, self.peer_nat,
+                                              spray_delta, taken=self._pairs):
+                self._pairs[addr] = _Pair(addr, "predicted", prio - step)
         if self.selected is not None and self.selected not in self._pairs:
             self._pairs[self.selected] = _Pair(self.selected, "prflx",
                                                self._prflx_priority())
@@ -432,8 +449,9 @@ class PunchSession:
             self._pairs[self.relay] = _Pair(self.relay, "relay", 0)
         if hopeless is not None:
             # Through the NATs it cannot work; two hosts on one LAN still can, directly,
-            # and the relay can.
-            self._pairs = {a: p for a, p in self._pairs.items() if p.lan or p.kind == "relay"}
+            # and the relay can. A path already proven stays: it is kept alive on its pair.
+            self._pairs = {a: p for a, p in self._pairs.items()
+                           if p.lan or p.kind == "relay" or a == self.selected}
             if not self._pairs:
                 self._fail(now, hopeless, RETRY_FIRST_HOPELESS)
                 return
@@ -443,8 +461,7 @@ class PunchSession:
         for pair in self._pairs.values():
             pair.reset()
         self._waiting = sorted(self._pairs.values(), key=lambda p: -p.priority)
-        if self._state != "connected":
-            self._state = "punching"
+        self._transition("attempt")
         self._deadline = now + (PUNCH_TIMEOUT if hopeless is None else LAN_TIMEOUT)
         if self.relay is not None and self.relay in self._pairs:
             # The fallback is checked first, unpaced: after a lost path it is the way on.
@@ -454,35 +471,9 @@ class PunchSession:
         self._next_pace = now
         self._pace(now)
 
-    def _add_predictions(self, delta: int) -> None:
-        srflx = []
-        for c in self.peer_candidates:
-            if c.kind in ("srflx", "portmap"):
-                try:
-                    srflx.append(parse_addr(c.address))
-                except BadCandidate:
-                    continue
-        if self.peer_nat is not None and self.peer_nat.public_endpoint:
-            try:
-                srflx.append(parse_addr(self.peer_nat.public_endpoint))
-            except BadCandidate:
-                pass
-        budget = SPRAY_BUDGET
-        prio = candidate_priority("predicted")
-        for ip, port in dict.fromkeys(srflx):
-            for k in range(1, SPRAY_BUDGET + 1):
-                guess = port + k * delta
-                if budget <= 0:
-                    return
-                if not 1 <= guess <= 65535 or (ip, guess) in self._pairs:
-                    continue
-                # Nearer guesses first: the peer's next mappings come next.
-                self._pairs[(ip, guess)] = _Pair((ip, guess), "predicted", prio - k)
-                budget -= 1
-
-    def _fail(self, now: float, reason: str, first: float, *, keep_path: bool = False) -> None:
-        """No direct pair this attempt: schedule the next. ``keep_path``: connected
-        through the relay, which stays selected (and kept alive) meanwhile."""
+    def _fail(self, now: float, reason: str, first: float) -> None:
+        """No direct pair this attempt: schedule the next. Connected (through the relay),
+        the path stays selected and kept alive meanwhile."""
         self._backoff = first if self._backoff == 0 else min(self._backoff * 2, RETRY_MAX)
         self._backoff = max(self._backoff, first)
         jitter = self._rng.uniform(0.9, 1.1)  # two peers' retries stay close, not lockstep
@@ -491,9 +482,8 @@ class PunchSession:
         self._next_pace = None
         self._waiting = []
         for pair in self._pairs.values():
-            pair.next_tx = float("inf")
-        if not keep_path:
-            self._state = "failed"
+            pair.apply("stop")
+        self._transition("give-up")
         self.failure = reason
         self._events.append(PunchFailed(reason, self._retry_at))
 
@@ -506,21 +496,20 @@ class PunchSession:
         for _ in range(burst):
             if not self._waiting:
                 break
-            pair = self._waiting.pop(0)
-            if not pair.started:
-                self._start_check(pair, now)
+            self._start_check(self._waiting.pop(0), now)
         self._next_pace = now + TA
 
     def _start_check(self, pair: _Pair, now: float) -> None:
-        pair.started = True
+        if not pair.apply("start"):  # succeeded already, on a late pong of the last attempt
+            return
         pair.stop_at = now + PUNCH_TIMEOUT
         pair.rto = RTO_INITIAL
         self._send_ping(pair, now)
         pair.next_tx = now + pair.rto
 
-    @staticmethod
-    def _checking(pair: _Pair) -> bool:
-        return pair.started and not pair.succeeded and pair.next_tx != float("inf")
+    def _transition(self, trigger: Trigger) -> None:
+        """The one place the session's state changes, by :data:`TRANSITIONS`."""
+        self._state = TRANSITIONS.get((self._state, trigger), self._state)
 
     # -- probes ----------------------------------------------------------------------
 
@@ -547,26 +536,23 @@ class PunchSession:
             if len(self._pairs) >= MAX_PAIRS + SPRAY_BUDGET:
                 return
             pair = self._pairs[src] = _Pair(src, "prflx", self._prflx_priority())
-        pair.got_ping = True
-        if pair.started and not pair.succeeded and pair.rtt is None \
-                and pair.next_tx != float("inf"):
+        if pair.state == "in-progress":
             # In progress but unanswered: our earlier pings may have met a closed NAT or
             # a peer not listening yet. The peer's ping says it listens now: ask again
             # at once instead of waiting out the backoff (RFC 8445 §7.3.1.4).
             self._send_ping(pair, now)
             pair.rto = RTO_INITIAL
             pair.next_tx = now + pair.rto
-        elif not pair.started or (not pair.succeeded and pair.next_tx == float("inf")):
+        elif pair.state in ("waiting", "failed"):
             # Triggered check (RFC 8445 §7.3.1.4): answer their ping with ours at once.
             if pair in self._waiting:
                 self._waiting.remove(pair)
             self._start_check(pair, now)
             if self._state == "failed":
                 # Judged hopeless, yet the peer's ping got through: try this pair.
-                self._state = "punching"
+                self._transition("peer-check")
                 self._retry_at = None
                 self._deadline = now + PUNCH_TIMEOUT
-        self._maybe_succeed(pair, now)
 
     def _on_pong(self, msg: wire.Probe, src: Addr, now: float) -> None:
         tx = self._outstanding.get(msg.txid)
@@ -584,15 +570,13 @@ class PunchSession:
         if src == self.selected:
             self._last_pong = now
             self.selected_rtt = pair.rtt
-        self._maybe_succeed(pair, now)
+        self._maybe_succeed(pair, pair.rtt, now)
 
     # -- selection -------------------------------------------------------------------
 
-    def _maybe_succeed(self, pair: _Pair, now: float) -> None:
-        if pair.succeeded or pair.rtt is None:
+    def _maybe_succeed(self, pair: _Pair, rtt: float, now: float) -> None:
+        if not pair.apply("answer"):  # succeeded before: its RTT is updated, no more
             return
-        pair.succeeded = True
-        rtt = pair.rtt
         if self.selected is None:
             self._select(pair, now)
             self._events.append(PathFound(pair.remote, rtt))
@@ -619,11 +603,11 @@ class PunchSession:
 
         for other in self._pairs.values():
             if useless(other):
-                other.next_tx = float("inf")
+                other.apply("stop")
         self._waiting = [p for p in self._waiting if not useless(p)]
         self.selected = pair.remote
         self.selected_rtt = pair.rtt
-        self._state = "connected"
+        self._transition("pair-succeeded")
         if pair.rank > 0:  # direct: done; through the relay, direct attempts go on
             self.failure = None
             self._backoff = 0.0

@@ -66,10 +66,6 @@ class Probe(Struct, frozen=True):
     observed: Addr | None = None
 
 
-def new_txid() -> bytes:
-    return os.urandom(TXID_LEN)
-
-
 def is_probe(data: bytes) -> bool:
     """Cheap test used to sort datagrams on the shared port (no authentication)."""
     return data[:4] == MAGIC
