@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import msgspec
 
-from punchd.wg.base import WgDeviceState, WgPeer, normalise_cidrs
+from punchd.wg.base import LinkConfig, WgDeviceState, WgPeer, normalise_cidrs
+from punchd.wire import api
 
 # A handshake younger than this means the path works (WireGuard rekeys every 2 min).
 FRESH_HANDSHAKE_S = 180.0
@@ -46,6 +47,13 @@ class RemovePeer(msgspec.Struct, frozen=True, tag="remove_peer"):
 
 
 Op = SetDevice | SetPeer | RemovePeer
+
+
+def desired_link(node: api.Node | None, network: api.Network | None) -> LinkConfig | None:
+    """The interface's mesh addresses and MTU; None until the server has said both."""
+    if node is None or network is None:
+        return None
+    return LinkConfig(addresses=tuple(a for a in (node.ipv4, node.ipv6) if a), mtu=network.mtu)
 
 
 def plan(desired: DesiredDevice, actual: WgDeviceState, now: float) -> list[Op]:
