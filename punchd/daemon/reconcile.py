@@ -5,7 +5,9 @@ from the server's state and its path decisions) and compares it with the device
 WireGuard reports. Only differences become operations, one per changed peer, so an
 unchanged peer is never touched (no flapping, no full rewrite). Drift — someone ran
 ``wg set`` by hand, wireguard-go restarted empty — is just another difference and is
-repaired on the next pass.
+repaired on the next pass. The interface's own addresses and MTU (:func:`desired_link`)
+come from the server's word for this node; the agent applies them when they change or
+the interface was recreated.
 
 One rule protects working paths: when WireGuard has *roamed* a peer to an endpoint
 other than the one punchd chose, and the path through it works (a fresh handshake,
