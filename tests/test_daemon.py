@@ -72,14 +72,21 @@ async def start_node(nursery: trio.Nursery, root: Path, name: str) -> Node:
     return node
 
 
-async def test_two_nodes_join_reconcile_and_leave(signal_server: RunningServer, tmp_path: Path,
-                                                  nursery: trio.Nursery) -> None:
+async def joined_pair(signal_server: RunningServer, root: Path, nursery: trio.Nursery
+                      ) -> tuple[Node, Node, object, object]:
+    """Nodes a (alpha on pdta) and b (beta on pdtb) joined to network "net"; their replies."""
     await signal_server.create_network("net")
     token = await signal_server.create_token("net")
-    a = await start_node(nursery, tmp_path, "a")
-    b = await start_node(nursery, tmp_path, "b")
+    a = await start_node(nursery, root, "a")
+    b = await start_node(nursery, root, "b")
     ra = await a.call("join", token=token, name="alpha", ifname="pdta")
     rb = await b.call("join", token=token, name="beta", ifname="pdtb")
+    return a, b, ra, rb
+
+
+async def test_two_nodes_join_reconcile_and_leave(signal_server: RunningServer, tmp_path: Path,
+                                                  nursery: trio.Nursery) -> None:
+    a, b, ra, rb = await joined_pair(signal_server, tmp_path, nursery)
     assert ra["address"] == "198.19.0.1/24" and rb["address"] == "198.19.0.2/24"  # type: ignore[index]
 
     def meshed() -> bool:
@@ -208,12 +215,7 @@ def test_punchctl_bad_token_is_one_clear_line(tmp_path: Path) -> None:
 
 async def test_punchctl_status_json_contract(signal_server: RunningServer, tmp_path: Path,
                                              nursery: trio.Nursery) -> None:
-    await signal_server.create_network("net")
-    token = await signal_server.create_token("net")
-    a = await start_node(nursery, tmp_path, "a")
-    b = await start_node(nursery, tmp_path, "b")
-    await a.call("join", token=token, name="alpha", ifname="pdta")
-    await b.call("join", token=token, name="beta", ifname="pdtb")
+    a, _, _, _ = await joined_pair(signal_server, tmp_path, nursery)
     with trio.fail_after(10):
         await wait_until(lambda: len(a.peer_keys("pdta")) == 1)
     res = await trio.to_thread.run_sync(punchctl, "--socket", str(a.socket), "status", "--json")

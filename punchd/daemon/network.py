@@ -34,6 +34,7 @@ import trio
 
 from punchd import resolver
 from punchd.discovery.addrwatch import watch_addresses
+from punchd.discovery.sharedsock import SharedPortSocket
 from punchd.errors import APIError, PunchdError, ServerUnreachable, WireGuardError
 from punchd.punch.session import PathFound, PunchEvent
 from punchd.serverapi import ServerClient
@@ -122,15 +123,17 @@ class NetworkAgent:
             self.last_error = str(exc)
         if self.model.stun is None:
             return
-        network = self.model.network
         try:
-            await self.port.start(
-                nursery, listen_port=self.config.listen_port, stun=self.model.stun,
-                hole_punching=network is None or network.hole_punching,
-                probe_key=self.keys.probe, client=self.client, on_event=self._on_punch_event)
+            sock = SharedPortSocket(self.config.listen_port)
         except PunchdError as exc:
             self.last_error = str(exc)
             log.warning("%s: no discovery: %s", self.name, exc)
+            return
+        network = self.model.network
+        await self.port.start(nursery, sock, stun=self.model.stun,
+                              hole_punching=network is None or network.hole_punching,
+                              probe_key=self.keys.probe, client=self.client,
+                              on_event=self._on_punch_event)
 
     # -- interface and reconciliation ------------------------------------------------------
 

@@ -1,7 +1,7 @@
 """The services on WireGuard's own port for one network: discovery, punching, relay binds.
 
-An adapter. :meth:`PortServices.start` opens the shared-port socket and starts the three
-services into the agent's nursery: :class:`~punchd.discovery.service.Discovery` (the one
+An adapter. :meth:`PortServices.start` starts the three services on the shared-port
+socket, into the agent's nursery: :class:`~punchd.discovery.service.Discovery` (the one
 reader of the port, and NAT classification), and, when the network allows hole
 punching, :class:`~punchd.daemon.punching.Punching` (probes go to its sessions) and
 :class:`~punchd.daemon.relaying.Relaying` (STUN answers go to its binds first; relay
@@ -36,11 +36,10 @@ class PortServices:
         self.punching: Punching | None = None
         self.relaying: Relaying | None = None
 
-    async def start(self, nursery: trio.Nursery, *, listen_port: int, stun: str,
+    async def start(self, nursery: trio.Nursery, sock: SharedPortSocket, *, stun: str,
                     hole_punching: bool, probe_key: PrivateKey, client: ServerClient,
                     on_event: Callable[[str, PunchEvent], None]) -> None:
-        """Raises :class:`~punchd.errors.SharedPortError` without raw sockets."""
-        sock = SharedPortSocket(listen_port)
+        """Start the services on ``sock`` (WireGuard's port) into the agent's nursery."""
         self.discovery = Discovery(sock, parse_addr(stun))
         await nursery.start(self.discovery.run)
         if hole_punching:
