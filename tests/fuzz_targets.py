@@ -490,7 +490,7 @@ def _api_bodies() -> st.SearchStrategy[bytes]:
 
 _CONFIG_EXAMPLE = msgspec.to_builtins(NetworkConfig(
     name="office", server="http://203.0.113.10:8080", interface="punch0", node_id="n1",
-    node_name="alpha", listen_port=51820, last_seq=7))
+    node_name="alpha", listen_port=51820))
 _toml_values: st.SearchStrategy[Any] = st.recursive(
     st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats() | st.text(max_size=20),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner,

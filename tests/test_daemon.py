@@ -7,6 +7,7 @@ import os
 import stat
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,22 +16,45 @@ import trio
 from punchd.daemon.control import call
 from punchd.daemon.main import Daemon
 from punchd.daemon.state import NetworkConfig, StateDir
+from punchd.daemon.tasks import Wakeup
 from punchd.errors import ConfigError, ControlError
+from punchd.wg.base import WgPeer
 from punchd.wg.fake import FakeBackend
 
 from .conftest import RunningServer
 
+# Woken by every write to any node's WireGuard: the tests wait for what the daemons do
+# to their interfaces without polling; callers bound each wait with trio.fail_after.
+WRITTEN = Wakeup()
 
-async def wait_until(predicate) -> None:  # type: ignore[no-untyped-def]
-    """Poll state other tasks change; callers bound it with trio.fail_after."""
-    while not await predicate():  # noqa: ASYNC110
-        await trio.sleep(0.05)
+
+async def wait_until(predicate: Callable[[], bool]) -> None:
+    while not predicate():
+        await WRITTEN.round().wait()  # no checkpoint since the check: no write is missed
+
+
+class WatchedBackend(FakeBackend):
+    async def ensure_interface(self, ifname: str) -> None:
+        await super().ensure_interface(ifname)
+        WRITTEN.wake()
+
+    async def delete_interface(self, ifname: str) -> None:
+        await super().delete_interface(ifname)
+        WRITTEN.wake()
+
+    async def set_peer(self, ifname: str, peer: WgPeer) -> None:
+        await super().set_peer(ifname, peer)
+        WRITTEN.wake()
+
+    async def remove_peer(self, ifname: str, public_key: str) -> None:
+        await super().remove_peer(ifname, public_key)
+        WRITTEN.wake()
 
 
 class Node:
     def __init__(self, root: Path, name: str) -> None:
         self.name = name
-        self.backend = FakeBackend()
+        self.backend = WatchedBackend()
         self.socket = root / f"{name}.sock"
         self.daemon = Daemon(root / name, self.socket, self.backend)
 
@@ -48,17 +72,24 @@ async def start_node(nursery: trio.Nursery, root: Path, name: str) -> Node:
     return node
 
 
-async def test_two_nodes_join_reconcile_and_leave(signal_server: RunningServer, tmp_path: Path,
-                                                  nursery: trio.Nursery) -> None:
+async def joined_pair(signal_server: RunningServer, root: Path, nursery: trio.Nursery
+                      ) -> tuple[Node, Node, object, object]:
+    """Nodes a (alpha on pdta) and b (beta on pdtb) joined to network "net"; their replies."""
     await signal_server.create_network("net")
     token = await signal_server.create_token("net")
-    a = await start_node(nursery, tmp_path, "a")
-    b = await start_node(nursery, tmp_path, "b")
+    a = await start_node(nursery, root, "a")
+    b = await start_node(nursery, root, "b")
     ra = await a.call("join", token=token, name="alpha", ifname="pdta")
     rb = await b.call("join", token=token, name="beta", ifname="pdtb")
+    return a, b, ra, rb
+
+
+async def test_two_nodes_join_reconcile_and_leave(signal_server: RunningServer, tmp_path: Path,
+                                                  nursery: trio.Nursery) -> None:
+    a, b, ra, rb = await joined_pair(signal_server, tmp_path, nursery)
     assert ra["address"] == "198.19.0.1/24" and rb["address"] == "198.19.0.2/24"  # type: ignore[index]
 
-    async def meshed() -> bool:
+    def meshed() -> bool:
         return len(a.peer_keys("pdta")) == 1 and len(b.peer_keys("pdtb")) == 1
 
     with trio.fail_after(10):
@@ -79,7 +110,7 @@ async def test_two_nodes_join_reconcile_and_leave(signal_server: RunningServer, 
     a.backend.tamper("pdta", peer["public_key"], allowed_ips=("0.0.0.0/0",))
     b.backend.crash("pdtb")
 
-    async def repaired() -> bool:
+    def repaired() -> bool:
         dev_a = a.backend.devices["pdta"].peers[peer["public_key"]]
         return dev_a.allowed_ips == ("198.19.0.2/32",) and len(b.peer_keys("pdtb")) == 1
 
@@ -90,15 +121,11 @@ async def test_two_nodes_join_reconcile_and_leave(signal_server: RunningServer, 
     with trio.fail_after(1.5):
         await b.call("leave", network="net")
         with trio.fail_after(1.0):
-            await wait_until(lambda: _async(not a.peer_keys("pdta")))
+            await wait_until(lambda: not a.peer_keys("pdta"))
     assert "pdtb" not in b.backend.devices
     assert await b.call("list") == []
     with pytest.raises(ControlError, match="not joined"):
         await b.call("leave", network="net")
-
-
-async def _async(value: bool) -> bool:
-    return value
 
 
 async def test_control_errors_are_one_line(tmp_path: Path, nursery: trio.Nursery) -> None:
@@ -153,6 +180,22 @@ def test_state_files_are_private_and_bad_config_names_the_field(tmp_path: Path) 
         state.load_config("net")
 
 
+def test_a_config_written_by_an_older_version_still_loads(tmp_path: Path) -> None:
+    state = StateDir(tmp_path / "state")
+    state.ensure()
+    (tmp_path / "state/networks/net").mkdir()
+    old = ('name = "net"\nserver = "http://x"\ninterface = "pd-net"\nnode_id = "n1"\n'
+           'node_name = "alpha"\nlisten_port = 51820\nlast_seq = 41\n')
+    (tmp_path / "state/networks/net/config.toml").write_text(old)
+    config = state.load_config("net")
+    assert (config.node_name, config.listen_port) == ("alpha", 51820)
+    state.save_config(config)  # written back without the retired field
+    assert "last_seq" not in (tmp_path / "state/networks/net/config.toml").read_text()
+    (tmp_path / "state/networks/net/config.toml").write_text(old + "listen_prot = 1\n")
+    with pytest.raises(ConfigError, match="listen_prot"):  # a typo is still refused
+        state.load_config("net")
+
+
 def punchctl(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "punchd.cli", *args], capture_output=True,
                           text=True, timeout=60)
@@ -172,14 +215,9 @@ def test_punchctl_bad_token_is_one_clear_line(tmp_path: Path) -> None:
 
 async def test_punchctl_status_json_contract(signal_server: RunningServer, tmp_path: Path,
                                              nursery: trio.Nursery) -> None:
-    await signal_server.create_network("net")
-    token = await signal_server.create_token("net")
-    a = await start_node(nursery, tmp_path, "a")
-    b = await start_node(nursery, tmp_path, "b")
-    await a.call("join", token=token, name="alpha", ifname="pdta")
-    await b.call("join", token=token, name="beta", ifname="pdtb")
+    a, _, _, _ = await joined_pair(signal_server, tmp_path, nursery)
     with trio.fail_after(10):
-        await wait_until(lambda: _async(len(a.peer_keys("pdta")) == 1))
+        await wait_until(lambda: len(a.peer_keys("pdta")) == 1)
     res = await trio.to_thread.run_sync(punchctl, "--socket", str(a.socket), "status", "--json")
     assert res.returncode == 0, res.stderr
     doc = json.loads(res.stdout)

@@ -358,3 +358,55 @@ def test_host_candidates_stay_within_what_the_server_accepts() -> None:
     many = host_candidates([f"10.0.{i}.1/24" for i in range(100)], 51820)
     assert len(many) == api.MAX_CANDIDATES - 2
     assert many[0].address == "10.0.0.1:51820"
+
+
+def test_srflx_is_added_unless_it_is_a_host_candidate_or_unknown() -> None:
+    from punchd.daemon.paths import host_candidates, with_srflx
+
+    host = host_candidates(["192.0.2.7/24"], 51820)
+    assert with_srflx(host, None) == host
+    assert with_srflx(host, DIRECT) == host  # no NAT in between: the host candidate says it
+    (*_, srflx) = with_srflx(host, "203.0.113.9:40000")
+    assert (srflx.kind, srflx.address) == ("srflx", "203.0.113.9:40000")
+    assert srflx.priority >> 24 == 100 and srflx.priority < host[0].priority  # RFC 8445 §5.1.2.1
+
+
+# -- facts: what the adapters know, as the policy reads it -------------------------------------
+
+
+class _Session:
+    """The attributes of a PunchSession that the policy's facts read."""
+
+    def __init__(self, selected: tuple[str, int] | None, kind: str | None,
+                 relay: tuple[str, int] | None) -> None:
+        self.state = "connected" if selected else "punching"
+        self.selected, self.selected_kind, self.selected_rtt = selected, kind, 0.012
+        self.relay = relay
+
+
+def test_peer_facts_format_what_the_session_and_the_relay_say() -> None:
+    from punchd.daemon.policy import peer_facts
+
+    session = _Session(("192.0.2.7", 51820), "relay", ("203.0.113.5", 40001))
+    facts = peer_facts(session, ("203.0.113.5", 40001))  # type: ignore[arg-type]
+    assert facts == PeerFacts(session=SessionFacts(
+        state="connected", selected=DIRECT, selected_kind="relay", selected_rtt=0.012,
+        relay=RELAY), relay=RELAY)
+    v6 = peer_facts(_Session(("2001:db8::7", 51820), "srflx", None), None)  # type: ignore[arg-type]
+    assert v6.session is not None and v6.session.selected == "[2001:db8::7]:51820"
+    assert v6.session.relay is None and v6.relay is None
+    assert peer_facts(None, None) == PeerFacts()  # no session: one is about to start (rule 2)
+
+
+def test_the_policy_reads_no_clock_and_does_no_io() -> None:
+    import ast
+    import inspect
+
+    from punchd.daemon import policy as module
+
+    tree = ast.parse(inspect.getsource(module))
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree)
+                if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {(node.module or "").split(".")[0] for node in ast.walk(tree)
+                 if isinstance(node, ast.ImportFrom)}
+    assert not imported & {"trio", "socket", "time", "asyncio", "os"}

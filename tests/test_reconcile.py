@@ -72,3 +72,20 @@ def test_a_new_decision_overrides_a_working_roamed_endpoint() -> None:
 
 def test_no_endpoint_decision_never_moves_the_endpoint() -> None:
     assert plan(want(peer(A, endpoint=None)), actual(state(A)), NOW) == []
+
+
+def test_the_link_waits_for_the_server_and_carries_both_addresses_and_the_mtu() -> None:
+    import msgspec
+
+    from punchd.daemon.reconcile import desired_link
+    from punchd.wg.base import LinkConfig
+    from punchd.wire import api
+
+    node = api.Node(id="n1", network="net", name="alpha", signing_key="s", wg_public_key=ME,
+                    probe_public_key="p", listen_port=51820, ipv4="198.19.0.1/24")
+    network = api.Network(name="net", ipv4_cidr="198.19.0.0/24", mtu=1380)
+    assert desired_link(None, network) is None and desired_link(node, None) is None
+    assert desired_link(node, network) == LinkConfig(addresses=("198.19.0.1/24",), mtu=1380)
+    dual = msgspec.structs.replace(node, ipv6="fd00::1/64")
+    assert desired_link(dual, network) == LinkConfig(
+        addresses=("198.19.0.1/24", "fd00::1/64"), mtu=1380)

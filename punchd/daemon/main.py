@@ -324,14 +324,15 @@ class Daemon:
     async def _probe_ping(agent: NetworkAgent, peer: str, target: str | None,
                           count: int) -> dict[str, Any]:
         node = next((p for p in agent.model.peers.values() if p.name == peer), None)
-        if agent.punching is None or node is None or agent.punching.session(node.id) is None:
+        punching = agent.port.punching
+        if punching is None or node is None or punching.session(node.id) is None:
             raise ControlError(f"no punch session with {peer} (discovery off, or hole "
                                "punching disabled for the network): try --icmp")
         replies = []
         for seq in range(count):
             if seq:
                 await trio.sleep(0.2)
-            for pong in await agent.punching.ping(node.id):
+            for pong in await punching.ping(node.id):
                 endpoint = format_addr(pong.addr)
                 replies.append({"seq": seq, "rtt_ms": round(pong.rtt * 1000, 3),
                                 "endpoint": endpoint, "path": agent.policy.kind_of(node.id, endpoint)})

@@ -40,6 +40,17 @@ class NetworkModel:
         else:
             self.peers[node.id] = node
 
+    def is_self(self, node_id: str) -> bool:
+        """Whether ``node_id`` is this node (a PeerRemoved naming it: deleted on the server)."""
+        return self.node is not None and node_id == self.node.id
+
+    def rendezvous_partner(self, request: api.PunchRequest) -> str | None:
+        """The other node of the server's punch request, if the request names this node."""
+        if self.node is None or self.node.id not in request.nodes:
+            return None
+        first, second = request.nodes
+        return second if first == self.node.id else first
+
     def apply_snapshot(self, snap: api.NetworkSnapshot) -> None:
         self.network = snap.network
         self.node = snap.node

@@ -1,8 +1,10 @@
 """One joined network: its WireGuard interface, its server connection, its peers.
 
-Theory of operation. The agent keeps a model of the network (the server's view:
-network settings, this node, the peers) and path decisions per peer. Three tasks
-change or use it:
+Theory of operation. The agent holds the loops and feeds the pure cores: the model of
+the network (:mod:`punchd.daemon.model`, the server's view), the path policy
+(:mod:`punchd.daemon.policy`), the plan of WireGuard changes
+(:mod:`punchd.daemon.reconcile`) and the status (:mod:`punchd.daemon.status`). Three
+tasks change or use them, each woken early through a :class:`~punchd.daemon.tasks.Wakeup`:
 
 * the *stream* task holds the server's event stream, applies snapshots and deltas
   to the model, and reconnects with capped, jittered backoff when the server is
@@ -15,11 +17,9 @@ change or use it:
   netlink reports a local address or link change, and sends them to the server when
   they change.
 
-With discovery running and hole punching enabled for the network, a punch session
-per peer (:mod:`punchd.daemon.punching`) finds the direct path. Which endpoint WireGuard
-gets for each peer, and what status shows, is decided by the sans-IO
-:class:`punchd.daemon.policy.PathPolicy` from the sessions' and the relay's facts and
-WireGuard's observed state; the agent gathers those facts and applies the decisions.
+With discovery running and hole punching enabled for the network
+(:mod:`punchd.daemon.portservices`), a punch session per peer finds the direct path;
+the policy decides from its facts, the relay's and WireGuard's observed state.
 """
 
 from __future__ import annotations
@@ -34,29 +34,22 @@ import trio
 
 from punchd import resolver
 from punchd.discovery.addrwatch import watch_addresses
-from punchd.discovery.service import Discovery, parse_addr
 from punchd.discovery.sharedsock import SharedPortSocket
 from punchd.errors import APIError, PunchdError, ServerUnreachable, WireGuardError
-from punchd.punch.candidates import format_addr
-from punchd.punch.session import PathChanged, PathFound, PathLost, PunchEvent, PunchFailed
+from punchd.punch.session import PathFound, PunchEvent
 from punchd.serverapi import ServerClient
-from punchd.wg.base import (
-    LinkConfig,
-    WgDeviceState,
-    WireGuardBackend,
-    public_key,
-)
+from punchd.wg.base import LinkConfig, WgDeviceState, WireGuardBackend, public_key
 from punchd.wire import api
 
 from . import hostaddrs
 from .model import NetworkModel
-from .paths import host_candidates
-from .policy import PathPolicy, PeerFacts, SessionFacts
-from .punching import Punching
-from .reconcile import DesiredDevice, RemovePeer, SetDevice, SetPeer, plan
-from .relaying import Relaying
+from .paths import host_candidates, with_srflx
+from .policy import PathPolicy
+from .portservices import PortServices
+from .reconcile import RemovePeer, SetDevice, SetPeer, desired_link, plan
 from .state import NetworkConfig, NetworkKeys, StateDir
-from .status import DnsStatus, NetworkStatus, PunchStatus, RelayStatus, host, peer_statuses
+from .status import NetworkStatus, describe, network_status
+from .tasks import Wakeup
 
 log = logging.getLogger("punchd.network")
 
@@ -67,6 +60,8 @@ BACKOFF_MIN_S = 0.5
 # within ~2 s, and a thousand nodes still arrive spread over that time, not at once.
 BACKOFF_MAX_S = 1.5
 REFUSED_RETRY_S = 30.0  # the server said no (401/403/404): asking again soon is no use
+
+
 class NetworkAgent:
     def __init__(self, config: NetworkConfig, keys: NetworkKeys, backend: WireGuardBackend,
                  state: StateDir, *, exclude_ifnames: Iterable[str] = ()) -> None:
@@ -77,7 +72,8 @@ class NetworkAgent:
         self.client = ServerClient(config.server, keys.signing)
         self.model = NetworkModel()
         self.policy = PathPolicy(bytes(keys.probe.public_key))
-        self.changed = trio.Event()
+        self._reconcile_due = Wakeup()
+        self._publish_due = Wakeup()
         self.server_connected = False
         self.removed = False
         self.last_error: str | None = None
@@ -89,18 +85,20 @@ class NetworkAgent:
         self._link_applied: LinkConfig | None = None
         self._dns_applied: api.MeshDns | None = None
         self.dns_outcome: str | None = None
-        self.discovery: Discovery | None = None
-        self.punching: Punching | None = None
-        self.relaying: Relaying | None = None
-        self._regather = trio.Event()
+        self.port = PortServices()
         self.nat: api.NatReport | None = None
 
     @property
     def name(self) -> str:
         return self.config.name
 
-    def poke(self) -> None:
-        self.changed.set()
+    def wake_reconcile(self) -> None:
+        """The model or a fact changed: reconcile WireGuard now."""
+        self._reconcile_due.wake()
+
+    def wake_publish(self) -> None:
+        """A local address or link changed (netlink): gather and publish now."""
+        self._publish_due.wake()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         with self.cancel_scope:
@@ -131,17 +129,11 @@ class NetworkAgent:
             self.last_error = str(exc)
             log.warning("%s: no discovery: %s", self.name, exc)
             return
-        self.discovery = Discovery(sock, parse_addr(self.model.stun))
-        await nursery.start(self.discovery.run)
-        if self.model.network is None or self.model.network.hole_punching:
-            self.punching = Punching(sock, self.keys.probe, self._on_punch_event)
-            await nursery.start(self.punching.run)
-            self.discovery.on_probe = self.punching.route
-            # Relay allocations are bound from WireGuard's port and proven by the punch
-            # sessions, so they come with punching.
-            self.relaying = Relaying(self.client, sock, self.punching.set_relay)
-            await nursery.start(self.relaying.run)
-            self.discovery.on_stun = self.relaying.handle_stun
+        network = self.model.network
+        await self.port.start(nursery, sock, stun=self.model.stun,
+                              hole_punching=network is None or network.hole_punching,
+                              probe_key=self.keys.probe, client=self.client,
+                              on_event=self._on_punch_event)
 
     # -- interface and reconciliation ------------------------------------------------------
 
@@ -151,62 +143,13 @@ class NetworkAgent:
         await self.backend.set_device(ifname, private_key=self.keys.wireguard,
                                       listen_port=self.config.listen_port)
 
-    def desired(self, actual: WgDeviceState | None = None) -> DesiredDevice:
-        network = self.model.network
-        return self.policy.desired(
-            self.model.peers, actual, time.time(),
-            private_key_public=public_key(self.keys.wireguard),
-            listen_port=self.config.listen_port,
-            keepalive=network.keepalive if network else 25)
-
-    def link_config(self) -> LinkConfig | None:
-        node, network = self.model.node, self.model.network
-        if node is None or network is None:
-            return None
-        return LinkConfig(addresses=tuple(a for a in (node.ipv4, node.ipv6) if a),
-                          mtu=network.mtu)
-
-    def _facts(self) -> dict[str, PeerFacts]:
-        """What each peer's punch session and relay say now, for the path policy."""
-        facts = {}
-        for node_id in self.model.peers:
-            session = self.punching.session(node_id) if self.punching else None
-            relay = self.relaying.states.get(node_id) if self.relaying else None
-            facts[node_id] = PeerFacts(
-                session=None if session is None else SessionFacts(
-                    state=session.state,
-                    selected=format_addr(session.selected) if session.selected else None,
-                    selected_kind=session.selected_kind, selected_rtt=session.selected_rtt,
-                    relay=format_addr(session.relay) if session.relay else None),
-                relay=format_addr(relay.relay) if relay is not None and relay.relay else None)
-        return facts
-
     def _on_punch_event(self, node_id: str, event: PunchEvent) -> None:
-        peer = self.model.peers.get(node_id)
-        name = peer.name if peer else node_id
         if isinstance(event, PathFound):
             self.policy.path_found(node_id, time.time())
-            session = self.punching.session(node_id) if self.punching else None
-            kind = "relayed" if session is not None and session.selected_kind == "relay" \
-                else "direct"
-            log.info("%s: %s path to %s via %s (%.1f ms)", self.name, kind, name,
-                     format_addr(event.addr), event.rtt * 1000)
-        elif isinstance(event, PathChanged):
-            log.info("%s: path to %s moves %s -> %s (%.1f ms)", self.name, name,
-                     format_addr(event.old), format_addr(event.new), event.rtt * 1000)
-        elif isinstance(event, PathLost):
-            log.info("%s: path to %s via %s lost; punching again", self.name, name,
-                     format_addr(event.addr))
-        elif isinstance(event, PunchFailed):
-            log.info("%s: no direct path to %s: %s", self.name, name, event.reason)
-        self.poke()
-
-    def _sync_punching(self) -> None:
-        peers = [p for p in self.model.peers.values() if p.approved]
-        if self.punching is not None:
-            self.punching.sync_peers(peers)
-        if self.relaying is not None:
-            self.relaying.sync_peers(peers)
+        peer = self.model.peers.get(node_id)
+        log.info("%s: %s", self.name, describe(event, peer.name if peer else node_id,
+                                                relayed=self.port.relayed(node_id)))
+        self.wake_reconcile()
 
     async def reconcile_once(self) -> int:
         """One pass: returns the number of operations applied."""
@@ -215,7 +158,7 @@ class NetworkAgent:
             log.warning("%s: interface missing (wireguard-go died?), recreating", ifname)
             await self.ensure_interface()
             self._link_applied = None
-        link = self.link_config()
+        link = desired_link(self.model.node, self.model.network)
         if link is not None and link != self._link_applied:
             await self.backend.set_link(ifname, link)
             self._link_applied = link
@@ -223,14 +166,18 @@ class NetworkAgent:
         now = time.time()
         network = self.model.network
         for gone in self.policy.update(
-                self.model.peers, self._facts(), actual, now, punching=self.punching is not None,
+                self.model.peers, self.port.facts(self.model.peers), actual, now,
+                punching=self.port.punching is not None,
                 local_networks=self._local_networks,
                 local_only=bool(network and network.local_only)):
             peer = self.model.peers[gone.node_id]
             log.warning("%s: WireGuard gets nothing back on %s from %s although probes "
                         "pass; using the relay for %d s", self.name, gone.endpoint,
                         peer.name, gone.seconds)
-        ops = plan(self.desired(actual), actual, now)
+        desired = self.policy.desired(
+            self.model.peers, actual, now, private_key_public=public_key(self.keys.wireguard),
+            listen_port=self.config.listen_port, keepalive=network.keepalive if network else 25)
+        ops = plan(desired, actual, now)
         for op in ops:
             if isinstance(op, SetDevice):
                 await self.backend.set_device(
@@ -248,12 +195,12 @@ class NetworkAgent:
         # Sessions follow WireGuard, not the model: a peer must be in WireGuard before
         # its probes are answered, or its first handshake (sent the moment its session
         # finds the path) meets an interface that drops it and waits 5 s to retry.
-        self._sync_punching()
+        self.port.sync_peers(self.model.peers.values())
         return len(ops)
 
     async def _reconcile_loop(self) -> None:
         while True:
-            self.changed = trio.Event()
+            woken = self._reconcile_due.round()
             try:
                 await self.reconcile_once()
             except WireGuardError as exc:
@@ -263,7 +210,7 @@ class NetworkAgent:
             # wake for that as well as for new facts and the periodic repair pass.
             wait = min(RECONCILE_INTERVAL_S, self.policy.next_deadline(time.time()) - time.time())
             with trio.move_on_after(max(wait, 0.0)):
-                await self.changed.wait()
+                await woken.wait()
 
     # -- server ------------------------------------------------------------------------------
 
@@ -272,7 +219,7 @@ class NetworkAgent:
         snap = await self.client.get_state()
         self.model.apply_snapshot(snap)
         await self.configure_resolver()
-        self.poke()
+        self.wake_reconcile()
 
     async def configure_resolver(self) -> None:
         """Send the mesh domain (only) to meshdns; once per change of the server's DNS."""
@@ -299,14 +246,15 @@ class NetworkAgent:
                         if isinstance(event, api.StreamClosed):
                             self._stream_closed(event)
                             break
-                        if isinstance(event, api.PeerRemoved) and self.model.node is not None \
-                                and event.node_id == self.model.node.id:
+                        if isinstance(event, api.PeerRemoved) and self.model.is_self(event.node_id):
                             self.removed = True
                             log.warning("%s: this node was deleted on the server", self.name)
                         self.model.apply(event)
                         if isinstance(event, api.PunchRequest):
-                            self._rendezvous(event)
-                        self.poke()
+                            partner = self.model.rendezvous_partner(event)
+                            if partner is not None:
+                                self.port.punch(partner)
+                        self.wake_reconcile()
             except (ServerUnreachable, APIError) as exc:
                 self.last_error = str(exc)
                 if isinstance(exc, APIError) and exc.status in (401, 403, 404):
@@ -328,32 +276,21 @@ class NetworkAgent:
         else:
             log.info("%s: stream closed by the server: %s", self.name, event.reason)
 
-    def _rendezvous(self, request: api.PunchRequest) -> None:
-        me = self.model.node.id if self.model.node else None
-        if self.punching is None or me not in request.nodes:
-            return
-        other = request.nodes[1] if request.nodes[0] == me else request.nodes[0]
-        self.punching.punch(other)
-
     async def _publish_loop(self) -> None:
         """Gather and publish every ~25 s (jittered), and at once on an address change."""
         while not self.removed:
-            self._regather = trio.Event()
+            woken = self._publish_due.round()
             try:
                 await self.publish_candidates()
             except (ServerUnreachable, APIError) as exc:
                 self.last_error = str(exc)
             with trio.move_on_after(CANDIDATE_INTERVAL_S * self._rng.uniform(0.8, 1.2) if
                                     self._published is not None else 1.0):
-                await self._regather.wait()
-
-    def regather(self) -> None:
-        """A local address or link changed (netlink): gather and publish now."""
-        self._regather.set()
+                await woken.wait()
 
     async def _watch_addresses(self) -> None:
         try:
-            await watch_addresses(self.regather, exclude=self._exclude)
+            await watch_addresses(self.wake_publish, exclude=self._exclude)
         except OSError as exc:  # no netlink here: the periodic re-gather still runs
             log.warning("%s: cannot watch address changes: %s", self.name, exc)
 
@@ -382,20 +319,16 @@ class NetworkAgent:
             nursery.start_soon(classify)
             await endpoint_known.wait()
             if early and (self.nat is None or self.nat.public_endpoint != early[0]):
-                await self._publish(_with_srflx(host, early[0]),
+                await self._publish(with_srflx(host, early[0]),
                                     api.NatReport(public_endpoint=early[0]), force=False)
         nat = report[0]
-        await self._publish(_with_srflx(host, nat.public_endpoint if nat else None), nat,
+        await self._publish(with_srflx(host, nat.public_endpoint if nat else None), nat,
                             force=force)
 
     async def _publish(self, candidates: tuple[api.Candidate, ...], nat: api.NatReport | None,
                        *, force: bool) -> None:
-        if self.punching is not None:
-            self.punching.update_local(candidates, nat)
-        moved = nat is not None and self.nat is not None \
-            and nat.public_endpoint != self.nat.public_endpoint
-        if moved and self.relaying is not None:
-            self.relaying.kick()  # our mapping changed: the relay must learn the new one
+        self.port.local_changed(candidates, nat, moved=nat is not None and self.nat is not None
+                                and nat.public_endpoint != self.nat.public_endpoint)
         if candidates != self._published or nat != self.nat or force:
             await self.client.update_self(api.NodeUpdate(candidates=candidates, nat=nat))
             self._published = candidates
@@ -403,7 +336,7 @@ class NetworkAgent:
 
     async def netcheck_quietly(self, on_endpoint: Callable[[str], None] | None = None
                                ) -> api.NatReport | None:
-        if self.model.stun is None or self.discovery is None:
+        if self.model.stun is None or self.port.discovery is None:
             return None  # no STUN offered, or no raw sockets: host candidates only
         try:
             return await self.netcheck(on_endpoint)
@@ -412,12 +345,7 @@ class NetworkAgent:
             return None
 
     async def netcheck(self, on_endpoint: Callable[[str], None] | None = None) -> api.NatReport:
-        """Classify this node's NAT as seen from WireGuard's own port (RFC 5780)."""
-        if self.model.stun is None:
-            raise PunchdError("the signal server offers no STUN address (serve --stun)")
-        if self.discovery is None:
-            raise PunchdError("discovery is not running (raw sockets need CAP_NET_RAW)")
-        return await self.discovery.netcheck(on_endpoint)
+        return await self.port.netcheck(self.model.stun, on_endpoint)
 
     # -- status --------------------------------------------------------------------------------
 
@@ -427,41 +355,11 @@ class NetworkAgent:
             device: WgDeviceState | None = await self.backend.get_device(self.config.interface)
         except WireGuardError:
             device = None
-        node, dns = self.model.node, self.model.dns
-        return NetworkStatus(
-            name=self.name, interface=self.config.interface, node=self.config.node_name,
-            address=host(node.ipv4) if node else None,
-            address6=host(node.ipv6) if node else None,
-            public_key=public_key(self.keys.wireguard),
-            listen_port=device.listen_port if device else None,
-            interface_up=device is not None, server=self.config.server,
-            server_connected=self.server_connected, nat=self.nat,
-            dns=DnsStatus(address=dns.address, domain=dns.domain, resolver=self.dns_outcome)
-            if dns else None,
-            last_error=self.last_error,
-            peers=peer_statuses(self.model.peers, self.policy, device, now,
-                                punch=self._punch_status(), relay=self._relay_status()))
-
-    def _relay_status(self) -> dict[str, RelayStatus]:
-        states = self.relaying.states if self.relaying else {}
-        return {node_id: RelayStatus(
-            endpoint=format_addr(state.relay) if state.relay else None,
-            mapped=format_addr(state.mapped) if state.mapped else None, error=state.error)
-            for node_id, state in states.items()}
-
-    def _punch_status(self) -> dict[str, PunchStatus]:
-        out = {}
-        for node_id in self.model.peers:
-            session = self.punching.session(node_id) if self.punching else None
-            if session is None:
-                continue
-            stats = session.statistics()
-            out[node_id] = PunchStatus(
-                state=session.state, failure=session.failure, attempts=stats.attempts,
-                probes_sent=stats.probes_sent, probes_received=stats.probes_received,
-                rejected=stats.rejected, replays=stats.replays,
-                observed=format_addr(session.observed) if session.observed else None)
-        return out
+        return network_status(
+            self.config, self.model, self.policy, device, now,
+            public_key=public_key(self.keys.wireguard), server_connected=self.server_connected,
+            nat=self.nat, resolver=self.dns_outcome, last_error=self.last_error,
+            punch=self.port.punch_statuses(self.model.peers), relay=self.port.relay_statuses())
 
     async def leave(self) -> None:
         """Deregister, then remove the interface and the state."""
@@ -478,10 +376,3 @@ class NetworkAgent:
         await self.backend.delete_interface(self.config.interface)
         self.state.remove(self.name)
 
-
-def _with_srflx(host: tuple[api.Candidate, ...], endpoint: str | None) -> tuple[api.Candidate, ...]:
-    if not endpoint or endpoint in {c.address for c in host}:
-        return host
-    # RFC 8445 §5.1.2.1: server-reflexive type preference 100.
-    return (*host, api.Candidate(kind="srflx", address=endpoint,
-                                 priority=(100 << 24) + (65535 << 8) + 255))

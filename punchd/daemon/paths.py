@@ -79,3 +79,14 @@ def host_candidates(addresses: Iterable[str], port: int) -> tuple[api.Candidate,
     # highest local preference) and room for the server-reflexive and port-mapped ones.
     return tuple(out[:api.MAX_CANDIDATES - 2])
 
+
+
+def with_srflx(host: tuple[api.Candidate, ...], endpoint: str | None
+               ) -> tuple[api.Candidate, ...]:
+    """This node's candidates: the host ones, and the public endpoint STUN saw unless it is
+    one of them (no NAT in between) or unknown."""
+    if not endpoint or endpoint in {c.address for c in host}:
+        return host
+    # RFC 8445 §5.1.2.1: server-reflexive type preference 100.
+    return (*host, api.Candidate(kind="srflx", address=endpoint,
+                                 priority=(100 << 24) + (65535 << 8) + 255))

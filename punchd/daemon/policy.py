@@ -5,8 +5,8 @@ clock (every method that needs the time takes ``now``, wall-clock seconds like
 WireGuard's handshake times) and does no I/O. The network agent feeds it:
 
 * the peers (the server's model), and per peer what the punch session and the relay
-  say right now (:class:`PeerFacts`), with WireGuard's observed device, to
-  :meth:`PathPolicy.update`;
+  say right now (:class:`PeerFacts`, from :func:`peer_facts`), with WireGuard's observed
+  device, to :meth:`PathPolicy.update`;
 * the punch session's verdicts (:meth:`path_found`), and what reconciliation applied to
   WireGuard (:meth:`endpoint_set`, :meth:`peer_removed`).
 
@@ -61,6 +61,8 @@ from dataclasses import dataclass
 
 import msgspec
 
+from punchd.punch.candidates import Addr, format_addr
+from punchd.punch.session import PunchSession
 from punchd.wg.base import WgDeviceState, WgPeer, WgPeerState
 from punchd.wire import api
 
@@ -87,6 +89,20 @@ class SessionFacts(msgspec.Struct, frozen=True):
 class PeerFacts(msgspec.Struct, frozen=True):
     session: SessionFacts | None = None  # None: no punch session for the peer
     relay: str | None = None  # our bound side of the peer's relay allocation
+
+
+def peer_facts(session: PunchSession | None, relay: Addr | None) -> PeerFacts:
+    """The facts of a peer's punch session and bound relay side, as the policy reads them."""
+    return PeerFacts(
+        session=None if session is None else SessionFacts(
+            state=session.state, selected=_format(session.selected),
+            selected_kind=session.selected_kind, selected_rtt=session.selected_rtt,
+            relay=_format(session.relay)),
+        relay=_format(relay))
+
+
+def _format(addr: Addr | None) -> str | None:
+    return format_addr(addr) if addr else None
 
 
 class Distrusted(msgspec.Struct, frozen=True):

@@ -40,6 +40,7 @@ from punchd.wire import api
 from punchd.wire.probe import peek_sender
 
 from .policy import probe_key
+from .tasks import TaskHost
 
 log = logging.getLogger("punchd.punching")
 
@@ -47,7 +48,11 @@ INBOX_SIZE = 64  # probes waiting for one session; more in a burst are dropped
 
 
 class ProbeSender(Protocol):
-    """What sends a probe from WireGuard's port (the shared-port socket)."""
+    """What sends a probe from WireGuard's port (the shared-port socket).
+
+    Failures are ours already (the socket translates its ``OSError`` once, to
+    ``NetworkDown``): callers catch :class:`~punchd.errors.PunchdError` only.
+    """
 
     async def send(self, payload: bytes, dest: Addr, /) -> None: ...
 
@@ -62,7 +67,7 @@ class _Peer:
     nat: api.NatReport
 
 
-class Punching:
+class Punching(TaskHost):
     def __init__(self, sender: ProbeSender, local_key: PrivateKey,
                  on_event: Callable[[str, PunchEvent], None], *,
                  rng: random.Random | None = None) -> None:
@@ -75,28 +80,15 @@ class Punching:
         self._local: tuple[tuple[api.Candidate, ...], api.NatReport | None] | None = None
         self._peer_list: list[api.Node] = []
         self._relays: dict[str, Addr] = {}  # by node id: our bound side of its relay
-        self._nursery: trio.Nursery | None = None
         self.unknown_sender = 0
         self.send_failures = 0
         self.inbox_full = 0
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                task_status.started()
-                await trio.sleep_forever()
-        finally:
-            self._nursery = None
-            for peer in self._peers.values():
-                peer.inbox.close()
-            self._peers.clear()
-            self._by_key.clear()
-
-    @property
-    def ready(self) -> bool:
-        """Running and our own candidates known: sessions can be made."""
-        return self._nursery is not None and self._local is not None
+    def _stopped(self) -> None:
+        for peer in self._peers.values():
+            peer.inbox.close()
+        self._peers.clear()
+        self._by_key.clear()
 
     # -- what the agent tells us ---------------------------------------------------------
 

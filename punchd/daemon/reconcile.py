@@ -5,7 +5,9 @@ from the server's state and its path decisions) and compares it with the device
 WireGuard reports. Only differences become operations, one per changed peer, so an
 unchanged peer is never touched (no flapping, no full rewrite). Drift — someone ran
 ``wg set`` by hand, wireguard-go restarted empty — is just another difference and is
-repaired on the next pass.
+repaired on the next pass. The interface's own addresses and MTU (:func:`desired_link`)
+come from the server's word for this node; the agent applies them when they change or
+the interface was recreated.
 
 One rule protects working paths: when WireGuard has *roamed* a peer to an endpoint
 other than the one punchd chose, and the path through it works (a fresh handshake,
@@ -19,7 +21,8 @@ from __future__ import annotations
 
 import msgspec
 
-from punchd.wg.base import WgDeviceState, WgPeer, normalise_cidrs
+from punchd.wg.base import LinkConfig, WgDeviceState, WgPeer, normalise_cidrs
+from punchd.wire import api
 
 # A handshake younger than this means the path works (WireGuard rekeys every 2 min).
 FRESH_HANDSHAKE_S = 180.0
@@ -46,6 +49,13 @@ class RemovePeer(msgspec.Struct, frozen=True, tag="remove_peer"):
 
 
 Op = SetDevice | SetPeer | RemovePeer
+
+
+def desired_link(node: api.Node | None, network: api.Network | None) -> LinkConfig | None:
+    """The interface's mesh addresses and MTU; None until the server has said both."""
+    if node is None or network is None:
+        return None
+    return LinkConfig(addresses=tuple(a for a in (node.ipv4, node.ipv6) if a), mtu=network.mtu)
 
 
 def plan(desired: DesiredDevice, actual: WgDeviceState, now: float) -> list[Op]:

@@ -12,7 +12,7 @@ session as its relay pair: the session proves it with probes (which needs the pe
 bound too) before WireGuard is pointed at it.
 
 Binds repeat every ``refresh_s`` (they keep the NAT mapping and the allocation alive)
-and at once when :meth:`Relaying.kick` says our address may have changed. Three
+and at once when :meth:`Relaying.wake_binds` says our address may have changed. Three
 unanswered refreshes in a row take the relay pair away and start over with a new
 request. A server without a relay (503) or at its per-node limit (429) is asked again
 only after ``NO_RELAY_RETRY_S``.
@@ -34,6 +34,7 @@ from punchd.serverapi import ServerClient
 from punchd.wire import api, relay, stun
 
 from .punching import ProbeSender
+from .tasks import TaskHost, Wakeup
 
 log = logging.getLogger("punchd.relay")
 
@@ -62,7 +63,7 @@ class RelayState:
     error: str | None = None
 
 
-class Relaying:
+class Relaying(TaskHost):
     def __init__(self, client: ServerClient, sender: ProbeSender,
                  on_bound: Callable[[str, Addr | None], None]) -> None:
         self._client = client
@@ -70,20 +71,12 @@ class Relaying:
         self._on_bound = on_bound
         self._pending: dict[bytes, _Pending] = {}  # by STUN transaction id
         self._tasks: dict[str, trio.CancelScope] = {}  # by peer node id
-        self._kick = trio.Event()
-        self._nursery: trio.Nursery | None = None
+        self._rebind = Wakeup()
         self._rng = random.Random()
         self.states: dict[str, RelayState] = {}
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                task_status.started()
-                await trio.sleep_forever()
-        finally:
-            self._nursery = None
-            self._tasks.clear()
+    def _stopped(self) -> None:
+        self._tasks.clear()
 
     def sync_peers(self, peers: Iterable[api.Node]) -> None:
         """One relay link per peer; links of peers gone are cancelled."""
@@ -100,10 +93,9 @@ class Relaying:
                 self.states[node_id] = RelayState()
                 self._nursery.start_soon(self._link, node_id, name, scope)
 
-    def kick(self) -> None:
+    def wake_binds(self) -> None:
         """Our address may have changed: re-bind every allocation now."""
-        woken, self._kick = self._kick, trio.Event()
-        woken.set()
+        self._rebind.wake()
 
     def handle_stun(self, data: bytes, source: Addr) -> bool:
         """A STUN datagram on the shared port: True if it answered one of our binds."""
@@ -171,7 +163,7 @@ class Relaying:
                          node_id, *mapped)
                 self._on_bound(node_id, relay_addr)
             with trio.move_on_after(allocation.refresh_s * self._rng.uniform(0.8, 1.0)):
-                await self._kick.wait()
+                await self._rebind.round().wait()
 
     async def _bind(self, allocation: api.RelayAllocation, relay_addr: Addr,
                     secret: bytes) -> Addr | None:
@@ -184,7 +176,7 @@ class Relaying:
             try:
                 try:
                     await self._sender.send(data, relay_addr)
-                except (OSError, PunchdError) as exc:
+                except PunchdError as exc:  # NetworkDown: lost like any datagram
                     log.debug("bind to %s: %s", allocation.relay, exc)
                 with trio.move_on_after(rto):
                     await pending.answered.wait()

@@ -7,7 +7,8 @@ Layout (all files 0600, written atomically: temp file, fsync, rename)::
     STATE_DIR/networks/NAME/probe.key     X25519 probe key (base64)
     STATE_DIR/networks/NAME/node.key      Ed25519 signing key seed (base64)
 
-A config that does not decode refuses to start and names the file and field.
+A config that does not decode refuses to start and names the file and field; a field
+this version no longer has (:data:`RETIRED_FIELDS`) is dropped, so old files still load.
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ from punchd.errors import ConfigError
 from punchd.wire.api import Name
 
 IfName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]{1,15}$")]
+# Written by older versions, read by none: ``last_seq`` was never used to resume the
+# event stream (that would need the peer model persisted too; a restart takes a fresh
+# snapshot instead).
+RETIRED_FIELDS = ("last_seq",)
 
 
 class NetworkConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -38,7 +43,6 @@ class NetworkConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     node_id: str
     node_name: str
     listen_port: Annotated[int, Meta(ge=1, le=65535)]
-    last_seq: int = 0
 
 
 class NetworkKeys(msgspec.Struct, frozen=True):
@@ -99,6 +103,8 @@ class StateDir:
         path = self.network_dir(name) / "config.toml"
         try:
             raw = tomllib.loads(path.read_text())
+            for retired in RETIRED_FIELDS:
+                raw.pop(retired, None)
             config = msgspec.convert(raw, type=NetworkConfig)
         except OSError as exc:
             raise ConfigError(f"{path}: {exc.strerror}") from exc

@@ -13,11 +13,15 @@ from collections.abc import Mapping
 
 import msgspec
 
+from punchd.punch.candidates import Addr, format_addr
+from punchd.punch.session import PathChanged, PathFound, PathLost, PunchEvent, PunchSession
 from punchd.wg.base import WgDeviceState
 from punchd.wire import api
 
+from .model import NetworkModel
 from .paths import PathKind
 from .policy import PathPolicy
+from .state import NetworkConfig
 
 
 class PunchStatus(msgspec.Struct, frozen=True):
@@ -102,3 +106,53 @@ def peer_statuses(peers: Mapping[str, api.Node], policy: PathPolicy,
             in_wireguard=wg is not None, nat=peer.nat, punch=punch.get(peer.id),
             relay=relay.get(peer.id), confirmed=policy.confirmed(peer.id)))
     return tuple(out)
+
+
+def punch_status(session: PunchSession) -> PunchStatus:
+    stats = session.statistics()
+    return PunchStatus(
+        state=session.state, failure=session.failure, attempts=stats.attempts,
+        probes_sent=stats.probes_sent, probes_received=stats.probes_received,
+        rejected=stats.rejected, replays=stats.replays, observed=_format(session.observed))
+
+
+def relay_status(relay: Addr | None, mapped: Addr | None, error: str | None) -> RelayStatus:
+    return RelayStatus(endpoint=_format(relay), mapped=_format(mapped), error=error)
+
+
+def network_status(config: NetworkConfig, model: NetworkModel, policy: PathPolicy,
+                   device: WgDeviceState | None, now: float, *, public_key: str,
+                   server_connected: bool, nat: api.NatReport | None,
+                   resolver: str | None, last_error: str | None,
+                   punch: Mapping[str, PunchStatus], relay: Mapping[str, RelayStatus]
+                   ) -> NetworkStatus:
+    """One joined network; ``device`` None when WireGuard's interface cannot be read."""
+    node, dns = model.node, model.dns
+    return NetworkStatus(
+        name=config.name, interface=config.interface, node=config.node_name,
+        address=host(node.ipv4) if node else None,
+        address6=host(node.ipv6) if node else None,
+        public_key=public_key, listen_port=device.listen_port if device else None,
+        interface_up=device is not None, server=config.server,
+        server_connected=server_connected, nat=nat,
+        dns=DnsStatus(address=dns.address, domain=dns.domain, resolver=resolver)
+        if dns else None,
+        last_error=last_error,
+        peers=peer_statuses(model.peers, policy, device, now, punch=punch, relay=relay))
+
+
+def describe(event: PunchEvent, peer: str, *, relayed: bool) -> str:
+    """A punch session's verdict, as the log says it; ``relayed``: the relay pair won."""
+    if isinstance(event, PathFound):
+        return (f"{'relayed' if relayed else 'direct'} path to {peer} via "
+                f"{format_addr(event.addr)} ({event.rtt * 1000:.1f} ms)")
+    if isinstance(event, PathChanged):
+        return (f"path to {peer} moves {format_addr(event.old)} -> {format_addr(event.new)} "
+                f"({event.rtt * 1000:.1f} ms)")
+    if isinstance(event, PathLost):
+        return f"path to {peer} via {format_addr(event.addr)} lost; punching again"
+    return f"no direct path to {peer}: {event.reason}"
+
+
+def _format(addr: Addr | None) -> str | None:
+    return format_addr(addr) if addr else None

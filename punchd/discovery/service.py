@@ -40,7 +40,6 @@ class Discovery:
         self._current: NatClassifier | None = None
         self._arrived = trio.Event()
         self._lock = trio.Lock()
-        self.last_report: api.NatReport | None = None
         self.on_probe: Callable[[bytes, Addr], None] | None = None
         self.on_stun: Callable[[bytes, Addr], bool] | None = None  # True: consumed
 
@@ -104,5 +103,4 @@ class Discovery:
                 self._current = None
             if clf.error:
                 log.warning("netcheck via %s: %s", self.stun_server, clf.error)
-            self.last_report = clf.report()
-            return self.last_report
+            return clf.report()
