@@ -31,7 +31,8 @@ codec error), so callers catch ours and never a library's::
         │   └── Forbidden          (API: 403: a known caller not allowed this, e.g. pending)
         ├── TooMany                (API: 429)
         └── Unavailable            (API: 503)
-            └── StoreUnavailable   the store's database cannot be reached now
+            ├── StoreUnavailable   the store's database cannot be reached now
+            └── TooManyStreams     the server holds all the event streams its open-file limit allows
 
 Packages add leaf classes under these branches in their own ``errors``/codec modules;
 no other roots.
@@ -160,3 +161,12 @@ class DuplicateRow(Conflict):
 
 class StoreUnavailable(Unavailable):
     """The store's database is unreachable or has no free connection: retry later."""
+
+
+class TooManyStreams(Unavailable):
+    """A new event stream would take descriptors the server keeps for everything else
+    (``signal_server.limits``): refused before the server runs out, retried later."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"too many open streams on this server (limit {limit})")
+        self.limit = limit

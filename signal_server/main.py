@@ -25,6 +25,7 @@ from punchd.errors import ConfigError
 from punchd.wire import api
 
 from .app import build_app
+from .limits import current_soft_limit, raise_open_file_limit, stream_capacity
 from .relay import RelayMode, RelayPool, RelayService
 from .service import Service
 from .store import open_store
@@ -85,6 +86,8 @@ class ServerOptions:
     relay: list[RelayPool] = field(default_factory=list)
     relay_mode: RelayMode = "auto"
     database: str | None = None  # a postgresql:// URL or an SQLite path; None: data_dir's
+    # Event streams held at once; None: what the open-file limit allows (limits.py).
+    max_streams: int | None = None
 
 
 class SignalServer:
@@ -108,10 +111,13 @@ class SignalServer:
         url_host = f"[{host}]" if ":" in host else host
         self.public_url = options.public_url or f"{scheme}://{url_host}:{port}"
         self.relay = RelayService(options.relay, options.relay_mode) if options.relay else None
+        self.max_streams = options.max_streams if options.max_streams is not None else \
+            stream_capacity(current_soft_limit(),
+                            relay_ports=sum(p.high - p.low + 1 for p in options.relay))
         self.service = Service(self.store, public_url=self.public_url,
                                dns=self._mesh_dns(options, self.public_url),
                                stun=self._stun_address(options, self.public_url),
-                               relay=self.relay)
+                               relay=self.relay, max_streams=self.max_streams)
         self.app = build_app(self.service, self.admin_token)
 
     @staticmethod
@@ -181,6 +187,9 @@ class SignalServer:
 
 
 async def serve_forever(options: ServerOptions) -> None:
+    # Before anything opens a descriptor, and in the process only: a SignalServer
+    # built inside tests leaves the test runner's limit alone.
+    limit = raise_open_file_limit()
     server = SignalServer(options)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
@@ -190,6 +199,9 @@ async def serve_forever(options: ServerOptions) -> None:
             if options.dns:
                 parts.append(f"dns={options.dns[0]}:{options.dns[1]}")
             print("signal-server: ready " + " ".join(parts), flush=True)
+            # After the ready line, which callers wait for as the first one.
+            print("signal-server: " + limit.describe(server.max_streams), file=sys.stderr,
+                  flush=True)
             async for _ in signals:
                 nursery.cancel_scope.cancel()
                 break

@@ -15,7 +15,7 @@ from typing import Any, Protocol, TypeVar
 
 import trio
 
-from punchd.errors import ServiceError
+from punchd.errors import ServiceError, TooManyStreams
 from punchd.wire import api
 
 from .relay import RelayService
@@ -40,20 +40,47 @@ class Stream(Protocol):
 
 
 class EventHub:
-    """Wakes every stream of a network when its event log grows."""
+    """Wakes every stream of a network when its event log grows; counts the streams.
 
-    def __init__(self) -> None:
+    ``max_streams`` bounds the streams held at once on this server (from the open-file
+    limit, :mod:`signal_server.limits`); None: unbounded.
+    """
+
+    def __init__(self, max_streams: int | None = None) -> None:
         self._changed: dict[str, trio.Event] = {}
         self.version: dict[str, int] = {}
         self._streams: dict[str, list[Stream]] = {}  # by node id, oldest first
+        self.max_streams = max_streams
+        self._held: set[Stream] = set()  # every stream whose response has not ended
+
+    @property
+    def streams_held(self) -> int:
+        return len(self._held)
 
     def open_stream(self, stream: Stream) -> None:
-        """Counts a node's new stream; past the limit its oldest is superseded."""
+        """Counts a node's new stream; past the limit its oldest is superseded.
+
+        Raises :class:`TooManyStreams` when the server holds ``max_streams`` already:
+        a superseded stream keeps its connection until it has said so, so it still
+        counts. Every stream opened must be given back with :meth:`close_stream`.
+        """
+        if self.max_streams is not None and len(self._held) >= self.max_streams:
+            raise TooManyStreams(self.max_streams)
+        self._held.add(stream)
         streams = [s for s in self._streams.get(stream.node.id, []) if not s.done]
         streams.append(stream)
         while len(streams) > MAX_STREAMS_PER_NODE:
             streams.pop(0).superseded = True
         self._streams[stream.node.id] = streams
+
+    def close_stream(self, stream: Stream) -> None:
+        """The stream's response ended (its close, or the client went away)."""
+        self._held.discard(stream)
+        streams = [s for s in self._streams.get(stream.node.id, []) if s is not stream]
+        if streams:
+            self._streams[stream.node.id] = streams
+        else:
+            self._streams.pop(stream.node.id, None)
 
     def open_streams(self, node_id: str) -> int:
         return sum(not s.done and not s.superseded for s in self._streams.get(node_id, ()))
@@ -87,13 +114,14 @@ class Service:
     """The store behind one worker thread, plus event fan-out and zone push hooks."""
 
     def __init__(self, store: Store, *, public_url: str, dns: api.MeshDns | None = None,
-                 stun: str | None = None, relay: RelayService | None = None) -> None:
+                 stun: str | None = None, relay: RelayService | None = None,
+                 max_streams: int | None = None) -> None:
         self.store = store
         self.public_url = public_url
         self.dns = dns
         self.stun = stun
         self.relay = relay
-        self.hub = EventHub()
+        self.hub = EventHub(max_streams)
         self._limiter = trio.CapacityLimiter(1)
         self.on_change: list[Callable[[], None]] = []
         self._reads: dict[tuple[str, int | None, int], _SharedRead] = {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import msgspec
 import trio
 from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from punchd.errors import Invalid, NotFound
 from punchd.wire import api
@@ -30,9 +31,28 @@ async def events(call: Call) -> Response:
         since = int(since_text)
     network = await service.call(service.store.get_network, node.network)
     stream = EventStream(service, node, network.id, since)
-    service.hub.open_stream(stream)
-    return StreamingResponse(stream, media_type="text/event-stream",
-                             headers={"cache-control": "no-store"})
+    service.hub.open_stream(stream)  # TooManyStreams (503) when the server is full
+    return HeldStreamResponse(stream)
+
+
+class HeldStreamResponse(StreamingResponse):
+    """The SSE response; gives the stream's place back to the hub however it ends.
+
+    A client that goes away cancels the response (Starlette stops iterating the body
+    and never tells the iterator), so the ``finally`` here is the one place that
+    sees every end: a close sent by the server, a disconnect, a server shutdown.
+    """
+
+    def __init__(self, stream: EventStream) -> None:
+        super().__init__(stream, media_type="text/event-stream",
+                         headers={"cache-control": "no-store"})
+        self.stream = stream
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.stream.service.hub.close_stream(self.stream)
 
 
 def _sse(event: api.Event) -> bytes:
