@@ -12,7 +12,8 @@ codec error), so callers catch ours and never a library's::
     │   │   └── RelayBindError     a relay bind that does not authenticate
     │   ├── ProbeParseError
     │   ├── PortmapParseError      a NAT-PMP/PCP datagram, SSDP answer or UPnP XML that does not parse
-    │   └── TokenError             a join token that does not decode
+    │   ├── TokenError             a join token that does not decode
+    │   └── EventNoticeError       a replica's event notice (PostgreSQL NOTIFY payload) that does not parse
     ├── ConfigError                bad configuration or state files; names the field
     ├── WireGuardError             a WireGuard backend failed
     │   └── BackendUnavailable     the chosen backend cannot run on this machine
@@ -67,6 +68,10 @@ class PortmapParseError(CodecError):
 
 class TokenError(CodecError):
     """A join token that does not decode."""
+
+
+class EventNoticeError(CodecError):
+    """A NOTIFY payload on the replicas' event channel that is not ``origin/network/seq``."""
 
 
 class ConfigError(PunchdError):

@@ -15,6 +15,11 @@ other write transaction ran at the same time, on this process or any other shari
 the database (SQLite's ``BEGIN IMMEDIATE``; a transaction-level lock on PostgreSQL).
 The event log needs that anyway (see ``db_postgres``), and it lets every rule read,
 decide and write without a lock of its own.
+
+Replicas (several servers on one PostgreSQL) also hear of each other's writes through
+the database: :meth:`Database.notify_event` inside a write, :meth:`Database.event_feed`
+to listen (:mod:`signal_server.event_feed`). SQLite has one server per file, so both
+do nothing there.
 """
 
 from __future__ import annotations
@@ -22,11 +27,14 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 import msgspec
 
 from punchd.errors import ConfigError
+
+if TYPE_CHECKING:
+    from .event_feed import PostgresEventFeed
 
 T = TypeVar("T")
 
@@ -70,6 +78,15 @@ class Database(Protocol):
         ...
 
     def table_exists(self, table: str) -> bool: ...
+
+    def notify_event(self, network: str, seq: int) -> None:
+        """Inside a write transaction: tell the other replicas, at commit, that
+        ``network``'s log grew to ``seq``. Nothing on SQLite."""
+        ...
+
+    def event_feed(self) -> PostgresEventFeed | None:
+        """What hears the other replicas' notices; None on SQLite (no other replicas)."""
+        ...
 
     def close(self) -> None: ...
 

@@ -30,6 +30,10 @@ UNIQUE constraints (addresses, keys and names per network) stay as the backstop:
 row they refuse is :class:`punchd.errors.DuplicateRow`, a 409, never a second owner.
 Reads take no lock; :meth:`read` gives several reads one REPEATABLE READ snapshot.
 
+Replicas hear of each other's writes: :meth:`notify_event` is a ``pg_notify`` in the
+write's transaction (delivered at commit), :meth:`event_feed` listens on its own
+connection (:mod:`signal_server.event_feed`).
+
 Errors: a unique violation is ``DuplicateRow``; a lost server or an exhausted pool is
 :class:`punchd.errors.StoreUnavailable` (503: the client retries).
 """
@@ -49,6 +53,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from punchd.errors import ConfigError, DuplicateRow, StoreUnavailable
 
 from .db import Dialect
+from .event_feed import CHANNEL, Notice, PostgresEventFeed, encode_notice, new_origin
 
 # The key of the writers' advisory lock: "punchd" and 1, one number per database.
 WRITE_LOCK = 0x70756E6368640001
@@ -105,6 +110,8 @@ class PostgresDatabase:
 
     def __init__(self, url: str, *, max_size: int = POOL_MAX) -> None:
         self.name = redact(url)
+        self._url = url
+        self.origin = new_origin()  # our notices carry it, so our feed skips them
         self._local = threading.local()
         # One direct connection first: the pool only logs why it cannot connect, and
         # the operator needs that reason (wrong password, no such database) in one line.
@@ -166,6 +173,13 @@ class PostgresDatabase:
     def table_exists(self, table: str) -> bool:
         row = self.execute("SELECT to_regclass(?) IS NOT NULL", (table,)).fetchone()
         return bool(row[0])
+
+    def notify_event(self, network: str, seq: int) -> None:
+        payload = encode_notice(Notice(self.origin, network, seq))
+        self.execute("SELECT pg_notify(?, ?)", (CHANNEL, payload))
+
+    def event_feed(self) -> PostgresEventFeed:
+        return PostgresEventFeed(self._url, self.origin, name=self.name)
 
     def close(self) -> None:
         self.pool.close()

@@ -78,5 +78,11 @@ class SqliteDatabase:
                                 (table,)).fetchone()
         return row is not None
 
+    def notify_event(self, network: str, seq: int) -> None:
+        pass  # one server per file: its own writes wake its streams
+
+    def event_feed(self) -> None:
+        return None
+
     def close(self) -> None:
         self.conn.close()

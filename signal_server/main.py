@@ -166,6 +166,9 @@ class SignalServer:
         async with trio.open_nursery() as nursery:
             await nursery.start(self.run_http)
             await nursery.start(self.service.expire_nodes)
+            feed = self.store.db.event_feed()
+            if feed is not None:  # PostgreSQL: other replicas' writes wake our streams
+                await nursery.start(self.service.follow, feed)
             if self.options.stun:
                 from .stun_server import StunResponder
 

@@ -5,7 +5,18 @@ read (or bookkeeping no one watches: a nonce, a last-seen time), :meth:`Service.
 for a state change. ``write`` is the one place a change is announced: it wakes the
 streams of the networks it names and runs every ``on_change`` hook (the DNS zone
 rebuild) exactly once, so a new route cannot change the mesh without the mesh hearing
-of it.
+of it. Writes by other replicas on the same PostgreSQL arrive through :meth:`Service.follow`
+and do the same.
+
+State per process, and why N replicas are still correct (docs/deployment.md):
+
+- the hub (which streams wait) and the shared reads: local by nature; the feed makes
+  every replica's streams hear every write;
+- ``MAX_STREAMS_PER_NODE`` is counted per replica: a node can hold that many streams
+  on each replica. It bounds what one node costs one process, which is its purpose;
+- the expiry sweep runs on every replica: each sweep is a write transaction, so the
+  write lock runs them one after another and a node removed by one is gone for the
+  next; no PeerRemoved is emitted twice (tests/test_replicas.py).
 """
 
 from __future__ import annotations
@@ -18,6 +29,7 @@ import trio
 from punchd.errors import ServiceError, TooManyStreams
 from punchd.wire import api
 
+from .event_feed import PostgresEventFeed
 from .relay import RelayService
 from .store import Store, StreamView
 
@@ -93,6 +105,11 @@ class EventHub:
         event = self._changed.pop(network, None)
         if event is not None:
             event.set()
+
+    def notify_all(self) -> None:
+        """Wakes every waiting stream (after a gap in what other replicas told us)."""
+        for network in list(self._changed):
+            self.notify(network)
 
 
 class _SharedRead:
@@ -174,6 +191,23 @@ class Service:
         for hook in self.on_change:
             hook()
         return result
+
+    async def follow(self, feed: PostgresEventFeed, *,
+                     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Other replicas' writes, heard through the database, wake this one's streams
+        and hooks as a local write would (:mod:`signal_server.event_feed`)."""
+        await feed.run(self._changed_elsewhere, self._maybe_missed, task_status=task_status)
+
+    def _changed_elsewhere(self, networks: list[str]) -> None:
+        for network in networks:
+            self.hub.notify(network)
+        for hook in self.on_change:
+            hook()
+
+    def _maybe_missed(self) -> None:
+        self.hub.notify_all()
+        for hook in self.on_change:
+            hook()
 
     async def expire_nodes(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                            ) -> None:

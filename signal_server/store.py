@@ -145,6 +145,7 @@ class Store:
         stamped = msgspec.structs.replace(event_body, seq=seq)
         self.db.execute("INSERT INTO events (seq, network, body) VALUES (?, ?, ?)",
                         (seq, network, api.event_encoder.encode(stamped)))
+        self.db.notify_event(network, seq)  # other replicas' streams, at commit
         cutoff = self.db.execute(
             "SELECT seq FROM events WHERE network = ? ORDER BY seq DESC LIMIT 1 OFFSET ?",
             (network, EVENT_RETENTION),
