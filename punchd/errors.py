@@ -13,6 +13,7 @@ codec error), so callers catch ours and never a library's::
     │   ├── ProbeParseError
     │   ├── PortmapParseError      a NAT-PMP/PCP datagram, SSDP answer or UPnP XML that does not parse
     │   ├── TokenError             a join token that does not decode
+    │   ├── AddrError              an endpoint that is not ip:port ([v6]:port)
     │   └── EventNoticeError       a replica's event notice (PostgreSQL NOTIFY payload) that does not parse
     ├── ConfigError                bad configuration or state files; names the field
     ├── WireGuardError             a WireGuard backend failed
@@ -68,6 +69,10 @@ class PortmapParseError(CodecError):
 
 class TokenError(CodecError):
     """A join token that does not decode."""
+
+
+class AddrError(CodecError):
+    """An endpoint (``ip:port``, ``[v6]:port``) that does not parse; names the text."""
 
 
 class EventNoticeError(CodecError):
