@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from punchd.wire.addr import parse_addr
+
 PAYLOAD = 1400
 SERVER_PORT = 5001  # iperf2 server on host B (B's bound endpoint)
 CLIENT_PORT = 45001  # iperf2 client source port on host A (A's bound endpoint)
@@ -76,16 +78,16 @@ def _side(alloc: Any) -> dict[str, Any]:
 def bind(local: str, relay: str, alloc_id: str, side: int, secret: str) -> int:
     from punchd.wire import relay as wire
 
-    host, port = local.rsplit(":", 1)
-    rhost, rport = relay.rsplit(":", 1)
+    host, port = parse_addr(local)
+    rhost, rport = parse_addr(relay)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, int(port)))
+        sock.bind((host, port))
         sock.settimeout(0.5)
         for _ in range(6):
             data, _txid = wire.bind_request(alloc_id, side, bytes.fromhex(secret),
                                             int(time.time() * 1000))
-            sock.sendto(data, (rhost, int(rport)))
+            sock.sendto(data, (rhost, rport))
             try:
                 answer, _ = sock.recvfrom(2048)
             except TimeoutError:
@@ -121,8 +123,8 @@ def one_round(lab: Any, mode: str, seconds: float, rate: str, index: int) -> dic
         server = host_b.spawn(["iperf", "-s", "-u", "-p", str(SERVER_PORT), "-l", str(PAYLOAD),
                                "-w", "8M", "-y", "C"], name=f"iperf-s-{mode}-{index}")
         time.sleep(0.3)
-        rhost, rport = alloc["a"]["relay"].rsplit(":", 1)
-        client = host_a.run(["iperf", "-c", rhost, "-p", rport, "-u", "-l", str(PAYLOAD),
+        rhost, rport = parse_addr(alloc["a"]["relay"])
+        client = host_a.run(["iperf", "-c", rhost, "-p", str(rport), "-u", "-l", str(PAYLOAD),
                              "-b", rate, "-t", str(seconds), "-B", f"{host_a.ip}:{CLIENT_PORT}",
                              "-y", "C"], check=False, timeout=seconds + 30)
         time.sleep(0.5)

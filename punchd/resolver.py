@@ -18,6 +18,7 @@ from pathlib import Path
 import trio
 
 from punchd.wire import api
+from punchd.wire.addr import parse_host_port
 
 RESOLVED_BUS = Path("/run/systemd/resolve/io.systemd.Resolve")
 
@@ -35,11 +36,11 @@ def resolved_running() -> bool:
 def plan_configure(ifname: str, dns: api.MeshDns, *, resolved: bool) -> ResolverPlan:
     domain = dns.domain.strip(".")
     if not resolved:
-        host, _, port = dns.address.rpartition(":")
+        host, port = parse_host_port(dns.address)
         return ResolverPlan(manual=(
             f"systemd-resolved is not running: to resolve *.{domain}, forward the zone "
-            f"{domain} to {host.strip('[]')} port {port} in your resolver "
-            f"(e.g. dnsmasq: server=/{domain}/{host.strip('[]')}#{port})"))
+            f"{domain} to {host} port {port} in your resolver "
+            f"(e.g. dnsmasq: server=/{domain}/{host}#{port})"))
     return ResolverPlan(commands=[
         ["resolvectl", "dns", ifname, dns.address],
         ["resolvectl", "domain", ifname, f"~{domain}"],

@@ -13,7 +13,8 @@ import trio
 
 from meshdns.server import MeshDNSServer
 from meshdns.zone import CustomRecord, NetworkZone, NodeRecord, validate_record
-from punchd.errors import Invalid
+from punchd.errors import AddrError, Invalid
+from punchd.wire.addr import parse_host_port
 
 from .service import Service
 from .store import Store
@@ -39,8 +40,10 @@ def build_zones(store: Store) -> list[NetworkZone]:
 
 def nameserver_host(address: str) -> str:
     """The host of an advertised ``ip:port`` / ``[ip6]:port`` / ``name:port``."""
-    host = address.rpartition(":")[0] if ":" in address else address
-    return host.strip("[]")
+    try:
+        return parse_host_port(address, port_zero=True)[0]
+    except AddrError:
+        return address.strip("[]")  # a bare host
 
 
 class ZonePusher:

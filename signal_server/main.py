@@ -21,8 +21,9 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
-from punchd.errors import ConfigError
+from punchd.errors import AddrError, ConfigError
 from punchd.wire import api
+from punchd.wire.addr import Addr, format_addr, parse_host_port
 
 from .app import build_app
 from .limits import current_soft_limit, raise_open_file_limit, stream_capacity
@@ -33,12 +34,11 @@ from .store import open_store
 ADMIN_TOKEN_FILE = "admin.token"
 
 
-def parse_hostport(text: str, what: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"{what}: expected HOST:PORT, got {text!r}")
-    return host, int(port)
+def parse_hostport(text: str, what: str) -> Addr:
+    try:
+        return parse_host_port(text)
+    except AddrError as exc:
+        raise ConfigError(f"{what}: expected HOST:PORT (IPv6 as [addr]:port): {exc}") from exc
 
 
 def load_or_create_admin_token(data_dir: Path) -> str:
@@ -131,7 +131,7 @@ class SignalServer:
             return None
         if host in ("0.0.0.0", "::"):
             host = urlsplit(public_url).hostname or host
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return format_addr((host, port))
 
     @staticmethod
     def _mesh_dns(options: ServerOptions, public_url: str) -> api.MeshDns | None:
@@ -141,8 +141,7 @@ class SignalServer:
         host, port = options.dns
         if host in ("0.0.0.0", "::"):
             host = urlsplit(public_url).hostname or host
-        shown = f"[{host}]" if ":" in host else host
-        return api.MeshDns(address=f"{shown}:{port}", domain=options.domain)
+        return api.MeshDns(address=format_addr((host, port)), domain=options.domain)
 
     async def run_http(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         config = Config()
@@ -152,7 +151,7 @@ class SignalServer:
             config.bind = [f"fd://{self._http_socket.detach()}"]
             self._http_socket = None
         else:
-            config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+            config.bind = [format_addr((host, port))]
         config.accesslog = None
         config.errorlog = "-"
         config.loglevel = "WARNING"

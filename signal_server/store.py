@@ -33,8 +33,9 @@ from typing import TypeVar
 import msgspec
 
 from meshdns.zone import validate_record
-from punchd.errors import Conflict, DuplicateRow, Invalid, NotFound, Unauthorized
+from punchd.errors import AddrError, Conflict, DuplicateRow, Invalid, NotFound, Unauthorized
 from punchd.wire import api
+from punchd.wire.addr import parse_addr
 from punchd.wire.signing import MAX_SKEW_S
 
 from .db import Database, decode_row, open_database
@@ -93,8 +94,8 @@ def _parse_net(text: str, version: int, field: str) -> ipaddress.IPv4Network | i
 def _check_candidates(candidates: Iterable[api.Candidate]) -> None:
     for i, cand in enumerate(candidates):
         try:
-            api.parse_endpoint(cand.address)
-        except ValueError as exc:
+            parse_addr(cand.address)
+        except AddrError as exc:
             raise Invalid(str(exc), f"candidates[{i}].address") from exc
 
 
@@ -465,8 +466,8 @@ class Store:
             _check_candidates(req.candidates)
         if req.nat is not None and req.nat.public_endpoint is not None:
             try:
-                api.parse_endpoint(req.nat.public_endpoint)
-            except ValueError as exc:
+                parse_addr(req.nat.public_endpoint)
+            except AddrError as exc:
                 raise Invalid(str(exc), "nat.public_endpoint") from exc
         with self._tx():
             node = self.node_by_signing_key(signer)

@@ -45,8 +45,8 @@ import trio
 
 from punchd.errors import PunchdError, StunParseError
 from punchd.wire import stun
+from punchd.wire.addr import Addr
 
-Addr = tuple[str, int]
 log = logging.getLogger(__name__)
 
 # The largest answer: header 20 + three IPv6 address attributes (4+20 each) +

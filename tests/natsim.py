@@ -34,12 +34,11 @@ from typing import Protocol
 from nacl.public import PrivateKey
 
 from punchd.discovery.classify import NatClassifier
-from punchd.punch.candidates import candidate, parse_addr
+from punchd.punch.candidates import candidate
 from punchd.punch.session import PunchEvent, PunchSession
+from punchd.wire.addr import Addr, parse_addr
 from punchd.wire.api import NatReport
 from signal_server.stun_server import StunCore
-
-Addr = tuple[str, int]
 
 
 @dataclass

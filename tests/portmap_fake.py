@@ -18,8 +18,8 @@ import trio
 
 from punchd.errors import PortmapParseError
 from punchd.portmap import natpmp, pcp, upnp
+from punchd.wire.addr import Addr
 
-Addr = tuple[str, int]
 WANIP1 = "urn:schemas-upnp-org:service:WANIPConnection:1"
 
 

@@ -35,6 +35,9 @@ def test_parse_host_port_takes_names_and_ips() -> None:
     assert parse_host_port("Signal.Example.:443") == ("signal.example", 443)
     assert parse_host_port("[::1]:53") == ("::1", 53)
     assert parse_host_port("10.0.0.1:53") == ("10.0.0.1", 53)
+    assert parse_host_port("0.0.0.0:0", port_zero=True) == ("0.0.0.0", 0)
+    with pytest.raises(AddrError):
+        parse_host_port("0.0.0.0:0")
     for bad in ("-bad.example:1", "a..b:1", "[name]:1", "under_score:1", "x" * 64 + ":1", "::1:53"):
         with pytest.raises(AddrError):
             parse_host_port(bad)

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from punchd.punch import session as sess
-from punchd.punch.candidates import Addr, candidate
+from punchd.punch.candidates import candidate
 from punchd.punch.session import (
     LOST_AFTER,
     PAIR_TRANSITIONS,
@@ -26,6 +26,7 @@ from punchd.punch.session import (
     Trigger,
 )
 from punchd.wire import probe as w
+from punchd.wire.addr import Addr
 from punchd.wire.api import Candidate, NatReport
 
 from .test_prediction import APDM, nat

@@ -11,9 +11,10 @@ import trio.testing
 from nacl.public import PrivateKey
 
 from punchd.daemon.punching import Punching
-from punchd.punch.candidates import Addr, candidate
+from punchd.punch.candidates import candidate
 from punchd.punch.session import PathFound, PunchEvent
 from punchd.wire import api
+from punchd.wire.addr import Addr
 from punchd.wire.probe import Probe, ProbeCodec
 
 ADDR_A, ADDR_B = ("192.0.2.1", 51820), ("192.0.2.2", 51820)

@@ -26,6 +26,8 @@ import select
 import socket
 import sys
 
+from punchd.wire.addr import parse_addr
+
 TIMEOUT = 0.7
 
 
@@ -114,7 +116,7 @@ def probe(ip1: str, ip2: str, port1: int, port2: int) -> dict[str, object]:
         "mappings": {f"{ip1}:{port1}": m1, f"{ip2}:{port1}": m2, f"{ip2}:{port2}": m3},
         "mapping": mapping,
         "filtering": filtering,
-        "port_preserved": m1 is not None and int(m1.rsplit(":", 1)[1]) == local_port,
+        "port_preserved": m1 is not None and parse_addr(m1)[1] == local_port,
         "local_port": local_port,
     }
 

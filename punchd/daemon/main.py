@@ -22,10 +22,10 @@ import trio
 from nacl.signing import SigningKey
 
 from punchd.errors import APIError, ConfigError, ControlError, PunchdError, ServerUnreachable
-from punchd.punch.candidates import format_addr
 from punchd.serverapi import ServerClient
 from punchd.wg import BackendKind, WireGuardBackend, open_backend, public_key
 from punchd.wire import api
+from punchd.wire.addr import format_addr
 from punchd.wire.signing import b64
 from punchd.wire.token import JoinToken, decode_token
 

@@ -40,6 +40,7 @@ from punchd.punch.session import PathFound, PunchEvent
 from punchd.serverapi import ServerClient
 from punchd.wg.base import LinkConfig, WgDeviceState, WireGuardBackend, public_key
 from punchd.wire import api
+from punchd.wire.addr import parse_host_port
 
 from . import hostaddrs
 from .model import NetworkModel
@@ -124,13 +125,14 @@ class NetworkAgent:
         if self.model.stun is None:
             return
         try:
+            stun = parse_host_port(self.model.stun)
             sock = SharedPortSocket(self.config.listen_port)
         except PunchdError as exc:
             self.last_error = str(exc)
             log.warning("%s: no discovery: %s", self.name, exc)
             return
         network = self.model.network
-        await self.port.start(nursery, sock, stun=self.model.stun,
+        await self.port.start(nursery, sock, stun=stun,
                               hole_punching=network is None or network.hole_punching,
                               probe_key=self.keys.probe, client=self.client,
                               on_event=self._on_punch_event)

@@ -15,7 +15,9 @@ from typing import Literal
 
 import msgspec
 
+from punchd.errors import AddrError
 from punchd.wire import api
+from punchd.wire.addr import format_addr, parse_addr
 
 PathKind = Literal["direct", "relay", "none"]
 # Where a decision came from: a guess from the peer's published candidates, a path a
@@ -33,13 +35,11 @@ class PathDecision(msgspec.Struct, frozen=True):
 
 
 def _split(address: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int] | None:
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit():
-        return None
     try:
-        return ipaddress.ip_address(host.strip("[]")), int(port)
-    except ValueError:
+        host, port = parse_addr(address)
+    except AddrError:
         return None
+    return ipaddress.ip_address(host), port
 
 
 def choose_endpoint(peer: api.Node, local_networks: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network],
@@ -71,10 +71,10 @@ def host_candidates(addresses: Iterable[str], port: int) -> tuple[api.Candidate,
     out = []
     for i, cidr in enumerate(addresses):
         iface = ipaddress.ip_interface(cidr)
-        host = f"[{iface.ip}]" if iface.version == 6 else str(iface.ip)
         # RFC 8445 §5.1.2.1: type preference 126 for host, local preference by order.
         priority = (126 << 24) + ((65535 - i) << 8) + 255
-        out.append(api.Candidate(kind="host", address=f"{host}:{port}", priority=priority))
+        out.append(api.Candidate(kind="host", address=format_addr((str(iface.ip), port)),
+                                 priority=priority))
     # The server takes at most MAX_CANDIDATES per node: keep the first addresses (the
     # highest local preference) and room for the server-reflexive and port-mapped ones.
     return tuple(out[:api.MAX_CANDIDATES - 2])

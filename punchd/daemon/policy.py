@@ -61,10 +61,10 @@ from dataclasses import dataclass
 
 import msgspec
 
-from punchd.punch.candidates import Addr, format_addr
 from punchd.punch.session import PunchSession
 from punchd.wg.base import WgDeviceState, WgPeer, WgPeerState
 from punchd.wire import api
+from punchd.wire.addr import Addr, format_addr
 
 from .paths import HANDSHAKE_ALIVE_S, PathDecision, PathKind, choose_endpoint
 from .reconcile import DesiredDevice

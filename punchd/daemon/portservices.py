@@ -17,12 +17,13 @@ from collections.abc import Callable, Iterable
 import trio
 from nacl.public import PrivateKey
 
-from punchd.discovery.service import Discovery, parse_addr
+from punchd.discovery.service import Discovery
 from punchd.discovery.sharedsock import SharedPortSocket
 from punchd.errors import PunchdError
 from punchd.punch.session import PunchEvent
 from punchd.serverapi import ServerClient
 from punchd.wire import api
+from punchd.wire.addr import Addr
 
 from .policy import PeerFacts, peer_facts
 from .punching import Punching
@@ -36,11 +37,11 @@ class PortServices:
         self.punching: Punching | None = None
         self.relaying: Relaying | None = None
 
-    async def start(self, nursery: trio.Nursery, sock: SharedPortSocket, *, stun: str,
+    async def start(self, nursery: trio.Nursery, sock: SharedPortSocket, *, stun: Addr,
                     hole_punching: bool, probe_key: PrivateKey, client: ServerClient,
                     on_event: Callable[[str, PunchEvent], None]) -> None:
         """Start the services on ``sock`` (WireGuard's port) into the agent's nursery."""
-        self.discovery = Discovery(sock, parse_addr(stun))
+        self.discovery = Discovery(sock, stun)
         await nursery.start(self.discovery.run)
         if hole_punching:
             self.punching = Punching(sock, probe_key, on_event)

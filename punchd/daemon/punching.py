@@ -33,10 +33,10 @@ import trio
 from nacl.public import PrivateKey, PublicKey
 
 from punchd.errors import ProbeParseError, PunchdError
-from punchd.punch.candidates import Addr
 from punchd.punch.driver import PunchDriver
 from punchd.punch.session import Pong, PunchEvent, PunchSession
 from punchd.wire import api
+from punchd.wire.addr import Addr
 from punchd.wire.probe import peek_sender
 
 from .policy import probe_key

@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 
 import trio
 
-from punchd.errors import APIError, PunchdError, ServerUnreachable
-from punchd.punch.candidates import Addr, BadCandidate, parse_addr
+from punchd.errors import AddrError, APIError, PunchdError, ServerUnreachable
 from punchd.serverapi import ServerClient
 from punchd.wire import api, relay, stun
+from punchd.wire.addr import Addr, parse_addr
 
 from .punching import ProbeSender
 from .tasks import TaskHost, Wakeup
@@ -133,7 +133,7 @@ class Relaying(TaskHost):
                 backoff = BACKOFF_MIN_S
                 try:
                     await self._keep_bound(node_id, allocation, state)
-                except BadCandidate as exc:
+                except AddrError as exc:
                     state.error = f"unusable relay address {allocation.relay!r}: {exc}"
                     await trio.sleep(NO_RELAY_RETRY_S)
                 finally:

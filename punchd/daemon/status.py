@@ -13,10 +13,10 @@ from collections.abc import Mapping
 
 import msgspec
 
-from punchd.punch.candidates import Addr, format_addr
 from punchd.punch.session import PathChanged, PathFound, PathLost, PunchEvent, PunchSession
 from punchd.wg.base import WgDeviceState
 from punchd.wire import api
+from punchd.wire.addr import Addr, format_addr
 
 from .model import NetworkModel
 from .paths import PathKind

@@ -23,7 +23,8 @@ from typing import Literal
 
 from punchd.wire import api, stun
 
-from .stun_client import Addr, StunTransaction
+from ..wire.addr import Addr
+from .stun_client import StunTransaction
 
 Behaviour = Literal["endpoint-independent", "address-dependent", "address-and-port-dependent"]
 

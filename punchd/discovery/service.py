@@ -20,17 +20,13 @@ from punchd.errors import NetworkDown
 from punchd.wire import api
 from punchd.wire.probe import is_probe
 
+from ..wire.addr import Addr
 from .classify import NatClassifier
-from .sharedsock import Addr, SharedPortSocket
+from .sharedsock import SharedPortSocket
 
 log = logging.getLogger("punchd.discovery")
 RECEIVE_BACKOFF_MIN_S = 0.05
 RECEIVE_BACKOFF_MAX_S = 2.0
-
-
-def parse_addr(text: str) -> Addr:
-    host, _, port = text.rpartition(":")
-    return host.strip("[]"), int(port)
 
 
 class Discovery:

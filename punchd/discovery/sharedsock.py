@@ -29,9 +29,9 @@ import trio
 from punchd.errors import NetworkDown, PunchdError
 from punchd.wire import stun
 
+from ..wire.addr import Addr
 from . import bpf
 
-Addr = tuple[str, int]
 IPV6_CHECKSUM = 7
 
 

@@ -29,7 +29,7 @@ from typing import Literal
 from punchd.errors import StunParseError
 from punchd.wire import stun
 
-Addr = tuple[str, int]
+from ..wire.addr import Addr
 
 RTO_S = 0.5  # RFC 8489 §6.2.1 initial RTO
 MAX_REQUESTS = 7  # Rc

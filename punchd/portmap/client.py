@@ -40,13 +40,13 @@ import trio
 
 from punchd.errors import PortmapError, PortmapParseError
 
+from ..wire.addr import Addr
 from . import natpmp, upnp
 from .schedule import (
     DEFAULT_LIFETIME_S,
     PROTOCOLS,
     REQUEST_BUDGET_S,
     Action,
-    Addr,
     Answered,
     Event,
     GiveUp,

@@ -55,12 +55,12 @@ import msgspec
 
 from punchd.errors import PortmapParseError
 
+from ..wire.addr import Addr
 from . import natpmp, pcp
 
 Protocol = Literal["pcp", "nat-pmp", "upnp"]
 PROTOCOLS: tuple[Protocol, ...] = ("pcp", "nat-pmp", "upnp")
 UdpProtocol = Literal["pcp", "nat-pmp"]
-Addr = tuple[str, int]
 
 INITIAL_RTO_S = 0.25  # RFC 6886 §3.1
 MAX_TRIES = 9  # RFC 6886 §3.1 (the full 64 s); our budget ends it sooner

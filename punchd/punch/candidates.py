@@ -3,7 +3,7 @@
 The Candidate Struct itself is the API's (:class:`punchd.wire.api.Candidate`: kind,
 ``"ip:port"`` address, priority) so the server, discovery and punching share one schema;
 the NAT description is :class:`punchd.wire.api.NatReport`. This module adds the
-priority arithmetic, address parsing and pair formation.
+priority arithmetic and pair formation; addresses are parsed by :mod:`punchd.wire.addr`.
 
 All of a node's probes leave from one socket (WireGuard's port), so every local
 candidate has the same base. As RFC 8445 §6.1.2.4 prescribes, a pair whose local
@@ -18,26 +18,22 @@ import ipaddress
 
 from msgspec import Struct
 
-from punchd.errors import PunchdError
+from punchd.errors import AddrError
+from punchd.wire.addr import Addr, format_addr, parse_addr
 from punchd.wire.api import Candidate, CandidateKind, NatReport
 
 __all__ = [
     "MAX_PAIRS",
     "TYPE_PREFERENCE",
-    "Addr",
-    "BadCandidate",
     "Candidate",
     "CandidatePair",
     "NatReport",
     "candidate",
     "candidate_priority",
     "form_pairs",
-    "format_addr",
     "pair_priority",
-    "parse_addr",
 ]
 
-Addr = tuple[str, int]
 
 # RFC 8445 §5.1.2.2 recommended type preferences. "portmap" (NAT-PMP/PCP/UPnP) and
 # "predicted" (port prediction) are not ICE types: a port mapping is as good as a
@@ -48,10 +44,6 @@ TYPE_PREFERENCE: dict[str, int] = {
 # RFC 8445 §6.1.2.5: limit the checklist. 100 is the RFC's suggested default.
 MAX_PAIRS = 100
 ONE_COMPONENT = 1  # WireGuard is a single UDP flow: ICE component 1
-
-
-class BadCandidate(PunchdError, ValueError):
-    """A candidate address that is not ``ip:port``."""
 
 
 def candidate_priority(kind: str, local_preference: int = 65535,
@@ -66,28 +58,6 @@ def pair_priority(controlling: int, controlled: int) -> int:
     """RFC 8445 §6.1.2.3: 2^32·MIN(G,D) + 2·MAX(G,D) + (G>D?1:0)."""
     g, d = controlling, controlled
     return (min(g, d) << 32) + 2 * max(g, d) + (1 if g > d else 0)
-
-
-def parse_addr(text: str) -> Addr:
-    """``"1.2.3.4:5"`` or ``"[::1]:5"`` to ``("1.2.3.4", 5)``; raises BadCandidate."""
-    host, sep, port_text = text.rpartition(":")
-    if not sep:
-        raise BadCandidate(f"no port in {text!r}")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    try:
-        ip = ipaddress.ip_address(host)
-        port = int(port_text)
-    except ValueError as exc:
-        raise BadCandidate(f"bad address {text!r}") from exc
-    if not 1 <= port <= 65535:
-        raise BadCandidate(f"bad port in {text!r}")
-    return (str(ip), port)
-
-
-def format_addr(addr: Addr) -> str:
-    ip = ipaddress.ip_address(addr[0])
-    return f"[{ip}]:{addr[1]}" if ip.version == 6 else f"{ip}:{addr[1]}"
 
 
 def candidate(kind: CandidateKind, addr: Addr, local_preference: int = 65535) -> Candidate:
@@ -124,7 +94,7 @@ def form_pairs(local: list[Candidate], remote: list[Candidate], *,
             continue
         try:
             addr = parse_addr(rc.address)
-        except BadCandidate:
+        except AddrError:
             continue
         if families and ipaddress.ip_address(addr[0]).version not in families:
             continue

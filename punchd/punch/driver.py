@@ -19,7 +19,7 @@ import trio
 
 from punchd.wire.api import Candidate, NatReport
 
-from .candidates import Addr
+from ..wire.addr import Addr
 from .session import PunchEvent, PunchSession
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,8 @@ from collections.abc import Iterable
 
 from punchd.wire.api import Candidate, NatReport
 
-from .candidates import Addr, BadCandidate, parse_addr
+from ..errors import AddrError
+from ..wire.addr import Addr, parse_addr
 
 __all__ = [
     "MAX_PORT_DELTA",
@@ -99,12 +100,12 @@ def predicted_ports(peer_candidates: Iterable[Candidate], peer_nat: NatReport | 
         if c.kind in ("srflx", "portmap"):
             try:
                 public.append(parse_addr(c.address))
-            except BadCandidate:
+            except AddrError:
                 continue
     if peer_nat is not None and peer_nat.public_endpoint:
         try:
             public.append(parse_addr(peer_nat.public_endpoint))
-        except BadCandidate:
+        except AddrError:
             pass
     seen = set(taken)
     out: list[tuple[Addr, int]] = []

@@ -105,7 +105,8 @@ from punchd.errors import ProbeParseError
 from punchd.wire import probe as wire
 from punchd.wire.api import Candidate, CandidateKind, NatReport
 
-from .candidates import MAX_PAIRS, Addr, candidate_priority, form_pairs, pair_priority
+from ..wire.addr import Addr
+from .candidates import MAX_PAIRS, candidate_priority, form_pairs, pair_priority
 from .prediction import SPRAY_BUDGET, SPRAY_BURST, assess, predicted_ports
 
 # RFC 8445 §14.2: Ta, the pacing of new checks. 50 ms is the RFC's default.

@@ -16,7 +16,8 @@ from typing import Protocol
 import msgspec
 from nacl.public import PrivateKey
 
-from punchd.errors import WireGuardError
+from punchd.errors import AddrError, WireGuardError
+from punchd.wire.addr import Addr, format_addr, parse_addr
 
 
 class WgPeer(msgspec.Struct, frozen=True):
@@ -102,12 +103,13 @@ def normalise_cidrs(cidrs: tuple[str, ...] | list[str]) -> tuple[str, ...]:
     return tuple(str(n) for n in nets)
 
 
-def normalise_endpoint(endpoint: str) -> str:
-    host, sep, port = endpoint.rpartition(":")
-    if not sep or not port.isdigit():
-        raise WireGuardError(f"bad endpoint {endpoint!r}")
+def parse_endpoint(endpoint: str) -> Addr:
+    """A peer endpoint as ``(ip, port)``; WireGuardError when it is not ``ip:port``."""
     try:
-        ip = ipaddress.ip_address(host.strip("[]"))
-    except ValueError as exc:
-        raise WireGuardError(f"bad endpoint {endpoint!r}: {exc}") from exc
-    return f"[{ip}]:{int(port)}" if ip.version == 6 else f"{ip}:{int(port)}"
+        return parse_addr(endpoint)
+    except AddrError as exc:
+        raise WireGuardError(f"bad endpoint: {exc}") from exc
+
+
+def normalise_endpoint(endpoint: str) -> str:
+    return format_addr(parse_endpoint(endpoint))

@@ -15,6 +15,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from punchd.errors import BackendUnavailable
 
+from ..wire.addr import format_addr
 from . import links
 from .base import (
     LinkConfig,
@@ -24,6 +25,7 @@ from .base import (
     decode_key,
     normalise_cidrs,
     normalise_endpoint,
+    parse_endpoint,
 )
 
 T = TypeVar("T")
@@ -75,7 +77,7 @@ class KernelBackend:
                 dev_attrs.setdefault("fwmark", msg.get_attr("WGDEVICE_A_FWMARK"))
                 for peer in msg.get_attr("WGDEVICE_A_PEERS") or []:
                     ep = peer.get_attr("WGPEER_A_ENDPOINT")
-                    endpoint = f"{ep['addr']}:{ep['port']}" if ep else None
+                    endpoint = format_addr((ep["addr"], ep["port"])) if ep else None
                     hs = peer.get_attr("WGPEER_A_LAST_HANDSHAKE_TIME") or {}
                     sec = int(hs.get("tv_sec", 0))
                     allowed = [f"{a['addr']}" for a in (peer.get_attr("WGPEER_A_ALLOWEDIPS") or [])]
@@ -115,9 +117,7 @@ class KernelBackend:
             "persistent_keepalive": peer.persistent_keepalive,
         }
         if peer.endpoint:
-            host, _, port = normalise_endpoint(peer.endpoint).rpartition(":")
-            spec["endpoint_addr"] = host.strip("[]")
-            spec["endpoint_port"] = int(port)
+            spec["endpoint_addr"], spec["endpoint_port"] = parse_endpoint(peer.endpoint)
         if peer.preshared_key:
             spec["preshared_key"] = peer.preshared_key
         await _wg(lambda wg: wg.set(ifname, peer=spec), f"set peer on {ifname}")

@@ -16,9 +16,9 @@ from ..errors import AddrError
 Addr = tuple[str, int]
 
 
-def _port(text: str, whole: str) -> int:
-    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= 65535:
-        raise AddrError(f"{whole!r}: the port must be 1..65535")
+def _port(text: str, whole: str, lowest: int = 1) -> int:
+    if not text.isascii() or not text.isdigit() or not lowest <= int(text) <= 65535:
+        raise AddrError(f"{whole!r}: the port must be {lowest}..65535")
     return int(text)
 
 
@@ -44,19 +44,21 @@ def parse_addr(text: str) -> Addr:
     return str(ip), _port(port_text, text)
 
 
-def parse_host_port(text: str) -> Addr:
+def parse_host_port(text: str, *, port_zero: bool = False) -> Addr:
     """Like :func:`parse_addr`, but the host may also be a DNS name (a server address a
-    user typed). The host comes back without brackets. Raises AddrError."""
+    user typed). The host comes back without brackets. ``port_zero`` admits port 0
+    (a listener on any free port). Raises AddrError."""
+    lowest = 0 if port_zero else 1
     host, bracketed, port_text = _split(text)
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:
         if bracketed or not _is_hostname(host):
             raise AddrError(f"{text!r} is not host:port") from None
-        return host.lower().rstrip("."), _port(port_text, text)
+        return host.lower().rstrip("."), _port(port_text, text, lowest)
     if ip.version != (6 if bracketed else 4):
         raise AddrError(f"{text!r} is not host:port (IPv6 as [addr]:port)")
-    return str(ip), _port(port_text, text)
+    return str(ip), _port(port_text, text, lowest)
 
 
 def _is_hostname(host: str) -> bool:

@@ -9,7 +9,6 @@ older peers keep decoding newer messages.
 
 from __future__ import annotations
 
-import ipaddress
 import uuid
 from typing import Annotated, Literal
 
@@ -39,21 +38,6 @@ class Candidate(Struct, frozen=True, forbid_unknown_fields=True):
 # few interfaces fit easily; the bound keeps one node from inflating every snapshot.
 MAX_CANDIDATES = 32
 Candidates = Annotated[tuple[Candidate, ...], Meta(max_length=MAX_CANDIDATES)]
-
-
-def parse_endpoint(text: str) -> tuple[str, int]:
-    """``"1.2.3.4:5"`` or ``"[v6]:5"`` to ``(ip, port)``; ValueError with a reason otherwise."""
-    host, sep, port_text = text.rpartition(":")
-    bracketed = host.startswith("[") and host.endswith("]")
-    host = host[1:-1] if bracketed else host
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        raise ValueError(f"{text!r} is not ip:port") from None
-    if not sep or ip.version != (6 if bracketed else 4) or not port_text.isdigit() \
-            or not 1 <= int(port_text) <= 65535:
-        raise ValueError(f"{text!r} is not ip:port (IPv6 as [addr]:port)")
-    return str(ip), int(port_text)
 
 
 class NatReport(Struct, frozen=True, forbid_unknown_fields=True):

@@ -39,6 +39,8 @@ from nacl.public import Box, PrivateKey, PublicKey
 
 from punchd.errors import ProbeParseError
 
+from .addr import Addr
+
 MAGIC = b"PNCH"
 VERSION = 1
 KEY_LEN = 32
@@ -53,7 +55,6 @@ _KIND_NAMES = {v: k for k, v in _KINDS.items()}
 _BODY = struct.Struct("!B16sQ")
 _ADDR = struct.Struct("!BH")
 
-Addr = tuple[str, int]
 ProbeKind = Literal["ping", "pong"]
 
 

@@ -22,8 +22,8 @@ from msgspec import Struct
 from punchd.errors import RelayBindError, StunParseError
 
 from . import stun
+from .addr import Addr
 
-Addr = tuple[str, int]
 MAX_ALLOCATION_ID = 64
 
 

@@ -27,6 +27,7 @@ import trio
 from punchd.errors import StunParseError, Unavailable
 from punchd.wire import api, stun
 from punchd.wire import relay as wire
+from punchd.wire.addr import Addr, format_addr
 
 from .forwarders import Forwarder, NftForwarder, RelayError, UserspaceForwarder
 from .table import REFRESH_S, Allocation, BindOutcome, RelayPool, RelayTable
@@ -37,7 +38,6 @@ RelayMode = Literal["auto", "nft", "userspace"]
 EXPIRY_SWEEP_S = 5.0
 RECEIVE_BUFFER = 65535
 BATCH = 64  # datagrams drained per wake-up of a side's socket
-Addr = tuple[str, int]
 
 
 @dataclass
@@ -142,9 +142,8 @@ class RelayService:
 
     def _answer(self, alloc: Allocation, side: int) -> api.RelayAllocation:
         mine, other = alloc.sides[side], alloc.sides[1 - side]
-        host, port = mine.local
         return api.RelayAllocation(
-            id=alloc.id, peer=other.node_id, relay=f"{host}:{port}", side=side,
+            id=alloc.id, peer=other.node_id, relay=format_addr(mine.local), side=side,
             secret=mine.secret.hex(), expires_at=time.time() + self.table.idle_timeout,
             refresh_s=self.refresh_s)
 

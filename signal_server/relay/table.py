@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from punchd.errors import TooMany, Unavailable
+from punchd.wire.addr import Addr
 
-Addr = tuple[str, int]
 CLOCK_SKEW_MS = 60_000
 PER_NODE_LIMIT = 64
 IDLE_TIMEOUT_S = 120.0
