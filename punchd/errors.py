@@ -18,10 +18,14 @@ codec error), so callers catch ours and never a library's::
     ├── ConfigError                bad configuration or state files; names the field
     ├── WireGuardError             a WireGuard backend failed
     │   └── BackendUnavailable     the chosen backend cannot run on this machine
+    ├── SharedPortError            the raw sockets on WireGuard's port would not open
     ├── ServerError                talking to the signal server
     │   ├── ServerUnreachable      transport-level failure (retry with backoff)
     │   └── APIError               the server answered 4xx/5xx with a reason
     ├── ControlError               punchctl <-> punchd control socket
+    ├── CliError                   a user-facing failure of the admin CLI
+    ├── RelayError                 the relay cannot start or program its forwarding
+    ├── StunServerError            the STUN responder cannot start
     ├── NetworkDown                the host cannot send or receive now (link/address gone)
     ├── PortmapError               the gateway would not map a port (refused, no answer, fault)
     └── ServiceError               the signal server's own domain errors
@@ -36,8 +40,7 @@ codec error), so callers catch ours and never a library's::
             ├── StoreUnavailable   the store's database cannot be reached now
             └── TooManyStreams     the server holds all the event streams its open-file limit allows
 
-Packages add leaf classes under these branches in their own ``errors``/codec modules;
-no other roots.
+This is the whole tree: every class is defined in this module.
 """
 
 from __future__ import annotations
@@ -91,6 +94,10 @@ class BackendUnavailable(WireGuardError):
     """The requested WireGuard backend cannot run on this machine."""
 
 
+class SharedPortError(PunchdError):
+    """The raw sockets for the WireGuard port could not be opened (needs CAP_NET_RAW)."""
+
+
 class ServerError(PunchdError):
     """Talking to the signal server failed."""
 
@@ -111,6 +118,18 @@ class APIError(ServerError):
 
 class ControlError(PunchdError):
     """A punchctl request to the daemon failed; the message is one user-facing line."""
+
+
+class CliError(PunchdError):
+    """A user-facing failure of the admin CLI."""
+
+
+class RelayError(PunchdError):
+    """The relay cannot start or program its forwarding."""
+
+
+class StunServerError(PunchdError):
+    """The responder cannot start: a bad address pair, or a socket that will not bind."""
 
 
 class NetworkDown(PunchdError):

@@ -18,7 +18,7 @@ import httpx
 import msgspec
 import trio
 
-from punchd.errors import ConfigError, PunchdError
+from punchd.errors import CliError, ConfigError, PunchdError
 from punchd.wire import api
 
 from .main import ServerOptions, parse_hostport, serve_forever
@@ -26,10 +26,6 @@ from .relay import RelayPool
 
 _DURATION = re.compile(r"^(\d+)([smhd])$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-class CliError(PunchdError):
-    """A user-facing failure of the admin CLI."""
 
 
 _NAME_TYPE: Any = api.Name

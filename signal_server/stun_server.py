@@ -43,7 +43,7 @@ from typing import NamedTuple
 
 import trio
 
-from punchd.errors import PunchdError, StunParseError
+from punchd.errors import StunParseError, StunServerError
 from punchd.wire import stun
 from punchd.wire.addr import Addr
 
@@ -53,10 +53,6 @@ log = logging.getLogger(__name__)
 # FINGERPRINT 8. A classic IPv6 answer has no FINGERPRINT and is smaller.
 MAX_RESPONSE_BYTES = 20 + 3 * 24 + 8
 RECEIVE_BUFFER = 2048  # STUN over UDP stays under the path MTU (RFC 8489 §6.1)
-
-
-class StunServerError(PunchdError):
-    """The responder cannot start: a bad address pair, or a socket that will not bind."""
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,9 @@ import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
+from punchd.errors import StunServerError
 from punchd.wire import stun
-from signal_server.stun_server import MAX_RESPONSE_BYTES, StunCore, StunResponder, StunServerError
+from signal_server.stun_server import MAX_RESPONSE_BYTES, StunCore, StunResponder
 
 from .conftest import PORT_ATTEMPTS, bound_socket, port_of
 

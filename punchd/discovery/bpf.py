@@ -20,7 +20,8 @@ import ctypes
 import socket
 import struct
 
-STUN_COOKIE = 0x2112A442
+from ..wire.stun import MAGIC_COOKIE
+
 PROBE_MAGIC = int.from_bytes(b"PNCH", "big")
 SO_ATTACH_FILTER = 26
 
@@ -43,7 +44,7 @@ def program_ipv4(port: int) -> list[Insn]:
         (LD_H_IND, 0, 0, 2),            # 3 UDP destination port
         (JEQ_K, 0, 4, port),            # 4 not the WireGuard port -> drop
         (LD_W_IND, 0, 0, 12),           # 5 payload[4:8]
-        (JEQ_K, 3, 0, STUN_COOKIE),     # 6 STUN -> accept
+        (JEQ_K, 3, 0, MAGIC_COOKIE),     # 6 STUN -> accept
         (LD_W_IND, 0, 0, 8),            # 7 payload[0:4]
         (JEQ_K, 1, 0, PROBE_MAGIC),     # 8 probe -> accept
         (RET_K, 0, 0, DROP),            # 9
@@ -56,7 +57,7 @@ def program_ipv6(port: int) -> list[Insn]:
         (LD_H_ABS, 0, 0, 2),            # 0 UDP destination port
         (JEQ_K, 0, 4, port),            # 1
         (LD_W_ABS, 0, 0, 12),           # 2 payload[4:8]
-        (JEQ_K, 3, 0, STUN_COOKIE),     # 3
+        (JEQ_K, 3, 0, MAGIC_COOKIE),     # 3
         (LD_W_ABS, 0, 0, 8),            # 4 payload[0:4]
         (JEQ_K, 1, 0, PROBE_MAGIC),     # 5
         (RET_K, 0, 0, DROP),            # 6

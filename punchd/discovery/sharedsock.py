@@ -26,17 +26,13 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from punchd.errors import NetworkDown, PunchdError
+from punchd.errors import NetworkDown, SharedPortError
 from punchd.wire import stun
 
 from ..wire.addr import Addr
 from . import bpf
 
 IPV6_CHECKSUM = 7
-
-
-class SharedPortError(PunchdError):
-    """The raw sockets for the WireGuard port could not be opened (needs CAP_NET_RAW)."""
 
 
 class SharedPortSocket:

@@ -36,7 +36,8 @@ from typing import Protocol
 
 import trio
 
-from punchd.errors import PunchdError
+from punchd.errors import RelayError
+from punchd.wire.stun import MAGIC_COOKIE
 
 from .table import Allocation
 
@@ -44,11 +45,6 @@ log = logging.getLogger("signal_server.relay")
 
 TABLE = "punchd_relay"
 MARK_BASE = 0x7E000000  # marks this table sets; far from the small values others use
-STUN_COOKIE = 0x2112A442
-
-
-class RelayError(PunchdError):
-    """The relay cannot start or program its forwarding."""
 
 
 class Forwarder(Protocol):
@@ -148,7 +144,7 @@ table ip {TABLE} {{
             assert src.bound is not None and dst.bound is not None
             lines.append(
                 f"add rule ip {TABLE} {name} ip saddr {src.bound[0]} udp sport {src.bound[1]} "
-                f"udp dport {src.local[1]} @th,96,32 != {STUN_COOKIE:#x} "
+                f"udp dport {src.local[1]} @th,96,32 != {MAGIC_COOKIE:#x} "
                 f'counter name "c_{alloc.id}" notrack meta mark set {mark:#x} '
                 f"ip daddr set {dst.bound[0]} udp dport set {dst.bound[1]} "
                 f"udp checksum set 0 accept")

@@ -24,12 +24,12 @@ from typing import Literal
 
 import trio
 
-from punchd.errors import StunParseError, Unavailable
+from punchd.errors import RelayError, StunParseError, Unavailable
 from punchd.wire import api, stun
 from punchd.wire import relay as wire
 from punchd.wire.addr import Addr, format_addr
 
-from .forwarders import Forwarder, NftForwarder, RelayError, UserspaceForwarder
+from .forwarders import Forwarder, NftForwarder, UserspaceForwarder
 from .table import REFRESH_S, Allocation, BindOutcome, RelayPool, RelayTable
 
 log = logging.getLogger("signal_server.relay")
