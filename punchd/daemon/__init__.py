@@ -12,7 +12,8 @@ nursery tree: the control server, the watchdog and one agent per network),
 ``network.py`` (:class:`~punchd.daemon.network.NetworkAgent`: the loops of one joined
 network, a nursery with discovery, punching, relaying and its stream, reconcile,
 publish and address-watch loops), ``portservices.py`` (starts discovery, punching and
-relaying on the shared port), ``punching.py`` and ``relaying.py`` (punch sessions
+relaying on the shared port), ``publishing.py`` (gathers and publishes this node's
+candidates), ``punching.py`` and ``relaying.py`` (punch sessions
 and relay binds on that port), ``tasks.py`` (``Wakeup``, the one way to wake a
 loop, and the shared ``run()`` of the port's services), ``control.py`` (the tagged union of commands,
 pure, and the Unix-socket :class:`~punchd.daemon.control.ControlServer`),

@@ -15,7 +15,7 @@ tasks change or use them, each woken early through a :class:`~punchd.daemon.task
   few seconds, which also repairs drift and a restarted wireguard-go;
 * the *publish* task gathers this node's candidates every ~25 s and at once when
   netlink reports a local address or link change, and sends them to the server when
-  they change.
+  they change (:mod:`punchd.daemon.publishing`).
 
 With discovery running and hole punching enabled for the network
 (:mod:`punchd.daemon.portservices`), a punch session per peer finds the direct path;
@@ -24,7 +24,6 @@ the policy decides from its facts, the relay's and WireGuard's observed state.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import random
 import time
@@ -42,11 +41,10 @@ from punchd.wg.base import LinkConfig, WgDeviceState, WireGuardBackend, public_k
 from punchd.wire import api
 from punchd.wire.addr import parse_host_port
 
-from . import hostaddrs
 from .model import NetworkModel
-from .paths import host_candidates, with_srflx
 from .policy import PathPolicy
 from .portservices import PortServices
+from .publishing import CandidatePublisher
 from .reconcile import RemovePeer, SetDevice, SetPeer, desired_link, plan
 from .state import NetworkConfig, NetworkKeys, StateDir
 from .status import NetworkStatus, describe, network_status
@@ -79,15 +77,18 @@ class NetworkAgent:
         self.removed = False
         self.last_error: str | None = None
         self._exclude = set(exclude_ifnames) | {config.interface}
-        self._published: tuple[api.Candidate, ...] | None = None
-        self._local_networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
         self._rng = random.Random()
         self.cancel_scope = trio.CancelScope()
         self._link_applied: LinkConfig | None = None
         self._dns_applied: api.MeshDns | None = None
         self.dns_outcome: str | None = None
         self.port = PortServices()
-        self.nat: api.NatReport | None = None
+        self.publisher = CandidatePublisher(self.client, self.port, listen_port=config.listen_port,
+                                            exclude_ifnames=self._exclude,
+                                            on_error=self._set_error)
+
+    def _set_error(self, error: str) -> None:
+        self.last_error = error
 
     @property
     def name(self) -> str:
@@ -170,7 +171,7 @@ class NetworkAgent:
         for gone in self.policy.update(
                 self.model.peers, self.port.facts(self.model.peers), actual, now,
                 punching=self.port.punching is not None,
-                local_networks=self._local_networks,
+                local_networks=self.publisher.local_networks,
                 local_only=bool(network and network.local_only)):
             peer = self.model.peers[gone.node_id]
             log.warning("%s: WireGuard gets nothing back on %s from %s although probes "
@@ -287,7 +288,7 @@ class NetworkAgent:
             except (ServerUnreachable, APIError) as exc:
                 self.last_error = str(exc)
             with trio.move_on_after(CANDIDATE_INTERVAL_S * self._rng.uniform(0.8, 1.2) if
-                                    self._published is not None else 1.0):
+                                    self.publisher.published is not None else 1.0):
                 await woken.wait()
 
     async def _watch_addresses(self) -> None:
@@ -297,54 +298,7 @@ class NetworkAgent:
             log.warning("%s: cannot watch address changes: %s", self.name, exc)
 
     async def publish_candidates(self, *, force: bool = False) -> None:
-        """Host candidates, plus the server-reflexive one when discovery works.
-
-        A new public endpoint is published the moment the first STUN answer gives it
-        (peers start punching on it), the NAT's behaviour when classification ends.
-        """
-        addresses = await hostaddrs.local_addresses(self._exclude)
-        self._local_networks = [ipaddress.ip_interface(a).network for a in addresses]
-        host = host_candidates(addresses, self.config.listen_port)
-        early: list[str] = []
-        endpoint_known = trio.Event()
-        report: list[api.NatReport | None] = []
-
-        def on_endpoint(endpoint: str) -> None:
-            early.append(endpoint)
-            endpoint_known.set()
-
-        async def classify() -> None:
-            report.append(await self.netcheck_quietly(on_endpoint))
-            endpoint_known.set()
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(classify)
-            await endpoint_known.wait()
-            if early and (self.nat is None or self.nat.public_endpoint != early[0]):
-                await self._publish(with_srflx(host, early[0]),
-                                    api.NatReport(public_endpoint=early[0]), force=False)
-        nat = report[0]
-        await self._publish(with_srflx(host, nat.public_endpoint if nat else None), nat,
-                            force=force)
-
-    async def _publish(self, candidates: tuple[api.Candidate, ...], nat: api.NatReport | None,
-                       *, force: bool) -> None:
-        self.port.local_changed(candidates, nat, moved=nat is not None and self.nat is not None
-                                and nat.public_endpoint != self.nat.public_endpoint)
-        if candidates != self._published or nat != self.nat or force:
-            await self.client.update_self(api.NodeUpdate(candidates=candidates, nat=nat))
-            self._published = candidates
-            self.nat = nat
-
-    async def netcheck_quietly(self, on_endpoint: Callable[[str], None] | None = None
-                               ) -> api.NatReport | None:
-        if self.model.stun is None or self.port.discovery is None:
-            return None  # no STUN offered, or no raw sockets: host candidates only
-        try:
-            return await self.netcheck(on_endpoint)
-        except PunchdError as exc:
-            self.last_error = str(exc)
-            return None
+        await self.publisher.publish(self.model.stun, force=force)
 
     async def netcheck(self, on_endpoint: Callable[[str], None] | None = None) -> api.NatReport:
         return await self.port.netcheck(self.model.stun, on_endpoint)
@@ -360,7 +314,7 @@ class NetworkAgent:
         return network_status(
             self.config, self.model, self.policy, device, now,
             public_key=public_key(self.keys.wireguard), server_connected=self.server_connected,
-            nat=self.nat, resolver=self.dns_outcome, last_error=self.last_error,
+            nat=self.publisher.nat, resolver=self.dns_outcome, last_error=self.last_error,
             punch=self.port.punch_statuses(self.model.peers), relay=self.port.relay_statuses())
 
     async def leave(self) -> None:
