@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import get_args
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, disable_created_metrics, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -20,6 +20,8 @@ from .paths import PathKind
 from .status import NetworkStatus
 
 PATH_KINDS: tuple[str, ...] = get_args(PathKind)
+# No ``*_created`` series beside every counter (a library-wide switch).
+disable_created_metrics()  # type: ignore[no-untyped-call]
 PEER = ["network", "peer"]
 
 
