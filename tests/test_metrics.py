@@ -330,3 +330,13 @@ def test_punchd_refuses_a_bad_metrics_address(capsys: pytest.CaptureFixture[str]
 def test_daemon_defaults_to_no_metrics(tmp_path: Path) -> None:
     from punchd.wg.fake import FakeBackend
     assert Daemon(tmp_path, tmp_path / "s", FakeBackend()).metrics_listen is None
+
+
+def test_signal_server_refuses_a_bad_metrics_address(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from signal_server.cli import main as server_main
+    for bad in ("9586", "0.0.0.0:0", "metrics.example:9586"):
+        assert server_main(["serve", "--data-dir", str(tmp_path), "--http", "127.0.0.1:1",
+                            "--metrics", bad]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("signal-server: --metrics: ") and err.count("\n") == 1
