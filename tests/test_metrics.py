@@ -290,6 +290,8 @@ async def test_punchd_collector_says_what_status_says() -> None:
     assert value(text, "punchd_peer_receive_bytes_total", **beta) == 100
     assert value(text, "punchd_peer_transmit_bytes_total", **beta) == 200
     assert value(text, "punchd_peer_punch_attempts_total", **gamma) == 3
+    assert value(text, "punchd_peer_punch_probes_sent_total", **gamma) == 9
+    assert value(text, "punchd_peer_punch_probes_received_total", **gamma) == 0
     assert value(text, "punchd_peer_punch_failed", **gamma) == 1
     assert value(text, "punchd_peer_relay_allocated", **gamma) == 1
     assert value(text, "punchd_peer_relay_allocated", **beta) == 0

@@ -23,6 +23,9 @@ PATH_KINDS: tuple[str, ...] = get_args(PathKind)
 # No ``*_created`` series beside every counter (a library-wide switch).
 disable_created_metrics()  # type: ignore[no-untyped-call]
 PEER = ["network", "peer"]
+# punchd_peer_punch_probes_{name}_total: the PunchStatus field it reads.
+PROBE_FIELDS = {"sent": "probes_sent", "received": "probes_received",
+                "rejected": "rejected", "replayed": "replays"}
 
 
 def families(networks: Sequence[NetworkStatus], *, broken: int = 0) -> list[Metric]:
@@ -48,6 +51,10 @@ def families(networks: Sequence[NetworkStatus], *, broken: int = 0) -> list[Metr
                              labels=PEER)
     attempts = CounterMetricFamily("punchd_peer_punch_attempts", "hole-punch attempts of "
                                    "the peer's current punch session", labels=PEER)
+    probes = {field: CounterMetricFamily(f"punchd_peer_punch_probes_{field}", f"punch probes "
+                                         f"{field} in the peer's current punch session",
+                                         labels=PEER)
+              for field in PROBE_FIELDS}
     failed = GaugeMetricFamily("punchd_peer_punch_failed", "1 when the last punch found no "
                                "direct path", labels=PEER)
     relay = GaugeMetricFamily("punchd_peer_relay_allocated", "1 while this node holds a "
@@ -68,13 +75,15 @@ def families(networks: Sequence[NetworkStatus], *, broken: int = 0) -> list[Metr
             tx.add_metric(labels, float(p.tx_bytes))
             if p.punch is not None:
                 attempts.add_metric(labels, float(p.punch.attempts))
+                for field, family in probes.items():
+                    family.add_metric(labels, float(getattr(p.punch, PROBE_FIELDS[field])))
                 failed.add_metric(labels, float(p.punch.failure is not None))
             relay.add_metric(labels, float(p.relay is not None and p.relay.endpoint is not None))
     broken_family = GaugeMetricFamily("punchd_networks_broken", "joined networks whose "
                                       "config or keys do not load (punchctl list says why)",
                                       value=float(broken))
-    return [up, server, peers, path, rtt, handshake, rx, tx, attempts, failed, relay,
-            broken_family]
+    return [up, server, peers, path, rtt, handshake, rx, tx, attempts, *probes.values(), failed,
+            relay, broken_family]
 
 
 class _Families(Collector):
