@@ -342,3 +342,22 @@ def test_signal_server_refuses_a_bad_metrics_address(tmp_path: Path,
                             "--metrics", bad]) == 1
         err = capsys.readouterr().err
         assert err.startswith("signal-server: --metrics: ") and err.count("\n") == 1
+
+
+def test_the_openapi_document_lists_metrics_with_the_admin_security() -> None:
+    from signal_server.app import openapi_spec
+    op = openapi_spec()["paths"]["/metrics"]["get"]
+    assert op["security"] == [{"adminBearer": []}]
+    assert "text/plain" in op["responses"]["200"]["content"]
+
+
+async def test_past_the_connection_cap_a_connection_is_closed_unanswered() -> None:
+    from punchd.metrics_http import MAX_CONNECTIONS
+    listener = MetricsListener(("127.0.0.1", 1), _render)
+    listener._held = MAX_CONNECTIONS
+    client, server = trio.testing.memory_stream_pair()
+    await client.send_all(b"GET /metrics HTTP/1.1\r\n\r\n")
+    with trio.fail_after(5):
+        await listener._serve(server)  # type: ignore[arg-type]
+        assert await client.receive_some(100) == b""  # closed, nothing said
+    assert listener._held == MAX_CONNECTIONS
