@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from netns_tests.lab import Lab, Site
 from netns_tests.lab.mesh import Mesh, MeshNode
@@ -92,6 +93,14 @@ def assert_direct(pair: Pair, *, lan: bool = False) -> float:
     assert {(r["endpoint"], r["path"]) for r in probe["replies"]} == {(sa["endpoint"], "direct")}
     text = pair.b.punchctl("ping", "a", "-c", "1", "--icmp").stdout
     assert "pong from a" in text and "via direct" in text, text
+    # /metrics says what status says: the direct path, punch attempts, bytes moving.
+    metrics = pair.a.metrics()
+    assert f'punchd_peer_path{{kind="direct",network="{NETWORK}",peer="b"}} 1.0' in metrics, \
+        metrics
+    assert f'punchd_peer_punch_attempts_total{{network="{NETWORK}",peer="b"}}' in metrics
+    received = [s.value for f in text_string_to_metric_families(metrics) for s in f.samples
+                if s.name == "punchd_peer_receive_bytes_total" and s.labels["peer"] == "b"]
+    assert received and received[0] > 0, metrics  # the pings above came back through it
     return took
 
 

@@ -14,7 +14,8 @@ codec error), so callers catch ours and never a library's::
     │   ├── PortmapParseError      a NAT-PMP/PCP datagram, SSDP answer or UPnP XML that does not parse
     │   ├── TokenError             a join token that does not decode
     │   ├── AddrError              an endpoint that is not ip:port ([v6]:port)
-    │   └── EventNoticeError       a replica's event notice (PostgreSQL NOTIFY payload) that does not parse
+    │   ├── EventNoticeError       a replica's event notice (PostgreSQL NOTIFY payload) that does not parse
+    │   └── HttpRequestError       a request head on a metrics listener that does not parse
     ├── ConfigError                bad configuration or state files; names the field
     ├── WireGuardError             a WireGuard backend failed
     │   └── BackendUnavailable     the chosen backend cannot run on this machine
@@ -80,6 +81,10 @@ class AddrError(CodecError):
 
 class EventNoticeError(CodecError):
     """A NOTIFY payload on the replicas' event channel that is not ``origin/network/seq``."""
+
+
+class HttpRequestError(CodecError):
+    """A request head on a ``--metrics`` listener that is not ``METHOD target HTTP/1.x``."""
 
 
 class ConfigError(PunchdError):

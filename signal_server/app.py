@@ -18,7 +18,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Route
 
-from .routes import dns, events, keys, networks, node, nodes, openapi
+from .routes import dns, events, keys, metrics, networks, node, nodes, openapi
 from .routes.common import BodyLimit, Context, Operation, endpoint
 from .routes.openapi import openapi_document
 from .service import Service
@@ -27,7 +27,7 @@ from .service import Service
 # document are made from this list.
 OPERATIONS: list[Operation] = [
     *openapi.OPERATIONS, *networks.OPERATIONS, *keys.OPERATIONS, *nodes.OPERATIONS,
-    *dns.OPERATIONS, *node.OPERATIONS, *events.OPERATIONS,
+    *dns.OPERATIONS, *node.OPERATIONS, *events.OPERATIONS, *metrics.OPERATIONS,
 ]
 
 

@@ -18,8 +18,9 @@ import httpx
 import msgspec
 import trio
 
-from punchd.errors import CliError, ConfigError, PunchdError
+from punchd.errors import AddrError, CliError, ConfigError, PunchdError
 from punchd.wire import api
+from punchd.wire.addr import Addr, parse_addr
 
 from .main import ServerOptions, parse_hostport, serve_forever
 from .relay import RelayPool
@@ -242,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--keyfile")
     serve.add_argument("--relay", action="append", default=[], metavar="HOST:LOW-HIGH",
                        help="relay address and port range for allocations (repeatable)")
+    serve.add_argument("--metrics", metavar="HOST:PORT",
+                       help="also answer GET /metrics here WITHOUT the admin token "
+                            "(a private address: it tells who is in which network)")
     serve.add_argument("--relay-mode", choices=["auto", "nft", "userspace"], default="auto",
                        help="forward in the kernel (nft), in Python, or nft when it works")
 
@@ -304,6 +308,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _metrics_addr(text: str | None) -> Addr | None:
+    if text is None:
+        return None
+    try:
+        return parse_addr(text)
+    except AddrError as exc:
+        raise ConfigError(f"--metrics: {exc}") from exc
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -319,6 +332,7 @@ def main(argv: list[str] | None = None) -> int:
                 certfile=args.certfile, keyfile=args.keyfile,
                 relay=[parse_relay(r) for r in args.relay], relay_mode=args.relay_mode,
                 database=args.database,
+                metrics=_metrics_addr(args.metrics),
             )
             if len(options.stun) > 2:
                 raise ConfigError("--stun: give at most two (primary and alternate)")

@@ -22,6 +22,7 @@ from hypercorn.config import Config
 from hypercorn.trio import serve
 
 from punchd.errors import AddrError, ConfigError
+from punchd.metrics_http import MetricsListener
 from punchd.wire import api
 from punchd.wire.addr import Addr, format_addr, parse_host_port
 
@@ -88,16 +89,21 @@ class ServerOptions:
     database: str | None = None  # a postgresql:// URL or an SQLite path; None: data_dir's
     # Event streams held at once; None: what the open-file limit allows (limits.py).
     max_streams: int | None = None
+    # GET /metrics without the admin token, on a listener of its own; None: none.
+    metrics: Addr | None = None
 
 
 class SignalServer:
     def __init__(self, options: ServerOptions, *,
-                 http_socket: socket.socket | None = None) -> None:
+                 http_socket: socket.socket | None = None,
+                 metrics_socket: socket.socket | None = None) -> None:
         """``http_socket``: a listening socket bound to ``options.http`` to serve on
         instead of binding it (tests bind port 0 and pass it, so no one takes the port
-        between choosing and binding it); the server owns it from here."""
+        between choosing and binding it); the server owns it from here. Likewise
+        ``metrics_socket`` for ``options.metrics``."""
         self.options = options
         self._http_socket = http_socket
+        self._metrics_socket = metrics_socket
         options.data_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(options.data_dir, 0o700)
         scheme = "https" if options.certfile else "http"
@@ -173,11 +179,18 @@ class SignalServer:
 
                 primary = self.options.stun[0]
                 alternate = self.options.stun[1] if len(self.options.stun) > 1 else None
-                await nursery.start(StunResponder(primary, alternate).run)
+                responder = StunResponder(primary, alternate)
+                self.service.metrics.stun = responder
+                await nursery.start(responder.run)
             if self.options.dns:
                 await nursery.start(self.run_dns)
             if self.relay is not None:
                 await nursery.start(self.relay.run)
+            if self.options.metrics is not None:
+                listener = MetricsListener(self.options.metrics, self.service.metrics.scrape,
+                                           sock=self._metrics_socket)
+                self._metrics_socket = None
+                await nursery.start(listener.run)
             task_status.started()
 
     async def run_dns(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -185,6 +198,7 @@ class SignalServer:
 
         assert self.options.dns is not None
         pusher = ZonePusher(self.service, self.options.dns, domain=self.options.domain)
+        self.service.metrics.dns = pusher.dns
         await pusher.run(task_status=task_status)
 
 
@@ -200,6 +214,8 @@ async def serve_forever(options: ServerOptions) -> None:
             parts += [f"stun={h}:{p}" for h, p in options.stun]
             if options.dns:
                 parts.append(f"dns={options.dns[0]}:{options.dns[1]}")
+            if options.metrics:
+                parts.append(f"metrics={format_addr(options.metrics)}")
             print("signal-server: ready " + " ".join(parts), flush=True)
             # After the ready line, which callers wait for as the first one.
             print("signal-server: " + limit.describe(server.max_streams), file=sys.stderr,

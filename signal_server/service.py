@@ -30,6 +30,7 @@ from punchd.errors import ServiceError, TooManyStreams
 from punchd.wire import api
 
 from .event_feed import PostgresEventFeed
+from .metrics import ServerMetrics
 from .relay import RelayService
 from .store import Store, StreamView
 
@@ -68,6 +69,11 @@ class EventHub:
     @property
     def streams_held(self) -> int:
         return len(self._held)
+
+    @property
+    def connected_nodes(self) -> int:
+        """Nodes with at least one stream open here."""
+        return len(self._streams)
 
     def open_stream(self, stream: Stream) -> None:
         """Counts a node's new stream; past the limit its oldest is superseded.
@@ -142,6 +148,7 @@ class Service:
         self._limiter = trio.CapacityLimiter(1)
         self.on_change: list[Callable[[], None]] = []
         self._reads: dict[tuple[str, int | None, int], _SharedRead] = {}
+        self.metrics = ServerMetrics(self)
 
     async def stream_view(self, network: str, cursor: int | None) -> StreamView:
         """The log after ``cursor`` and the membership; streams woken by one change share

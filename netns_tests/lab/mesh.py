@@ -24,6 +24,7 @@ from .topology import Host, Lab, LabError, Proc
 
 VENV_BIN = Path(sys.executable).parent
 HTTP_PORT = 8080
+METRICS = "127.0.0.1:9586"  # punchd --metrics, in each node's own namespace
 
 
 def tool(name: str) -> str:
@@ -81,6 +82,11 @@ class MeshNode:
         return self.host.run(["ping", "-c", str(count), "-i", str(interval), "-W", str(deadline),
                               address], check=False, timeout=count * interval + deadline + 10)
 
+    def metrics(self) -> str:
+        """punchd's Prometheus text, scraped inside the node's namespace."""
+        return self.host.run(["curl", "-sS", "--fail", "--max-time", "5",
+                              f"http://{METRICS}/metrics"], timeout=10).stdout
+
     def restart(self) -> None:
         self.proc.stop()
         self.proc = self.mesh.spawn_punchd(self.host, self.name, self.state_dir, self.socket)
@@ -132,8 +138,10 @@ class Mesh:
         return self.admin("key", "create", name, *extra).stdout.strip().splitlines()[-1]
 
     def spawn_punchd(self, host: Host, name: str, state_dir: Path, socket: str) -> Proc:
+        # Every lab punchd answers GET /metrics on its namespace's loopback (idle: free).
         proc = host.spawn([tool("punchd"), "--state-dir", str(state_dir), "--socket", socket,
-                           "--wg-backend", "userspace"], name=f"punchd-{name}")
+                           "--wg-backend", "userspace", "--metrics", METRICS],
+                          name=f"punchd-{name}")
         deadline = time.monotonic() + 20
         while not Path(socket).exists():
             if time.monotonic() > deadline or not proc.alive():

@@ -1,6 +1,7 @@
 """``punchd``: the node daemon. One trio nursery tree, owned by :class:`Daemon`.
 
     punchd --state-dir DIR --socket PATH [--wg-backend auto|kernel|userspace]
+           [--metrics HOST:PORT]
 
 SIGTERM/SIGINT stop it within a second or two; WireGuard interfaces and peers stay
 as they are, so traffic keeps flowing across a daemon restart (``leave`` is what
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -21,15 +23,23 @@ import msgspec
 import trio
 from nacl.signing import SigningKey
 
-from punchd.errors import APIError, ConfigError, ControlError, PunchdError, ServerUnreachable
+from punchd.errors import (
+    AddrError,
+    APIError,
+    ConfigError,
+    ControlError,
+    PunchdError,
+    ServerUnreachable,
+)
+from punchd.metrics_http import MetricsListener
 from punchd.serverapi import ServerClient
 from punchd.wg import BackendKind, WireGuardBackend, open_backend, public_key
 from punchd.wire import api
-from punchd.wire.addr import format_addr
+from punchd.wire.addr import Addr, format_addr, parse_addr
 from punchd.wire.signing import b64
 from punchd.wire.token import JoinToken, decode_token
 
-from . import control, hostaddrs, sdnotify
+from . import control, hostaddrs, metrics, sdnotify
 from .control import ControlServer
 from .network import NetworkAgent
 from .paths import host_candidates
@@ -85,8 +95,13 @@ async def join_with_retry(client: ServerClient, token: JoinToken, *, name: str |
 
 class Daemon:
     def __init__(self, state_dir: Path, socket_path: Path, backend: WireGuardBackend, *,
-                 client_factory: ClientFactory = ServerClient) -> None:
+                 client_factory: ClientFactory = ServerClient, metrics_listen: Addr | None = None,
+                 metrics_socket: socket.socket | None = None) -> None:
+        """``metrics_listen``: where ``GET /metrics`` is answered (None: nowhere);
+        ``metrics_socket``: a listening socket bound there to serve on (tests)."""
         self.state = StateDir(state_dir)
+        self.metrics_listen = metrics_listen
+        self._metrics_socket = metrics_socket
         self.socket_path = socket_path
         self.backend = backend
         self.client_factory = client_factory
@@ -110,6 +125,11 @@ class Daemon:
                     log.error("network %s not started: %s", name, exc)
                     self.broken[name] = str(exc)
             await nursery.start(ControlServer(self.socket_path, self.handle).run)
+            if self.metrics_listen is not None:
+                listener = MetricsListener(self.metrics_listen, self.render_metrics,
+                                           sock=self._metrics_socket)
+                self._metrics_socket = None
+                await nursery.start(listener.run)
             await nursery.start(sdnotify.run_watchdog)
             sdnotify.notify("READY=1")
             log.info("punchd ready: %d network(s), control socket %s, backend %s",
@@ -130,6 +150,11 @@ class Daemon:
             del self.agents[config.name]
             raise
         return agent
+
+    async def render_metrics(self) -> bytes:
+        """The Prometheus text of every running network's status, as of now."""
+        statuses = [await agent.status() for agent in list(self.agents.values())]
+        return metrics.exposition(metrics.families(statuses, broken=len(self.broken)))
 
     def _agent(self, network: str | None) -> NetworkAgent:
         if network is None:
@@ -341,9 +366,10 @@ class Daemon:
                 "replies": replies, "path": after["path"], "endpoint": after["endpoint"]}
 
 
-async def run_daemon(state_dir: Path, socket_path: Path, backend_kind: BackendKind) -> None:
+async def run_daemon(state_dir: Path, socket_path: Path, backend_kind: BackendKind,
+                     metrics_listen: Addr | None = None) -> None:
     backend = open_backend(backend_kind)
-    daemon = Daemon(state_dir, socket_path, backend)
+    daemon = Daemon(state_dir, socket_path, backend, metrics_listen=metrics_listen)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(daemon.run)
@@ -365,13 +391,21 @@ def main(argv: list[str] | None = None) -> int:
                         help="WireGuard backend (fake: in memory, for tests)")
     parser.add_argument("--log-level", default="info",
                         choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--metrics", metavar="HOST:PORT",
+                        help="answer Prometheus's GET /metrics here (e.g. 127.0.0.1:9586; "
+                             "default: off)")
     args = parser.parse_args(argv)
+    try:
+        metrics_listen = parse_addr(args.metrics) if args.metrics else None
+    except AddrError as bad:
+        print(f"punchd: bad configuration: --metrics: {bad}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     # One line per HTTP request drowns what matters; httpx errors still surface as ours.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
-        trio.run(run_daemon, args.state_dir, args.socket, args.wg_backend)
+        trio.run(run_daemon, args.state_dir, args.socket, args.wg_backend, metrics_listen)
     except BaseException as group:  # the top level: one line, never a traceback
         exc = control.main_error(group)
         if isinstance(exc, KeyboardInterrupt):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hmac
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
@@ -196,8 +197,7 @@ def endpoint(operations: Sequence[Operation], ctx: Context
     if "GET" in by_method:  # Starlette routes HEAD with GET
         by_method.setdefault("HEAD", by_method["GET"])
 
-    async def serve(request: Request) -> Response:
-        op = by_method[request.method]  # the route admits only these methods
+    async def answer(op: Operation, request: Request) -> Response:
         try:
             return await op.handler(await _authenticate(op, request, ctx))
         except ServiceError as exc:
@@ -207,6 +207,15 @@ def endpoint(operations: Sequence[Operation], ctx: Context
             # line in the log, a 500 without the detail, and the server serves on.
             log.error("%s %s: %s", request.method, request.url.path, exc)
             return error_response(500, "internal error (see the server log)", None)
+
+    async def serve(request: Request) -> Response:
+        op = by_method[request.method]  # the route admits only these methods
+        started = time.perf_counter()
+        response = await answer(op, request)
+        # By the route's template: the raw path is the caller's to choose (cardinality).
+        ctx.service.metrics.observe(request.method, op.path, response.status_code,
+                                    time.perf_counter() - started)
+        return response
 
     return serve
 

@@ -35,6 +35,8 @@ async def join(call: Call) -> Response:
     joined, resumed = await call.service.write(_joined, call.service.store.join_or_resume, req,
                                                signed.key, None, (signed.nonce, signed.timestamp))
     resp = msgspec.structs.replace(joined, dns=call.service.dns, stun=call.service.stun)
+    if not resumed:
+        call.service.metrics.joins.inc()
     # A retry of a committed join: nothing changed, same answer.
     return json_response(resp, 200 if resumed else 201)
 
