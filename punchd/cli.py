@@ -14,9 +14,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import trio
 
-from punchd.daemon.control import call, main_error
+from punchd.daemon import control, results
+from punchd.daemon.control import ask, main_error
 from punchd.errors import PunchdError, TokenError
 from punchd.wire.token import decode_token
 
@@ -40,64 +42,66 @@ def _bytes(n: Any) -> str:
     return str(n)
 
 
-def print_status(status: dict[str, Any]) -> None:
+def print_status(status: results.StatusResult) -> None:
     from rich.console import Console
     from rich.table import Table
 
     console = Console(width=140)
-    broken = status.get("broken") or []
-    if not status["networks"] and not broken:
+    if not status.networks and not status.broken:
         console.print("not joined to any network (punchctl join --token T)")
-    for b in broken:
+    for b in status.broken:
         # Plain print: the reason is file text and may hold rich markup brackets.
-        print(f"{b['name']}  broken, not started: {b['error']}")
-    for net in status["networks"]:
-        nat = net.get("nat") or {}
-        nat_text = (f"mapping {nat.get('mapping')}, filtering {nat.get('filtering')}"
-                    if nat.get("mapping") else "not measured")
+        print(f"{b.name}  broken, not started: {b.error}")
+    for net in status.networks:
+        nat = net.nat
+        nat_text = (f"mapping {nat.mapping}, filtering {nat.filtering}"
+                    if nat is not None and nat.mapping else "not measured")
         console.print(
-            f"[bold]{net['name']}[/bold]  node {net.get('node')}  interface {net['interface']}"
-            f"  address {net['address']}  port {net.get('listen_port')}\n"
-            f"  server {net.get('server')} ({'connected' if net.get('server_connected') else 'disconnected'})"
+            f"[bold]{net.name}[/bold]  node {net.node}  interface {net.interface}"
+            f"  address {net.address}  port {net.listen_port}\n"
+            f"  server {net.server} ({'connected' if net.server_connected else 'disconnected'})"
             f"  NAT: {nat_text}"
-            + (f"\n  DNS: *.{net['dns']['domain']} -> {net['dns']['address']} "
-               f"({net['dns']['resolver']})" if net.get("dns") else "")
-            + (f"\n  last error: {net['last_error']}" if net.get("last_error") else "")
+            + (f"\n  DNS: *.{net.dns.domain} -> {net.dns.address} ({net.dns.resolver})"
+               if net.dns else "")
+            + (f"\n  last error: {net.last_error}" if net.last_error else "")
         )
         table = Table(box=None, pad_edge=False)
         for col in ("peer", "address", "endpoint", "path", "rtt", "handshake", "rx", "tx"):
             table.add_column(col)
-        for p in net["peers"]:
-            table.add_row(p["name"], p["address"] or "-", p["endpoint"] or "-", p["path"],
-                          f"{p['rtt_ms']:.1f}ms" if p.get("rtt_ms") is not None else "-",
-                          _age(p.get("last_handshake_age_s")), _bytes(p.get("rx_bytes")),
-                          _bytes(p.get("tx_bytes")))
+        for p in net.peers:
+            table.add_row(p.name, p.address or "-", p.endpoint or "-", p.path,
+                          f"{p.rtt_ms:.1f}ms" if p.rtt_ms is not None else "-",
+                          _age(p.last_handshake_age_s), _bytes(p.rx_bytes), _bytes(p.tx_bytes))
         console.print(table)
 
 
-def print_netcheck(r: dict[str, Any]) -> None:
-    print(f"Report for {r['network']} (STUN server {r['stun_server']}, from the WireGuard port):")
-    print(f"  * Public endpoint: {r.get('public_endpoint') or 'unknown'}")
-    print(f"  * Mapping:         {r.get('mapping') or 'unknown'}"
+def print_netcheck(r: results.NetcheckResult) -> None:
+    print(f"Report for {r.network} (STUN server {r.stun_server}, from the WireGuard port):")
+    print(f"  * Public endpoint: {r.public_endpoint or 'unknown'}")
+    print(f"  * Mapping:         {r.mapping or 'unknown'}"
           + ("  (varies by destination: direct paths need the peer to punch)"
-             if r.get("mapping") not in (None, "endpoint-independent") else ""))
-    print(f"  * Filtering:       {r.get('filtering') or 'unknown'}")
-    print(f"  * Port preserved:  {'yes' if r.get('port_preserved') else 'no'}")
-    if r.get("port_deltas"):
-        print(f"  * Port deltas:     {', '.join(str(d) for d in r['port_deltas'])}")
+             if r.mapping not in (None, "endpoint-independent") else ""))
+    print(f"  * Filtering:       {r.filtering or 'unknown'}")
+    print(f"  * Port preserved:  {'yes' if r.port_preserved else 'no'}")
+    if r.port_deltas:
+        print(f"  * Port deltas:     {', '.join(str(d) for d in r.port_deltas)}")
 
 
-def print_list(networks: list[dict[str, Any]]) -> None:
+def print_list(networks: list[results.NetworkSummary]) -> None:
     if not networks:
         print("not joined to any network")
         return
     for n in networks:
-        if n.get("broken"):
-            print(f"{n['name']:16} broken: {n['broken']}")
+        if n.broken:
+            print(f"{n.name:16} broken: {n.broken}")
             continue
-        state = "connected" if n["server_connected"] else "disconnected"
-        print(f"{n['name']:16} {n['interface']:15} {n['address'] or '-':16} "
-              f"{n['peers']} peer(s)  server {state}")
+        state = "connected" if n.server_connected else "disconnected"
+        print(f"{n.name:16} {n.interface or '-':15} {n.address or '-':16} "
+              f"{n.peers} peer(s)  server {state}")
+
+
+def print_json(result: object) -> None:
+    print(json.dumps(msgspec.to_builtins(result), indent=2))
 
 
 def unit_source() -> str:
@@ -119,9 +123,9 @@ def install(unit_dir: Path, *, start: bool) -> str:
 async def uninstall(socket: Path, unit_dir: Path) -> list[str]:
     left: list[str] = []
     try:
-        for net in await call(socket, "list"):
-            await call(socket, "leave", {"network": net["name"]})
-            left.append(net["name"])
+        for net in await ask(socket, control.List(), list[results.NetworkSummary]):
+            await ask(socket, control.Leave(network=net.name), results.LeaveResult)
+            left.append(net.name)
     except PunchdError as exc:
         if "not running" not in str(exc):
             raise
@@ -170,42 +174,41 @@ async def run(args: argparse.Namespace) -> int:
             decode_token(args.token)
         except TokenError as exc:
             raise PunchdError(f"bad token: {exc}") from exc
-        res = await call(sock, "join", {"token": args.token, "name": args.name,
-                                        "ifname": args.ifname})
-        pending = "" if res["approved"] else " (pending approval)"
-        print(f"joined {res['network']} as {res['node']}: {res['address']} on "
-              f"{res['interface']}{pending}")
+        joined = await ask(sock, control.Join(token=args.token, name=args.name,
+                                              ifname=args.ifname), results.JoinResult)
+        pending = "" if joined.approved else " (pending approval)"
+        print(f"joined {joined.network} as {joined.node}: {joined.address} on "
+              f"{joined.interface}{pending}")
     elif cmd == "leave":
-        await call(sock, "leave", {"network": args.network})
+        await ask(sock, control.Leave(network=args.network), results.LeaveResult)
         print(f"left {args.network}")
     elif cmd == "list":
-        res = await call(sock, "list")
-        print(json.dumps(res, indent=2)) if args.json else print_list(res)
+        networks = await ask(sock, control.List(), list[results.NetworkSummary])
+        print_json(networks) if args.json else print_list(networks)
     elif cmd == "status":
-        res = await call(sock, "status", {"network": args.network} if args.network else {})
-        print(json.dumps(res, indent=2)) if args.json else print_status(res)
+        status = await ask(sock, control.Status(network=args.network), results.StatusResult)
+        print_json(status) if args.json else print_status(status)
     elif cmd == "netcheck":
-        res = await call(sock, "netcheck", {"network": args.network} if args.network else {})
-        if args.json:
-            print(json.dumps(res, indent=2))
-        else:
-            print_netcheck(res)
+        report = await ask(sock, control.Netcheck(network=args.network), results.NetcheckResult)
+        print_json(report) if args.json else print_netcheck(report)
     elif cmd == "ping":
-        args_ = {"peer": args.peer, "count": args.count, "icmp": args.icmp} | (
-            {"network": args.network} if args.network else {})
-        res = await call(sock, "ping", args_)
+        ping = await ask(sock, control.Ping(peer=args.peer, network=args.network,
+                                            count=args.count, icmp=args.icmp), results.PingResult)
         if args.json:
-            print(json.dumps(res, indent=2))
+            print_json(ping)
         else:
-            for reply in res["replies"]:
-                print(f"pong from {res['peer']} ({res['address']}) via {reply['path']} "
-                      f"{reply['endpoint']} in {reply['rtt_ms']:.2f}ms (seq {reply['seq']})")
-            print(f"{len(res['replies'])}/{res['sent']} answered")
-        if not res["replies"]:
-            raise PunchdError(f"no answer from {res['peer']} ({res['address']})")
-    elif cmd in ("pull", "push"):
-        res = await call(sock, cmd, {"network": args.network} if args.network else {})
-        print(f"{cmd}: {', '.join(res[cmd + 'ed']) or 'no networks'}")
+            for reply in ping.replies:
+                print(f"pong from {ping.peer} ({ping.address}) via {reply.path} "
+                      f"{reply.endpoint} in {reply.rtt_ms:.2f}ms (seq {reply.seq})")
+            print(f"{len(ping.replies)}/{ping.sent} answered")
+        if not ping.replies:
+            raise PunchdError(f"no answer from {ping.peer} ({ping.address})")
+    elif cmd == "pull":
+        pulled = await ask(sock, control.Pull(network=args.network), results.PullResult)
+        print(f"pull: {', '.join(pulled.pulled) or 'no networks'}")
+    elif cmd == "push":
+        pushed = await ask(sock, control.Push(network=args.network), results.PushResult)
+        print(f"push: {', '.join(pushed.pushed) or 'no networks'}")
     elif cmd == "install":
         print(f"installed {install(args.unit_dir, start=not args.no_start)}")
     elif cmd == "uninstall":

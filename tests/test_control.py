@@ -10,8 +10,8 @@ import msgspec
 import pytest
 import trio
 
-from punchd.daemon import control
-from punchd.daemon.control import ControlServer, Request, call, parse_request
+from punchd.daemon import control, results
+from punchd.daemon.control import ControlServer, Request, ask, call, parse_request
 from punchd.errors import ControlError
 
 from .test_daemon import start_node
@@ -98,3 +98,25 @@ async def test_any_handler_failure_is_an_error_line_and_serving_goes_on(
     with pytest.raises(ControlError, match="No space left on device"):
         await call(path, "list")
     assert await call(path, "list") == "fine"
+
+
+def test_every_command_has_a_typed_answer() -> None:
+    assert set(results.RESULTS) == set(control.COMMANDS.values())
+
+
+async def test_ask_decodes_the_answer_into_its_struct_and_refuses_other_shapes(
+        tmp_path: Path, nursery: trio.Nursery) -> None:
+    answers: list[Any] = [
+        results.PullResult(pulled=("home", "office")),
+        {"pushed": "not a list"},
+    ]
+
+    async def handler(req: control.Command) -> Any:
+        return answers.pop(0)
+
+    path = tmp_path / "ctl.sock"
+    await nursery.start(ControlServer(path, handler).run)
+    assert await ask(path, control.Pull(), results.PullResult) == results.PullResult(
+        pulled=("home", "office"))
+    with pytest.raises(ControlError, match="shape this punchctl does not read"):
+        await ask(path, control.Push(), results.PushResult)

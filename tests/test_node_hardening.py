@@ -222,7 +222,7 @@ async def test_a_network_that_does_not_load_is_skipped_and_shown(
         'node_name = "alpha"\nlisten_port = 51822\n')
     node = await start_node(nursery, tmp_path, "a")
     listed = {n["name"]: n for n in await node.call("list")}  # type: ignore[attr-defined]
-    assert "broken" not in listed["good"]
+    assert listed["good"]["broken"] is None and listed["good"]["interface"] == "pd-good"
     assert "keys unreadable" in listed["nokeys"]["broken"]
     assert "interface" in listed["badif"]["broken"]
     status = await node.call("status")

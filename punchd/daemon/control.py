@@ -11,7 +11,7 @@ import logging
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any, cast
+from typing import Annotated, Any, TypeVar, cast
 
 import msgspec
 import trio
@@ -214,8 +214,26 @@ def _one_line(text: str) -> str:
 CALL_TIMEOUT_S = 60.0
 
 
+T = TypeVar("T")
+
+
+async def ask(path: Path, command: Command, result: type[T]) -> T:
+    """punchctl's side, typed: one command, its answer decoded as ``result``
+    (:data:`punchd.daemon.results.RESULTS`); a daemon answering another shape is a
+    ControlError, not a KeyError later."""
+    args = msgspec.to_builtins(command)
+    cmd = args.pop("cmd")
+    answer = await call(path, cmd, args)
+    try:
+        return msgspec.convert(answer, type=result)
+    except msgspec.ValidationError as exc:
+        raise ControlError(f"punchd answered {cmd!r} in a shape this punchctl does not "
+                           f"read ({exc}): are both the same version?") from None
+
+
 async def call(path: Path, cmd: str, args: dict[str, Any] | None = None) -> Any:
-    """punchctl's side: one request, one answer; errors become ControlError."""
+    """The wire-level call: one request line, one answer line (JSON builtins);
+    errors become ControlError."""
     try:
         stream = await trio.open_unix_socket(str(path))
     except OSError as exc:

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import signal
 import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
-import msgspec
 import trio
 from nacl.signing import SigningKey
 
@@ -39,11 +39,12 @@ from punchd.wire.addr import Addr, format_addr, parse_addr
 from punchd.wire.signing import b64
 from punchd.wire.token import JoinToken, decode_token
 
-from . import control, hostaddrs, metrics, sdnotify
+from . import control, hostaddrs, metrics, results, sdnotify
 from .control import ControlServer
 from .network import NetworkAgent
 from .paths import host_candidates
 from .state import NetworkConfig, StateDir
+from .status import host
 
 log = logging.getLogger("punchd")
 SHUTDOWN_GRACE_S = 1.5
@@ -60,6 +61,8 @@ JOIN_ATTEMPTS = 4
 JOIN_BACKOFF_S = (0.5, 1.0, 2.0)
 JOIN_BUDGET_S = 45.0  # within punchctl's 60 s call timeout, so the user hears why
 JOIN_CLEANUP_S = 3.0  # the best-effort DELETE of a join we gave up on
+# iputils ping: "64 bytes from 10.0.0.2: icmp_seq=1 ttl=64 time=0.045 ms"
+ICMP_REPLY = re.compile(r"icmp_seq=(\d{1,9})\b.*?\btime=(\d{1,9}(?:\.\d{1,6})?) ms")
 
 ClientFactory = Callable[[str, SigningKey], ServerClient]
 
@@ -206,7 +209,7 @@ class Daemon:
         self._joining[network] = ifname
 
     async def cmd_join(self, token: str, name: str | None = None,
-                       ifname: str | None = None) -> dict[str, Any]:
+                       ifname: str | None = None) -> results.JoinResult:
         tok = decode_token(token)
         ifname = ifname or default_ifname(tok.network)
         self._reserve(tok.network, ifname)  # no await before this line
@@ -215,7 +218,7 @@ class Daemon:
         finally:
             del self._joining[tok.network]
 
-    async def _join(self, tok: JoinToken, name: str | None, ifname: str) -> dict[str, Any]:
+    async def _join(self, tok: JoinToken, name: str | None, ifname: str) -> results.JoinResult:
         try:
             keys = self.state.create_keys(tok.network)
         except BaseException:
@@ -252,9 +255,9 @@ class Daemon:
             self.state.remove(tok.network)
             raise
         await client.aclose()
-        return {"network": tok.network, "node": joined.node.name, "interface": ifname,
-                "address": joined.node.ipv4, "address6": joined.node.ipv6,
-                "approved": joined.node.approved}
+        return results.JoinResult(network=tok.network, node=joined.node.name, interface=ifname,
+                                  address=joined.node.ipv4, address6=joined.node.ipv6,
+                                  approved=joined.node.approved)
 
     @staticmethod
     async def _forget_node(client: ServerClient, network: str) -> None:
@@ -267,65 +270,69 @@ class Daemon:
             return
         log.info("join %s abandoned; the server did not answer the DELETE", network)
 
-    async def cmd_leave(self, network: str) -> dict[str, Any]:
+    async def cmd_leave(self, network: str) -> results.LeaveResult:
         if network in self.broken and network not in self.agents:
             # Nothing runs for it; forget its state so it can be joined afresh.
             self.state.remove(network)
             del self.broken[network]
-            return {"left": network}
+            return results.LeaveResult(left=network)
         agent = self._agent(network)
         await agent.leave()
         del self.agents[network]
-        return {"left": network}
+        return results.LeaveResult(left=network)
 
-    async def cmd_list(self) -> list[dict[str, Any]]:
-        return [{"name": a.name, "interface": a.config.interface, "node": a.config.node_name,
-                 "address": a.model.node.ipv4.split("/")[0] if a.model.node and a.model.node.ipv4
-                 else None, "server": a.config.server, "server_connected": a.server_connected,
-                 "peers": len(a.model.peers)} for a in self.agents.values()] + [
-                {"name": name, "broken": reason} for name, reason in sorted(self.broken.items())]
+    async def cmd_list(self) -> list[results.NetworkSummary]:
+        return [results.NetworkSummary(
+                    name=a.name, interface=a.config.interface, node=a.config.node_name,
+                    address=host(a.model.node.ipv4) if a.model.node else None,
+                    server=a.config.server, server_connected=a.server_connected,
+                    peers=len(a.model.peers)) for a in self.agents.values()] + [
+                results.NetworkSummary(name=name, broken=reason)
+                for name, reason in sorted(self.broken.items())]
 
-    async def cmd_status(self, network: str | None = None) -> dict[str, Any]:
+    async def cmd_status(self, network: str | None = None) -> results.StatusResult:
         agents = [self._agent(network)] if network else list(self.agents.values())
-        return {"networks": [await a.status() for a in agents],
-                "broken": [{"name": name, "error": reason} for name, reason
-                           in sorted(self.broken.items()) if network in (None, name)]}
+        return results.StatusResult(
+            networks=tuple([await a.status() for a in agents]),
+            broken=tuple(results.BrokenNetwork(name=name, error=reason) for name, reason
+                         in sorted(self.broken.items()) if network in (None, name)))
 
-    async def cmd_pull(self, network: str | None = None) -> dict[str, Any]:
+    async def cmd_pull(self, network: str | None = None) -> results.PullResult:
         agents = [self._agent(network)] if network else list(self.agents.values())
         for agent in agents:
             await agent.pull()
             await agent.reconcile_once()
-        return {"pulled": [a.name for a in agents]}
+        return results.PullResult(pulled=tuple(a.name for a in agents))
 
-    async def cmd_push(self, network: str | None = None) -> dict[str, Any]:
+    async def cmd_push(self, network: str | None = None) -> results.PushResult:
         agents = [self._agent(network)] if network else list(self.agents.values())
         for agent in agents:
             await agent.publish_candidates(force=True)
-        return {"pushed": [a.name for a in agents]}
+        return results.PushResult(pushed=tuple(a.name for a in agents))
 
-    async def cmd_netcheck(self, network: str | None = None) -> dict[str, Any]:
+    async def cmd_netcheck(self, network: str | None = None) -> results.NetcheckResult:
         agent = self._agent(network)
         report = await agent.netcheck()
-        return {"network": agent.name, "stun_server": agent.model.stun,
-                **msgspec.to_builtins(report)}
+        return results.NetcheckResult(
+            network=agent.name, stun_server=agent.model.stun,
+            public_endpoint=report.public_endpoint, mapping=report.mapping,
+            filtering=report.filtering, port_preserved=report.port_preserved,
+            port_deltas=report.port_deltas)
 
     @staticmethod
-    async def _peer_status(agent: NetworkAgent, peer: str) -> dict[str, Any]:
-        peers = cast(list[dict[str, Any]], msgspec.to_builtins((await agent.status()).peers))
-        for entry in peers:
-            if entry["name"] == peer:
+    async def _peer_status(agent: NetworkAgent, peer: str) -> results.PeerStatus:
+        for entry in (await agent.status()).peers:
+            if entry.name == peer:
                 return entry
         raise ControlError(f"no peer named {peer!r} in {agent.name}")
 
     async def cmd_ping(self, peer: str, network: str | None = None, count: int = 4,
-                       icmp: bool = False) -> dict[str, Any]:
+                       icmp: bool = False) -> results.PingResult:
         """Ping a peer: punch probes from WireGuard's port (the default, like
         ``tailscale ping``: each answer shows the address it came back from and whether
         that is the direct path or the relay), or ICMP echo through WireGuard itself."""
         agent = self._agent(network)
-        status = await self._peer_status(agent, peer)
-        target = status["address"]
+        target = (await self._peer_status(agent, peer)).address
         if not icmp:
             return await self._probe_ping(agent, peer, target, count)
         if not target:
@@ -333,21 +340,18 @@ class Daemon:
         result = await trio.run_process(
             ["ping", "-n", "-c", str(count), "-i", "0.2", "-W", "2", str(target)],
             check=False, capture_stdout=True, capture_stderr=True)
-        replies = []
-        for line in result.stdout.decode(errors="replace").splitlines():
-            if "time=" in line and "icmp_seq=" in line:
-                seq = int(line.split("icmp_seq=")[1].split()[0])
-                rtt = float(line.split("time=")[1].split()[0])
-                replies.append({"seq": seq, "rtt_ms": rtt})
+        echoes = [(int(m[1]), float(m[2])) for m in
+                  ICMP_REPLY.finditer(result.stdout.decode(errors="replace"))]
         after = await self._peer_status(agent, peer)
-        for reply in replies:
-            reply |= {"endpoint": after["endpoint"], "path": after["path"]}
-        return {"peer": peer, "address": target, "sent": count, "mode": "icmp",
-                "replies": replies, "path": after["path"], "endpoint": after["endpoint"]}
+        return results.PingResult(
+            peer=peer, address=target, sent=count, mode="icmp",
+            replies=tuple(results.PingReply(seq=seq, rtt_ms=rtt, endpoint=after.endpoint,
+                                            path=after.path) for seq, rtt in echoes),
+            path=after.path, endpoint=after.endpoint)
 
     @staticmethod
     async def _probe_ping(agent: NetworkAgent, peer: str, target: str | None,
-                          count: int) -> dict[str, Any]:
+                          count: int) -> results.PingResult:
         node = next((p for p in agent.model.peers.values() if p.name == peer), None)
         punching = agent.port.punching
         if punching is None or node is None or punching.session(node.id) is None:
@@ -359,11 +363,13 @@ class Daemon:
                 await trio.sleep(0.2)
             for pong in await punching.ping(node.id):
                 endpoint = format_addr(pong.addr)
-                replies.append({"seq": seq, "rtt_ms": round(pong.rtt * 1000, 3),
-                                "endpoint": endpoint, "path": agent.policy.kind_of(node.id, endpoint)})
+                replies.append(results.PingReply(
+                    seq=seq, rtt_ms=round(pong.rtt * 1000, 3), endpoint=endpoint,
+                    path=agent.policy.kind_of(node.id, endpoint)))
         after = await Daemon._peer_status(agent, peer)
-        return {"peer": peer, "address": target, "sent": count, "mode": "probe",
-                "replies": replies, "path": after["path"], "endpoint": after["endpoint"]}
+        return results.PingResult(peer=peer, address=target, sent=count, mode="probe",
+                                  replies=tuple(replies), path=after.path,
+                                  endpoint=after.endpoint)
 
 
 async def run_daemon(state_dir: Path, socket_path: Path, backend_kind: BackendKind,

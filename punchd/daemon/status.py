@@ -1,6 +1,6 @@
-"""What ``punchctl status`` shows, as Structs: the control API's answer to ``status``.
-
-Built by one pure function from the facts the agent holds (the server's model, the path
+"""What ``punchctl status`` shows: the control API's answer to ``status``
+(:class:`~punchd.daemon.results.NetworkStatus`), built by one pure function from the
+facts the agent holds (the server's model, the path
 policy, WireGuard's observed device, the punch sessions' and relays' state), so status
 says what is, from the same facts the path decisions use. The JSON field names are the
 control API's contract (punchctl, bench/ and the lab read them): add fields with
@@ -11,75 +11,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import msgspec
-
 from punchd.punch.session import PathChanged, PathFound, PathLost, PunchEvent, PunchSession
 from punchd.wg.base import WgDeviceState
 from punchd.wire import api
 from punchd.wire.addr import Addr, format_addr
 
 from .model import NetworkModel
-from .paths import PathKind
 from .policy import PathPolicy
+from .results import DnsStatus, NetworkStatus, PeerStatus, PunchStatus, RelayStatus
 from .state import NetworkConfig
 
-
-class PunchStatus(msgspec.Struct, frozen=True):
-    state: str
-    failure: str | None
-    attempts: int
-    probes_sent: int
-    probes_received: int
-    rejected: int
-    replays: int
-    observed: str | None
-
-
-class RelayStatus(msgspec.Struct, frozen=True):
-    endpoint: str | None  # our bound side of the peer's relay allocation
-    mapped: str | None  # where the relay sees us
-    error: str | None
-
-
-class PeerStatus(msgspec.Struct, frozen=True):
-    name: str
-    address: str | None
-    address6: str | None
-    public_key: str
-    endpoint: str | None  # WireGuard's endpoint for the peer
-    path: PathKind
-    rtt_ms: float | None
-    last_handshake_age_s: float | None
-    rx_bytes: int
-    tx_bytes: int
-    in_wireguard: bool
-    nat: api.NatReport
-    punch: PunchStatus | None
-    relay: RelayStatus | None
-    confirmed: bool
-
-
-class DnsStatus(msgspec.Struct, frozen=True):
-    address: str
-    domain: str
-    resolver: str | None
-
-
-class NetworkStatus(msgspec.Struct, frozen=True):
-    name: str
-    interface: str
-    node: str
-    address: str | None
-    address6: str | None
-    public_key: str
-    listen_port: int | None
-    interface_up: bool
-    server: str
-    server_connected: bool
-    nat: api.NatReport | None
-    dns: DnsStatus | None
-    last_error: str | None
-    peers: tuple[PeerStatus, ...]
+__all__ = ["DnsStatus", "NetworkStatus", "PeerStatus", "PunchStatus", "RelayStatus",
+           "describe", "network_status", "punch_status", "relay_status"]
 
 
 def host(cidr: str | None) -> str | None:
