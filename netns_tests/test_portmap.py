@@ -92,3 +92,48 @@ def test_mapped_port_carries_wan_traffic_and_is_gone_after_close(lab: Lab, proto
     lab.server.run([sys.executable, "-c", SEND, ext_ip, ext_port, "after close"])
     listener.popen.wait(10)
     assert listener.read_log().strip() == "nothing"
+
+
+MAPPED_PAIRS = [("sym", "sym"), ("sym", "prc")]  # the relay's pairs without port mapping
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("nat_a", "nat_b"), MAPPED_PAIRS)
+def test_a_mapped_port_turns_a_relayed_pair_direct_and_is_deleted_on_leave(
+        lab: Lab, nat_a: str, nat_b: str) -> None:
+    mesh = Mesh(lab)
+    mesh.start_server(dns=False)
+    token = mesh.create_network("net", "198.19.0.0/24")
+    site_a = lab.add_site("a", nat=nat_a)
+    start_miniupnpd(lab, site_a)
+    site_b = lab.add_site("b", nat=nat_b)
+    a = mesh.start_node(site_a.hosts[0], "a")
+    b = mesh.start_node(site_b.hosts[0], "b")
+    a.join(token)
+    b.join(token)
+    deadline = time.monotonic() + 10.0
+    while True:
+        (peer_a,) = a.network_status("net")["peers"]
+        (peer_b,) = b.network_status("net")["peers"]
+        direct = [p["path"] == "direct" and (p.get("punch") or {}).get("state") == "connected"
+                  for p in (peer_a, peer_b)]
+        if all(direct):
+            break
+        assert time.monotonic() < deadline, (peer_a, peer_b, a.proc.read_log()[-3000:])
+        time.sleep(0.1)
+    # b reaches a at the port a's gateway mapped: the site's WAN address, the rule's port.
+    (rule,) = dnat_rules(site_a)
+    assert peer_b["endpoint"].split(":")[0] == site_a.wan_ip, peer_b
+    assert f"dport {peer_b['endpoint'].split(':')[1]}" in rule, (rule, peer_b)
+    res = a.ping(b.mesh_address("net"), count=3)
+    assert res.returncode == 0, res.stdout + res.stderr
+    report = json.loads(a.punchctl("netcheck", "--json").stdout)
+    assert report["port_mapping"] in ("pcp", "nat-pmp", "upnp"), report
+    assert report["mapped_endpoint"] == peer_b["endpoint"], report
+    assert "Port mapping:    " + report["mapped_endpoint"] in a.punchctl("netcheck").stdout
+
+    a.punchctl("leave", "net")
+    deadline = time.monotonic() + 5.0
+    while dnat_rules(site_a):
+        assert time.monotonic() < deadline, dnat_rules(site_a)
+        time.sleep(0.1)

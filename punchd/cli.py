@@ -85,6 +85,9 @@ def print_netcheck(r: results.NetcheckResult) -> None:
     print(f"  * Port preserved:  {'yes' if r.port_preserved else 'no'}")
     if r.port_deltas:
         print(f"  * Port deltas:     {', '.join(str(d) for d in r.port_deltas)}")
+    mapped = (f"{r.mapped_endpoint} by {r.port_mapping.upper()}" if r.mapped_endpoint and
+              r.port_mapping else f"none ({r.port_mapping_error or 'not tried yet'})")
+    print(f"  * Port mapping:    {mapped}")
 
 
 def print_list(networks: list[results.NetworkSummary]) -> None:

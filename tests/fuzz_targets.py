@@ -41,12 +41,14 @@ from punchd.errors import (
     ConfigError,
     ControlError,
     Invalid,
+    PortmapParseError,
     ProbeParseError,
     RelayBindError,
     StunParseError,
     TokenError,
     Unauthorized,
 )
+from punchd.portmap import natpmp, pcp, upnp
 from punchd.wire import api, probe, relay, signing, stun, token
 from signal_server.routes.common import decode_body
 
@@ -524,6 +526,79 @@ def check_config(raw: bytes) -> str:
 
 _CONFIG_SEED = tomli_w.dumps(_CONFIG_EXAMPLE).encode()
 
+# -- port mapping (punchd/portmap/: NAT-PMP, PCP, UPnP IGD) ----------------------------------
+
+_NATPMP_SEEDS = [
+    natpmp.encode_external_address(7, "192.0.2.1"),
+    natpmp.encode_map(natpmp.OP_MAP_UDP, 7, 51820, 51820, 7200),
+    natpmp.encode_error(natpmp.OP_MAP_UDP, natpmp.Result.NOT_AUTHORIZED, 7),
+    natpmp.map_request(51820, 51820, 7200),
+]
+_PCP_NONCE = bytes(range(12))
+_PCP_SEEDS = [
+    pcp.encode_response(pcp.OP_ANNOUNCE, 0, 0, 9),
+    pcp.encode_response(pcp.OP_MAP, 0, 7200, 9,
+                        map_data=(_PCP_NONCE, 17, 51820, 51820, "192.0.2.1")),
+    pcp.encode_response(pcp.OP_MAP, pcp.Result.NO_RESOURCES, 30, 9,
+                        map_data=(_PCP_NONCE, 17, 51820, 0, "::")),
+    pcp.map_request("10.0.0.2", _PCP_NONCE, 51820, 7200),
+]
+_UPNP_SSDP = (b"HTTP/1.1 200 OK\r\nST: urn:schemas-upnp-org:device:InternetGatewayDevice:1"
+              b"\r\nLOCATION: http://192.0.2.1:5000/rootDesc.xml\r\nSERVER: x\r\n\r\n")
+_UPNP_DESCRIPTION = (
+    b'<?xml version="1.0"?><root xmlns="urn:schemas-upnp-org:device-1-0"><device>'
+    b"<deviceList><device><deviceList><device><serviceList><service>"
+    b"<serviceType>urn:schemas-upnp-org:service:WANIPConnection:1</serviceType>"
+    b"<controlURL>/ctl/IPConn</controlURL></service></serviceList></device></deviceList>"
+    b"</device></deviceList></device></root>")
+_UPNP_SOAP = (
+    b'<?xml version="1.0"?><s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/">'
+    b'<s:Body><u:GetExternalIPAddressResponse xmlns:u="urn:schemas-upnp-org:service:'
+    b'WANIPConnection:1"><NewExternalIPAddress>192.0.2.1</NewExternalIPAddress>'
+    b"</u:GetExternalIPAddressResponse></s:Body></s:Envelope>")
+
+
+def check_natpmp(data: bytes) -> str:
+    def run() -> None:
+        try:
+            natpmp.parse_response(data)
+        finally:
+            natpmp.parse_request(data)
+    return _outcome(run, (PortmapParseError,))
+
+
+def check_pcp(data: bytes) -> str:
+    def run() -> None:
+        try:
+            pcp.parse_response(data)
+        finally:
+            pcp.parse_request(data)
+    return _outcome(run, (PortmapParseError,))
+
+
+def check_upnp(data: bytes) -> str:
+    """Every UPnP parser on the same bytes: SSDP answer, description, SOAP answer."""
+    def run() -> None:
+        failures = 0
+        for parse in (lambda: upnp.parse_ssdp_response(data, source_ip="192.0.2.1"),
+                      lambda: upnp.parse_description(data, "http://192.0.2.1:5000/d.xml"),
+                      lambda: upnp.external_ip_from(
+                          _soap_arguments(upnp.parse_soap_response(data, "GetExternalIPAddress")))):
+            try:
+                parse()
+            except PortmapParseError:
+                failures += 1
+        if failures == 3:
+            raise PortmapParseError("no parser took it")
+    return _outcome(run, (PortmapParseError,))
+
+
+def _soap_arguments(answer: dict[str, str] | upnp.SoapFault) -> dict[str, str]:
+    if isinstance(answer, upnp.SoapFault):
+        raise PortmapParseError("a fault")
+    return answer
+
+
 TARGETS: dict[str, Target] = {t.name: t for t in [
     Target("stun", "punchd.wire.stun.parse (plain, classic, with integrity) -> StunParseError",
            st.one_of(_bytes_inputs(_STUN_SEEDS), _framed_stun()), check_stun),
@@ -553,4 +628,11 @@ TARGETS: dict[str, Target] = {t.name: t for t in [
            st.one_of(st.binary(max_size=200), _mutate([_CONFIG_SEED]), _toml_config(),
                      _text_mutate([_CONFIG_SEED.decode()]).map(lambda s: s.encode("latin-1"))),
            check_config),
+    Target("natpmp", "punchd.portmap.natpmp parse_response/parse_request -> PortmapParseError",
+           _bytes_inputs(_NATPMP_SEEDS, max_size=64), check_natpmp),
+    Target("pcp", "punchd.portmap.pcp parse_response/parse_request -> PortmapParseError",
+           _bytes_inputs(_PCP_SEEDS, max_size=1200), check_pcp),
+    Target("upnp", "punchd.portmap.upnp SSDP, description and SOAP parsers -> PortmapParseError",
+           _bytes_inputs([_UPNP_SSDP, _UPNP_DESCRIPTION, _UPNP_SOAP], max_size=2000),
+           check_upnp),
 ]}

@@ -53,7 +53,8 @@ def test_only_the_codec_error_comes_out(name: str) -> None:
 
 def test_every_target_of_the_issue_is_covered() -> None:
     assert set(TARGETS) == {"stun", "probe", "relay", "token", "signed", "dns", "dns-tcp",
-                            "control-decode", "control-serve", "api-body", "config"}
+                            "control-decode", "control-serve", "api-body", "config",
+                            "natpmp", "pcp", "upnp"}
 
 
 # -- reproducers of the crashes the campaign found (fixed) -------------------------------------

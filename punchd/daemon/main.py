@@ -99,10 +99,13 @@ async def join_with_retry(client: ServerClient, token: JoinToken, *, name: str |
 class Daemon:
     def __init__(self, state_dir: Path, socket_path: Path, backend: WireGuardBackend, *,
                  client_factory: ClientFactory = ServerClient, metrics_listen: Addr | None = None,
-                 metrics_socket: socket.socket | None = None) -> None:
+                 metrics_socket: socket.socket | None = None, port_mapping: bool = False) -> None:
         """``metrics_listen``: where ``GET /metrics`` is answered (None: nowhere);
-        ``metrics_socket``: a listening socket bound there to serve on (tests)."""
+        ``metrics_socket``: a listening socket bound there to serve on (tests);
+        ``port_mapping``: ask the LAN gateway to map WireGuard's port (NAT-PMP, PCP,
+        UPnP). Off unless asked: the program turns it on, tests talk to no gateway."""
         self.state = StateDir(state_dir)
+        self.port_mapping = port_mapping
         self.metrics_listen = metrics_listen
         self._metrics_socket = metrics_socket
         self.socket_path = socket_path
@@ -145,7 +148,8 @@ class Daemon:
         others = {a.config.interface for a in self.agents.values()}
         if config.interface in others:
             raise ConfigError(f"interface {config.interface} is used by another network")
-        agent = NetworkAgent(config, keys, self.backend, self.state, exclude_ifnames=others)
+        agent = NetworkAgent(config, keys, self.backend, self.state, exclude_ifnames=others,
+                             port_mapping=self.port_mapping)
         self.agents[config.name] = agent
         try:
             await self._nursery.start(agent.run)
@@ -313,11 +317,15 @@ class Daemon:
     async def cmd_netcheck(self, network: str | None = None) -> results.NetcheckResult:
         agent = self._agent(network)
         report = await agent.netcheck()
+        mapper = agent.port.mapper
         return results.NetcheckResult(
             network=agent.name, stun_server=agent.model.stun,
             public_endpoint=report.public_endpoint, mapping=report.mapping,
             filtering=report.filtering, port_preserved=report.port_preserved,
-            port_deltas=report.port_deltas)
+            port_deltas=report.port_deltas,
+            port_mapping=mapper.protocol if mapper else None,
+            mapped_endpoint=mapper.endpoint if mapper else None,
+            port_mapping_error=mapper.error if mapper else "port mapping is off")
 
     @staticmethod
     async def _peer_status(agent: NetworkAgent, peer: str) -> results.PeerStatus:
@@ -373,9 +381,10 @@ class Daemon:
 
 
 async def run_daemon(state_dir: Path, socket_path: Path, backend_kind: BackendKind,
-                     metrics_listen: Addr | None = None) -> None:
+                     metrics_listen: Addr | None = None, port_mapping: bool = True) -> None:
     backend = open_backend(backend_kind)
-    daemon = Daemon(state_dir, socket_path, backend, metrics_listen=metrics_listen)
+    daemon = Daemon(state_dir, socket_path, backend, metrics_listen=metrics_listen,
+                    port_mapping=port_mapping)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(daemon.run)
@@ -397,6 +406,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="WireGuard backend (fake: in memory, for tests)")
     parser.add_argument("--log-level", default="info",
                         choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--no-port-mapping", action="store_true",
+                        help="do not ask the LAN gateway to map WireGuard's port "
+                             "(NAT-PMP, PCP, UPnP IGD)")
     parser.add_argument("--metrics", metavar="HOST:PORT",
                         help="answer Prometheus's GET /metrics here (e.g. 127.0.0.1:9586; "
                              "default: off)")
@@ -411,7 +423,8 @@ def main(argv: list[str] | None = None) -> int:
     # One line per HTTP request drowns what matters; httpx errors still surface as ours.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
-        trio.run(run_daemon, args.state_dir, args.socket, args.wg_backend, metrics_listen)
+        trio.run(run_daemon, args.state_dir, args.socket, args.wg_backend, metrics_listen,
+                 not args.no_port_mapping)
     except BaseException as group:  # the top level: one line, never a traceback
         exc = control.main_error(group)
         if isinstance(exc, KeyboardInterrupt):

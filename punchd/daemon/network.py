@@ -63,7 +63,8 @@ REFUSED_RETRY_S = 30.0  # the server said no (401/403/404): asking again soon is
 
 class NetworkAgent:
     def __init__(self, config: NetworkConfig, keys: NetworkKeys, backend: WireGuardBackend,
-                 state: StateDir, *, exclude_ifnames: Iterable[str] = ()) -> None:
+                 state: StateDir, *, exclude_ifnames: Iterable[str] = (),
+                 port_mapping: bool = False) -> None:
         self.config = config
         self.keys = keys
         self.backend = backend
@@ -82,6 +83,7 @@ class NetworkAgent:
         self._link_applied: LinkConfig | None = None
         self._dns_applied: api.MeshDns | None = None
         self.dns_outcome: str | None = None
+        self.port_mapping = port_mapping
         self.port = PortServices()
         self.publisher = CandidatePublisher(self.client, self.port, listen_port=config.listen_port,
                                             exclude_ifnames=self._exclude,
@@ -99,7 +101,8 @@ class NetworkAgent:
         self._reconcile_due.wake()
 
     def wake_publish(self) -> None:
-        """A local address or link changed (netlink): gather and publish now."""
+        """A local address or link changed (netlink): map, gather and publish now."""
+        self.port.network_changed()
         self._publish_due.wake()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -135,6 +138,8 @@ class NetworkAgent:
         network = self.model.network
         await self.port.start(nursery, sock, stun=stun,
                               hole_punching=network is None or network.hole_punching,
+                              port_mapping=self.port_mapping and not (network and network.local_only),
+                              on_mapped=self._publish_due.wake,
                               probe_key=self.keys.probe, client=self.client,
                               on_event=self._on_punch_event)
 

@@ -16,6 +16,7 @@ from typing import Literal
 import msgspec
 
 from punchd.errors import AddrError
+from punchd.punch.candidates import candidate_priority
 from punchd.wire import api
 from punchd.wire.addr import format_addr, parse_addr
 
@@ -79,6 +80,16 @@ def host_candidates(addresses: Iterable[str], port: int) -> tuple[api.Candidate,
     # highest local preference) and room for the server-reflexive and port-mapped ones.
     return tuple(out[:api.MAX_CANDIDATES - 2])
 
+
+
+def with_portmap(host: tuple[api.Candidate, ...], endpoint: str | None
+                 ) -> tuple[api.Candidate, ...]:
+    """This node's candidates with the endpoint its gateway mapped (NAT-PMP, PCP, UPnP),
+    if any and not one of them."""
+    if not endpoint or endpoint in {c.address for c in host}:
+        return host
+    return (*host, api.Candidate(kind="portmap", address=endpoint,
+                                 priority=candidate_priority("portmap")))
 
 
 def with_srflx(host: tuple[api.Candidate, ...], endpoint: str | None

@@ -26,6 +26,7 @@ from punchd.wire import api
 from punchd.wire.addr import Addr
 
 from .policy import PeerFacts, peer_facts
+from .portmapping import PortMapper
 from .punching import Punching
 from .relaying import Relaying
 from .status import PunchStatus, RelayStatus, punch_status, relay_status
@@ -36,10 +37,12 @@ class PortServices:
         self.discovery: Discovery | None = None
         self.punching: Punching | None = None
         self.relaying: Relaying | None = None
+        self.mapper: PortMapper | None = None
 
     async def start(self, nursery: trio.Nursery, sock: SharedPortSocket, *, stun: Addr,
-                    hole_punching: bool, probe_key: PrivateKey, client: ServerClient,
-                    on_event: Callable[[str, PunchEvent], None]) -> None:
+                    hole_punching: bool, port_mapping: bool, probe_key: PrivateKey,
+                    client: ServerClient, on_event: Callable[[str, PunchEvent], None],
+                    on_mapped: Callable[[], None]) -> None:
         """Start the services on ``sock`` (WireGuard's port) into the agent's nursery."""
         self.discovery = Discovery(sock, stun)
         await nursery.start(self.discovery.run)
@@ -50,6 +53,19 @@ class PortServices:
             self.relaying = Relaying(client, sock, self.punching.set_relay)
             await nursery.start(self.relaying.run)
             self.discovery.on_stun = self.relaying.handle_stun
+            if port_mapping:
+                self.mapper = PortMapper(sock.port, on_mapped)
+                await nursery.start(self.mapper.run)
+
+    def network_changed(self) -> None:
+        """The host's addresses or links changed: the gateway may be another one."""
+        if self.mapper is not None:
+            self.mapper.wake()
+
+    @property
+    def mapped_endpoint(self) -> str | None:
+        """The gateway's public endpoint for WireGuard's port, while a mapping holds."""
+        return self.mapper.endpoint if self.mapper is not None else None
 
     def sync_peers(self, peers: Iterable[api.Node]) -> None:
         """The approved peers: one punch session and one relay link each."""

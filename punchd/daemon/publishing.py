@@ -20,7 +20,7 @@ from punchd.serverapi import ServerClient
 from punchd.wire import api
 
 from . import hostaddrs
-from .paths import host_candidates, with_srflx
+from .paths import host_candidates, with_portmap, with_srflx
 from .portservices import PortServices
 
 LocalNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -42,7 +42,8 @@ class CandidatePublisher:
         """Host candidates, plus the server-reflexive one when discovery works."""
         addresses = await hostaddrs.local_addresses(self.exclude)
         self.local_networks = [ipaddress.ip_interface(a).network for a in addresses]
-        host = host_candidates(addresses, self.listen_port)
+        host = with_portmap(host_candidates(addresses, self.listen_port),
+                            self.port.mapped_endpoint)
         early: list[str] = []
         endpoint_known = trio.Event()
         report: list[api.NatReport | None] = []

@@ -134,6 +134,9 @@ class NetcheckResult(msgspec.Struct, frozen=True):
     filtering: api.Behaviour | None = None
     port_preserved: bool | None = None
     port_deltas: tuple[int, ...] = ()
+    port_mapping: str | None = None  # the protocol holding a mapping: "pcp", "nat-pmp", "upnp"
+    mapped_endpoint: str | None = None  # the gateway's public ip:port for WireGuard's port
+    port_mapping_error: str | None = None  # why there is none
 
 
 class PingReply(msgspec.Struct, frozen=True):

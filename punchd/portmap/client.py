@@ -40,7 +40,7 @@ import trio
 
 from punchd.errors import PortmapError, PortmapParseError
 
-from ..wire.addr import Addr
+from ..wire.addr import Addr, format_addr
 from . import natpmp, upnp
 from .schedule import (
     DEFAULT_LIFETIME_S,
@@ -126,6 +126,7 @@ class PortMapping:
         self._started = False
         self._announced: Addr | None = None
         self._nursery: trio.Nursery | None = None
+        self._tasks_scope = trio.CancelScope()
 
     # -- what callers see -----------------------------------------------------------
 
@@ -140,7 +141,7 @@ class PortMapping:
 
     def statistics(self) -> PortmapStatistics:
         s = self._schedule
-        external = None if s.external is None else f"{s.external[0]}:{s.external[1]}"
+        external = None if s.external is None else format_addr(s.external)
         return PortmapStatistics(
             gateway=self.gateway.ip, protocol=self.protocol, external=external,
             lifetime=s.lifetime, answered=tuple(s.answered),
@@ -153,6 +154,18 @@ class PortMapping:
         await self._changed.wait()
 
     # -- the tasks ------------------------------------------------------------------
+
+    async def run_until_released(
+            self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """:meth:`run`, shielded from the caller's cancellation until :meth:`stop`: a
+        cancelled caller (leave, shutdown) still needs these tasks to delete the mapping
+        (:meth:`release` sends through them). Bounded: probing ends within the budget,
+        and ``open_port_mapping`` stops them after the release."""
+        with trio.CancelScope(shield=True) as self._tasks_scope:
+            await self.run(task_status=task_status)
+
+    def stop(self) -> None:
+        self._tasks_scope.cancel()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -441,7 +454,7 @@ async def open_port_mapping(
         failure: PortmapError | None = None
         async with trio.open_nursery() as nursery:
             try:
-                await nursery.start(mapping.run)
+                await nursery.start(mapping.run_until_released)
             except PortmapError as exc:  # kept for after the nursery: no ExceptionGroup
                 failure = exc
             else:
@@ -450,6 +463,7 @@ async def open_port_mapping(
                 finally:
                     with trio.CancelScope(shield=True):
                         await mapping.release()
+                    mapping.stop()
                     nursery.cancel_scope.cancel()
         if failure is not None:
             raise failure

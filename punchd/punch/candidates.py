@@ -36,10 +36,12 @@ __all__ = [
 
 
 # RFC 8445 §5.1.2.2 recommended type preferences. "portmap" (NAT-PMP/PCP/UPnP) and
-# "predicted" (port prediction) are not ICE types: a port mapping is as good as a
-# server-reflexive address; a predicted one ranks below it because it is a guess.
+# "predicted" (port prediction) are not ICE types. A mapped port ranks above the
+# server-reflexive address: it takes a first packet from any peer, which the srflx of
+# a filtering NAT does not (§5.1.2.2 wants each type its own preference). A predicted
+# port ranks below both: it is a guess.
 TYPE_PREFERENCE: dict[str, int] = {
-    "host": 126, "prflx": 110, "srflx": 100, "portmap": 100, "predicted": 50, "relay": 0,
+    "host": 126, "prflx": 110, "portmap": 105, "srflx": 100, "predicted": 50, "relay": 0,
 }
 # RFC 8445 §6.1.2.5: limit the checklist. 100 is the RFC's suggested default.
 MAX_PAIRS = 100
