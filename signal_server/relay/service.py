@@ -173,13 +173,15 @@ class RelayService:
         if self._nursery is None:
             raise Unavailable("the relay is not running")
         registry = self.registry
-        if registry is not None:
-            found = await trio.to_thread.run_sync(registry.lookup, network, node_id, peer_id,
-                                                  time.time())
-            if found is not None and found.owner != registry.replica:
-                self.stats.answered_elsewhere += 1
-                return self._answer_stored(found, node_id)
         async with self._lock:
+            # Looked up under the lock: requests for one pair queued here behind the one
+            # that claims it find its row, instead of each making one to throw away.
+            if registry is not None:
+                found = await trio.to_thread.run_sync(registry.lookup, network, node_id,
+                                                      peer_id, time.time())
+                if found is not None and found.owner != registry.replica:
+                    self.stats.answered_elsewhere += 1
+                    return self._answer_stored(found, node_id)
             alloc, side, made = await self._allocate_here(network, node_id, peer_id)
             if registry is None:
                 return self._answer(alloc, side)
