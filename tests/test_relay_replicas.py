@@ -26,6 +26,7 @@ from signal_server.main import ServerOptions, SignalServer
 from signal_server.relay import RelayPool, RelayService
 from signal_server.relay.registry import (
     DEAD_AFTER_S,
+    PRUNE_AFTER_S,
     RelayRegistry,
     StoredAllocation,
     StoredSide,
@@ -101,6 +102,23 @@ def test_retain_removes_what_expired_here_only(store: Store) -> None:  # noqa: F
     two.claim(stored("bb", R2, a="node-x"), T0)
     assert one.retain(["ab"], T0 + 1) == 1
     assert [a.id for a in one.owned()] == ["ab"] and [a.id for a in two.owned()] == ["bb"]
+
+
+def test_prune_removes_long_dead_replicas_and_their_allocations_only(
+        store: Store) -> None:  # noqa: F811
+    live, dead, gone = (RelayRegistry(store.db, r) for r in (R1, R2, "3" * 16))
+    live.heartbeat(T0 + PRUNE_AFTER_S + 10)
+    dead.heartbeat(T0)
+    gone.heartbeat(T0)
+    live.claim(stored("aa", R1), T0)  # old, but its owner lives
+    dead.claim(stored("bb", R2, a="node-x"), T0)
+    store.db.execute("DELETE FROM replicas WHERE id = ?", ("3" * 16,))
+    gone.claim(stored("cc", "3" * 16, a="node-y"), T0 + PRUNE_AFTER_S)  # recent: stays
+    assert live.prune(T0 + PRUNE_AFTER_S + 10) == 1
+    ids = [row[0] for row in store.db.execute("SELECT id FROM relay_allocations ORDER BY id")]
+    assert ids == ["aa", "cc"]
+    assert live.alive(R1, T0 + PRUNE_AFTER_S + 10) and not dead.alive(R2, T0)
+    assert store.db.execute("SELECT id FROM replicas").fetchall() == [(R1,)]
 
 
 def test_a_row_that_does_not_decode_is_a_config_error_naming_the_table(

@@ -42,6 +42,10 @@ HEARTBEAT_S = 0.3
 # Three missed heartbeats: a busy store thread or a slow commit is not a death, and a
 # dead owner is still noticed well inside the 2 s the nodes have to move (issue #19).
 DEAD_AFTER_S = 1.0
+# A replica killed without a clean stop leaves its row and its allocations' rows; each
+# start is a new id, so they would pile up. The sweeps of the living remove them once
+# they are this old (long past anyone's use: the nodes moved within seconds).
+PRUNE_AFTER_S = 600.0
 
 
 class StoredSide(msgspec.Struct, frozen=True):
@@ -156,6 +160,15 @@ class RelayRegistry:
             self.db.execute("UPDATE relay_allocations SET refreshed = ? WHERE owner = ?",
                             (now, self.replica))
         return gone
+
+    def prune(self, now: float) -> int:
+        """Removes replicas silent for :data:`PRUNE_AFTER_S` and the allocations of
+        owners with no live row; returns how many allocations went."""
+        with self.db.transaction():
+            self.db.execute("DELETE FROM replicas WHERE heartbeat < ?", (now - PRUNE_AFTER_S,))
+            return self.db.execute(
+                "DELETE FROM relay_allocations WHERE owner NOT IN (SELECT id FROM replicas) "
+                "AND refreshed < ?", (now - PRUNE_AFTER_S,)).rowcount
 
     def owned(self) -> list[StoredAllocation]:
         """Our rows, for the admin view and tests."""

@@ -159,6 +159,7 @@ class RelayService:
         """For the admin API: the forwarder, the counters, and each allocation's state."""
         return {
             "forwarder": self.forwarder.kind, "statistics": dict(self.stats.__dict__),
+            "replica": None if self.registry is None else self.registry.replica,
             "allocations": [
                 {"id": a.id, "network": a.network, "forwarded": a.forwarded,
                  "idle_s": round(time.time() - a.last_active, 1),
@@ -338,6 +339,7 @@ class RelayService:
             try:
                 await trio.to_thread.run_sync(self.registry.retain, list(self.table.allocations),
                                               now)
+                await trio.to_thread.run_sync(self.registry.prune, now)
             except PunchdError as exc:  # the next sweep tries again
                 log.warning("relay: recording expiries: %s", exc)
 
