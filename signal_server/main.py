@@ -27,10 +27,12 @@ from punchd.wire import api
 from punchd.wire.addr import Addr, format_addr, parse_host_port
 
 from .app import build_app
+from .event_feed import new_origin
 from .limits import current_soft_limit, raise_open_file_limit, stream_capacity
 from .relay import RelayMode, RelayPool, RelayService
+from .relay.registry import RelayRegistry
 from .service import Service
-from .store import open_store
+from .store import Store, open_store
 
 ADMIN_TOKEN_FILE = "admin.token"
 
@@ -116,7 +118,7 @@ class SignalServer:
         self.store = open_store(options.database or options.data_dir / "signal.db")
         url_host = f"[{host}]" if ":" in host else host
         self.public_url = options.public_url or f"{scheme}://{url_host}:{port}"
-        self.relay = RelayService(options.relay, options.relay_mode) if options.relay else None
+        self.relay = self._relay(options, self.store)
         self.max_streams = options.max_streams if options.max_streams is not None else \
             stream_capacity(current_soft_limit(),
                             relay_ports=sum(p.high - p.low + 1 for p in options.relay))
@@ -125,6 +127,18 @@ class SignalServer:
                                stun=self._stun_address(options, self.public_url),
                                relay=self.relay, max_streams=self.max_streams)
         self.app = build_app(self.service, self.admin_token)
+
+    @staticmethod
+    def _relay(options: ServerOptions, store: Store) -> RelayService | None:
+        """The relay: with ``--relay``, or on PostgreSQL even without, since a replica
+        without relay ports still answers with another replica's allocation (and 503
+        only when there is none)."""
+        if store.db.dialect != "postgresql":
+            return RelayService(options.relay, options.relay_mode) if options.relay else None
+        # The replica's id: the one its event notices carry, when the database has one.
+        replica = getattr(store.db, "origin", None) or new_origin()
+        return RelayService(options.relay, options.relay_mode,
+                            registry=RelayRegistry(store.db, replica))
 
     @staticmethod
     def _stun_address(options: ServerOptions, public_url: str) -> str | None:

@@ -105,6 +105,21 @@ INSERT INTO event_counter (id, seq) SELECT 1, COALESCE(MAX(s), 0) FROM (
 """
 _V2_COUNTER_POSTGRES = "INSERT INTO event_counter (id, seq) SELECT 1, COALESCE(MAX(seq), 0) FROM events;"
 
+# Version 3: relay allocations shared by the replicas on one PostgreSQL (issue #19). A
+# replica heartbeats its ``replicas`` row; an allocation row names its owning replica
+# and is live while that replica is (signal_server/relay/registry.py). One row per
+# node pair (node_a < node_b) in a network: the key is what keeps two replicas from
+# both making one. SQLite gets the tables too (one schema, one conformance suite),
+# though one server per file never needs them.
+_V3 = """
+CREATE TABLE replicas (id TEXT{c} PRIMARY KEY, heartbeat {real} NOT NULL);
+CREATE TABLE relay_allocations (
+    network TEXT{c} NOT NULL, node_a TEXT{c} NOT NULL, node_b TEXT{c} NOT NULL,
+    id TEXT{c} NOT NULL UNIQUE, owner TEXT{c} NOT NULL, created {real} NOT NULL,
+    refreshed {real} NOT NULL, body {blob} NOT NULL, PRIMARY KEY (network, node_a, node_b));
+CREATE INDEX relay_allocations_by_owner ON relay_allocations (owner);
+"""
+
 _NODE = msgspec.json.Decoder(api.Node)
 
 
@@ -133,6 +148,10 @@ MIGRATIONS = (
                    _V2_COUNTER_SQLITE),
         "postgresql": (_V2_COLUMNS.format(c=' COLLATE "C"'), _fill_node_columns,
                        _V2_CONSTRAINTS, _V2_COUNTER_POSTGRES),
+    }),
+    Migration(3, {
+        "sqlite": (_V3.format(c="", real="REAL", blob="BLOB"),),
+        "postgresql": (_V3.format(c=' COLLATE "C"', real="DOUBLE PRECISION", blob="BYTEA"),),
     }),
 )
 LATEST = MIGRATIONS[-1].version

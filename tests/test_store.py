@@ -340,6 +340,7 @@ def _downgrade_to_pre_migration(path: Path) -> None:
     db.executescript("""
         DROP INDEX nodes_ipv4; DROP INDEX nodes_ipv6; DROP INDEX nodes_wg_public_key;
         DROP INDEX nodes_probe_public_key; DROP TABLE event_counter; DROP TABLE schema_version;
+        DROP TABLE replicas; DROP TABLE relay_allocations;
         ALTER TABLE nodes DROP COLUMN ipv4; ALTER TABLE nodes DROP COLUMN ipv6;
         ALTER TABLE nodes DROP COLUMN wg_public_key; ALTER TABLE nodes DROP COLUMN probe_public_key;
     """)

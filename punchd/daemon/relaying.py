@@ -12,10 +12,20 @@ session as its relay pair: the session proves it with probes (which needs the pe
 bound too) before WireGuard is pointed at it.
 
 Binds repeat every ``refresh_s`` (they keep the NAT mapping and the allocation alive)
-and at once when :meth:`Relaying.wake_binds` says our address may have changed. Three
-unanswered refreshes in a row take the relay pair away and start over with a new
-request. A server without a relay (503) or at its per-node limit (429) is asked again
-only after ``NO_RELAY_RETRY_S``.
+and at once when :meth:`Relaying.wake_binds` says our address may have changed.
+
+Failover. With replicas, the relay a pair is on can die with its replica, and the
+server then makes the pair a new allocation on a survivor at the next request
+(signal_server/relay/registry.py; the replicated server hands out ``refresh_s`` 1 s).
+So a refresh of a bound side that gets no answer after ``FAILOVER_TRIES`` tries (0.2 +
+0.4 s) asks the server again at once: a new allocation id replaces the old pair (its
+relay address goes to the session as the new relay pair), the same id means the relay
+is only slow or lossy, and binding goes on. From the owner's death to a bound new side:
+at most one refresh (1 s) + 0.6 s + the request, inside issue #19's 2 s. A side that
+misses ``LOST_AFTER_MISSES`` binds in a row (about 5 s) loses its relay pair until a
+bind is answered again. A side never bound retries the full ``BIND_TRIES`` schedule
+before asking again. A server without a relay (503) or at its per-node limit (429) is
+asked again only after ``NO_RELAY_RETRY_S``.
 """
 
 from __future__ import annotations
@@ -40,7 +50,8 @@ log = logging.getLogger("punchd.relay")
 
 BIND_RTO_S = 0.2  # first retransmit of a bind; doubles
 BIND_TRIES = 5  # 0.2 + 0.4 + 0.8 + 1.6 + 3.2: ~6 s before a bind counts as unanswered
-LOST_AFTER_REFRESHES = 3
+FAILOVER_TRIES = 2  # 0.2 + 0.4: a bound side's refresh unanswered for 0.6 s asks again
+LOST_AFTER_MISSES = 8
 NO_RELAY_RETRY_S = 60.0
 BACKOFF_MIN_S = 1.0
 BACKOFF_MAX_S = 30.0
@@ -115,47 +126,60 @@ class Relaying(TaskHost):
     async def _link(self, node_id: str, name: str, scope: trio.CancelScope) -> None:
         state = self.states[node_id]
         backoff = BACKOFF_MIN_S
+        bound_id: str | None = None  # the allocation our relay pair is on
+        misses = 0  # binds unanswered in a row
         with scope:
-            while True:
-                try:
-                    allocation = await self._client.relay(name)
-                except APIError as exc:
-                    state.error = str(exc)
-                    wait = NO_RELAY_RETRY_S if exc.status in (404, 429, 503) else backoff
-                    await trio.sleep(wait * self._rng.uniform(0.8, 1.2))
-                    backoff = min(BACKOFF_MAX_S, backoff * 2)
-                    continue
-                except ServerUnreachable as exc:
-                    state.error = str(exc)
-                    await trio.sleep(backoff * self._rng.uniform(0.5, 1.0))
-                    backoff = min(BACKOFF_MAX_S, backoff * 2)
-                    continue
-                backoff = BACKOFF_MIN_S
-                try:
-                    await self._keep_bound(node_id, allocation, state)
-                except AddrError as exc:
-                    state.error = f"unusable relay address {allocation.relay!r}: {exc}"
-                    await trio.sleep(NO_RELAY_RETRY_S)
-                finally:
-                    if state.relay is not None:
-                        state.relay = None
-                        self._on_bound(node_id, None)
+            try:
+                while True:
+                    if misses >= LOST_AFTER_MISSES:
+                        self._unbind(node_id, state)
+                    try:
+                        allocation = await self._client.relay(name)
+                    except APIError as exc:
+                        state.error = str(exc)
+                        misses += 1
+                        wait = NO_RELAY_RETRY_S if exc.status in (404, 429, 503) else backoff
+                        await trio.sleep(wait * self._rng.uniform(0.8, 1.2))
+                        backoff = min(BACKOFF_MAX_S, backoff * 2)
+                        continue
+                    except ServerUnreachable as exc:
+                        state.error = str(exc)
+                        misses += 1
+                        await trio.sleep(backoff * self._rng.uniform(0.5, 1.0))
+                        backoff = min(BACKOFF_MAX_S, backoff * 2)
+                        continue
+                    backoff = BACKOFF_MIN_S
+                    if allocation.id != bound_id:  # moved (its replica died): a new pair
+                        self._unbind(node_id, state)
+                        bound_id = allocation.id
+                    try:
+                        misses = await self._keep_bound(node_id, allocation, state, misses)
+                    except AddrError as exc:
+                        state.error = f"unusable relay address {allocation.relay!r}: {exc}"
+                        self._unbind(node_id, state)
+                        await trio.sleep(NO_RELAY_RETRY_S)
+            finally:
+                self._unbind(node_id, state)
+
+    def _unbind(self, node_id: str, state: RelayState) -> None:
+        if state.relay is not None:
+            state.relay = None
+            self._on_bound(node_id, None)
 
     async def _keep_bound(self, node_id: str, allocation: api.RelayAllocation,
-                          state: RelayState) -> None:
-        """Bind and refresh until the relay stops answering."""
+                          state: RelayState, misses: int) -> int:
+        """Bind and refresh until a bind goes unanswered; the misses in a row then."""
         relay_addr = parse_addr(allocation.relay)
         secret = bytes.fromhex(allocation.secret)
-        unanswered = 0
-        while unanswered < LOST_AFTER_REFRESHES:
-            mapped = await self._bind(allocation, relay_addr, secret)
+        while True:
+            # A bound side asks the server again soon: its relay may have died with
+            # its replica (see the theory of operation).
+            tries = BIND_TRIES if state.relay is None else FAILOVER_TRIES
+            mapped = await self._bind(allocation, relay_addr, secret, tries)
             if mapped is None:
-                unanswered += 1
-                if state.relay is None:
-                    state.error = f"relay {allocation.relay} does not answer binds"
-                    return  # never bound: ask the server again
-                continue
-            unanswered = 0
+                state.error = f"relay {allocation.relay} does not answer binds"
+                return misses + 1
+            misses = 0
             state.mapped, state.error = mapped, None
             if state.relay is None:
                 state.relay = relay_addr
@@ -166,10 +190,10 @@ class Relaying(TaskHost):
                 await self._rebind.round().wait()
 
     async def _bind(self, allocation: api.RelayAllocation, relay_addr: Addr,
-                    secret: bytes) -> Addr | None:
+                    secret: bytes, tries: int = BIND_TRIES) -> Addr | None:
         """One bind transaction with retransmits; the mapped address, or None."""
         rto = BIND_RTO_S
-        for _ in range(BIND_TRIES):
+        for _ in range(tries):
             data, txid = relay.bind_request(allocation.id, allocation.side, secret,
                                             int(time.time() * 1000))
             pending = self._pending[txid] = _Pending(relay_addr, secret)

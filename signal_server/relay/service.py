@@ -12,6 +12,12 @@ relay port for as long as the allocation lives. What arrives there:
   before they reach the socket; the few that race its programming are forwarded
   here too);
 * anything else: dropped and counted.
+
+With replicas on one PostgreSQL, a :class:`~.registry.RelayRegistry` records each
+allocation's owner in the store: a request answered by another replica's live
+allocation needs no sockets here, and one made here is claimed there first (see the
+registry's theory of operation). The service heartbeats its replica row while it runs
+and removes its rows when it stops or its allocations expire.
 """
 
 from __future__ import annotations
@@ -24,12 +30,13 @@ from typing import Literal
 
 import trio
 
-from punchd.errors import RelayError, StunParseError, Unavailable
+from punchd.errors import PunchdError, RelayError, StunParseError, Unavailable
 from punchd.wire import api, stun
 from punchd.wire import relay as wire
 from punchd.wire.addr import Addr, format_addr
 
 from .forwarders import Forwarder, NftForwarder, UserspaceForwarder
+from .registry import HEARTBEAT_S, RelayRegistry, StoredAllocation, StoredSide
 from .table import REFRESH_S, Allocation, BindOutcome, RelayPool, RelayTable
 
 log = logging.getLogger("signal_server.relay")
@@ -38,6 +45,11 @@ RelayMode = Literal["auto", "nft", "userspace"]
 EXPIRY_SWEEP_S = 5.0
 RECEIVE_BUFFER = 65535
 BATCH = 64  # datagrams drained per wake-up of a side's socket
+# How often nodes bind when replicas share allocations: a node notices a dead owner at
+# its next bind (two unanswered tries, 0.6 s: punchd/daemon/relaying.py), so this
+# bounds the move to a survivor: 1 s + 0.6 s + one request, under issue #19's 2 s.
+REPLICATED_REFRESH_S = 1.0
+LEAVE_TIMEOUT_S = 5.0
 
 
 @dataclass
@@ -48,6 +60,9 @@ class RelayStatistics:
     dropped: int = 0  # neither a bind nor forwardable
     allocations: int = 0
     expired: int = 0
+    answered_elsewhere: int = 0  # requests answered with another replica's allocation
+    lost_races: int = 0  # made here, but another replica had claimed the pair first
+    heartbeat_failures: int = 0
 
 
 @dataclass
@@ -65,7 +80,14 @@ class _Sockets:
 class RelayService:
     def __init__(self, pools: list[RelayPool], mode: RelayMode = "auto", *,
                  per_node_limit: int = 64, idle_timeout: float = 120.0,
-                 refresh_s: float = REFRESH_S) -> None:
+                 refresh_s: float | None = None, registry: RelayRegistry | None = None
+                 ) -> None:
+        """``registry``: the shared table of a replicated server (None: this server is
+        the only one, as on SQLite); it makes nodes bind every
+        :data:`REPLICATED_REFRESH_S` unless ``refresh_s`` says otherwise."""
+        self.registry = registry
+        if refresh_s is None:
+            refresh_s = REFRESH_S if registry is None else REPLICATED_REFRESH_S
         self.table = RelayTable(pools, per_node_limit=per_node_limit, idle_timeout=idle_timeout)
         self.mode = mode
         self.refresh_s = refresh_s
@@ -78,17 +100,43 @@ class RelayService:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.forwarder = await self._open_forwarder()
         try:
+            if self.registry is not None:  # alive before the first request is answered
+                await trio.to_thread.run_sync(self.registry.heartbeat, time.time())
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._expire_loop)
+                if self.registry is not None:
+                    nursery.start_soon(self._heartbeat_loop, self.registry)
                 task_status.started()
         finally:
             self._nursery = None
             for sockets in self._sockets.values():
                 sockets.close()
-            await self.forwarder.close()
+            with trio.CancelScope(shield=True), trio.move_on_after(LEAVE_TIMEOUT_S):
+                await self._leave()
+                await self.forwarder.close()
+
+    async def _leave(self) -> None:
+        """Survivors take our pairs over at once instead of after ``DEAD_AFTER_S``."""
+        if self.registry is None:
+            return
+        try:
+            await trio.to_thread.run_sync(self.registry.leave, abandon_on_cancel=True)
+        except PunchdError as exc:  # StoreUnavailable: the heartbeat stops anyway
+            log.warning("relay: could not remove this replica's allocations: %s", exc)
+
+    async def _heartbeat_loop(self, registry: RelayRegistry) -> None:
+        while True:
+            await trio.sleep(HEARTBEAT_S)
+            try:
+                await trio.to_thread.run_sync(registry.heartbeat, time.time())
+            except PunchdError as exc:  # the store is down: so is every claim; retry
+                self.stats.heartbeat_failures += 1
+                log.warning("relay: heartbeat: %s", exc)
 
     async def _open_forwarder(self) -> Forwarder:
+        if not self.table.pools:  # a replica that only answers for the others' relays
+            return UserspaceForwarder()
         if self.mode == "userspace":
             # Rules a killed in-kernel relay left behind would still forward old
             # allocations' ports: the table is ours, clear it.
@@ -110,6 +158,7 @@ class RelayService:
         """For the admin API: the forwarder, the counters, and each allocation's state."""
         return {
             "forwarder": self.forwarder.kind, "statistics": dict(self.stats.__dict__),
+            "replica": None if self.registry is None else self.registry.replica,
             "allocations": [
                 {"id": a.id, "network": a.network, "forwarded": a.forwarded,
                  "idle_s": round(time.time() - a.last_active, 1),
@@ -123,22 +172,58 @@ class RelayService:
     async def allocate(self, network: str, node_id: str, peer_id: str) -> api.RelayAllocation:
         if self._nursery is None:
             raise Unavailable("the relay is not running")
+        registry = self.registry
         async with self._lock:
-            for _ in range(8):  # a port someone else holds is skipped, not fatal
-                alloc, side = self.table.allocate(network, node_id, peer_id, time.time())
-                if alloc.id in self._sockets:
-                    return self._answer(alloc, side)
-                try:
-                    socks = _bind_udp_pair(alloc.sides[0].local, alloc.sides[1].local)
-                except OSError as exc:
-                    log.warning("relay: port of %s unusable: %s", alloc.id, exc)
-                    self.table.discard(alloc)
-                    continue
-                entry = self._sockets[alloc.id] = _Sockets(trio.CancelScope(), socks)
-                self._nursery.start_soon(self._serve_allocation, alloc, entry)
-                self.stats.allocations += 1
+            # Looked up under the lock: requests for one pair queued here behind the one
+            # that claims it find its row, instead of each making one to throw away.
+            if registry is not None:
+                found = await trio.to_thread.run_sync(registry.lookup, network, node_id,
+                                                      peer_id, time.time())
+                if found is not None and found.owner != registry.replica:
+                    self.stats.answered_elsewhere += 1
+                    return self._answer_stored(found, node_id)
+            alloc, side, made = await self._allocate_here(network, node_id, peer_id)
+            if registry is None:
                 return self._answer(alloc, side)
-            raise Unavailable("no usable relay ports")
+            try:
+                stored = await trio.to_thread.run_sync(registry.claim, _stored(alloc, registry),
+                                                       time.time())
+            except BaseException:
+                if made:  # not recorded: no one else could find it, so no one uses it
+                    await self._drop(alloc)
+                raise
+            if stored.id == alloc.id:
+                return self._answer(alloc, side)
+            # Another replica claimed the pair between our look and our claim: both
+            # nodes must meet on its allocation, so ours goes.
+            self.stats.lost_races += 1
+            if made:
+                await self._drop(alloc)
+            return self._answer_stored(stored, node_id)
+
+    async def _allocate_here(self, network: str, node_id: str, peer_id: str
+                             ) -> tuple[Allocation, int, bool]:
+        """The pair's allocation in our table, with its sockets; True if made now."""
+        assert self._nursery is not None
+        for _ in range(8):  # a port someone else holds is skipped, not fatal
+            alloc, side = self.table.allocate(network, node_id, peer_id, time.time())
+            if alloc.id in self._sockets:
+                return alloc, side, False
+            try:
+                socks = _bind_udp_pair(alloc.sides[0].local, alloc.sides[1].local)
+            except OSError as exc:
+                log.warning("relay: port of %s unusable: %s", alloc.id, exc)
+                self.table.discard(alloc)
+                continue
+            entry = self._sockets[alloc.id] = _Sockets(trio.CancelScope(), socks)
+            self._nursery.start_soon(self._serve_allocation, alloc, entry)
+            self.stats.allocations += 1
+            return alloc, side, True
+        raise Unavailable("no usable relay ports")
+
+    def _answer_stored(self, stored: StoredAllocation, node_id: str) -> api.RelayAllocation:
+        return stored.answer(node_id, now=time.time(), idle_timeout=self.table.idle_timeout,
+                             refresh_s=self.refresh_s)
 
     def _answer(self, alloc: Allocation, side: int) -> api.RelayAllocation:
         mine, other = alloc.sides[side], alloc.sides[1 - side]
@@ -245,10 +330,23 @@ class RelayService:
             if alloc.id in counts:
                 self.table.traffic(alloc, max(alloc.forwarded, counts[alloc.id]), now)
         for alloc in self.table.expire(now):
+            self.stats.expired += 1
             await self._close(alloc)
+            log.info("relay %s expired", alloc.id)
+        if self.registry is not None:
+            try:
+                await trio.to_thread.run_sync(self.registry.retain, list(self.table.allocations),
+                                              now)
+                await trio.to_thread.run_sync(self.registry.prune, now)
+            except PunchdError as exc:  # the next sweep tries again
+                log.warning("relay: recording expiries: %s", exc)
+
+    async def _drop(self, alloc: Allocation) -> None:
+        """An allocation made here that no one will use: its ports are free again."""
+        self.table.release(alloc)
+        await self._close(alloc)
 
     async def _close(self, alloc: Allocation) -> None:
-        self.stats.expired += 1
         entry = self._sockets.pop(alloc.id, None)
         if entry is not None:
             entry.close()
@@ -256,7 +354,15 @@ class RelayService:
             await self.forwarder.remove(alloc)
         except RelayError as exc:
             log.warning("relay %s: removing its rules: %s", alloc.id, exc)
-        log.info("relay %s expired", alloc.id)
+
+
+def _stored(alloc: Allocation, registry: RelayRegistry) -> StoredAllocation:
+    """What the other replicas need of one of ours to answer for it."""
+    a, b = (StoredSide(node=s.node_id, relay=format_addr(s.local), secret=s.secret.hex())
+            for s in alloc.sides)
+    now = time.time()
+    return StoredAllocation(id=alloc.id, network=alloc.network, owner=registry.replica,
+                            sides=(a, b), created=now, refreshed=now)
 
 
 def _bind_udp_pair(local_a: Addr, local_b: Addr) -> list[socket.socket]:

@@ -159,10 +159,16 @@ class RelayTable:
         """Remove and return the allocations idle for ``idle_timeout``."""
         gone = [a for a in self.allocations.values() if now - a.last_active > self.idle_timeout]
         for alloc in gone:
-            self.discard(alloc)
-            for side in alloc.sides:
-                self._free[side.local[0]].append(side.local[1])
+            self.release(alloc)
         return gone
+
+    def release(self, alloc: Allocation) -> None:
+        """Forget an allocation and free its ports (expiry, or one made for nothing)."""
+        if self.allocations.pop(alloc.id, None) is None:
+            return
+        self.discard(alloc)
+        for side in alloc.sides:
+            self._free[side.local[0]].append(side.local[1])
 
     def discard(self, alloc: Allocation) -> None:
         """Forget an allocation without freeing its ports: used as it is when the ports
