@@ -253,7 +253,7 @@ class FakeNode:
                     async for event in stream:
                         if life.first_event is None:
                             life.first_event = trio.current_time()
-                        if isinstance(event, api.NetworkSnapshot):
+                        if isinstance(event, api.Snapshot):
                             self.snapshots += 1  # a resume by cursor never needs one
                         else:
                             self.seen.append(event.seq)
