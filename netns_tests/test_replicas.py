@@ -46,6 +46,7 @@ from punchd.daemon.network import BACKOFF_MAX_S, BACKOFF_MIN_S
 from punchd.errors import APIError, ServerUnreachable
 from punchd.serverapi import ServerClient
 from punchd.wire import api
+from punchd.wire.addr import Addr, format_addr
 from punchd.wire.signing import b64
 from punchd.wire.token import JoinToken, decode_token
 from signal_server.store import open_store
@@ -63,17 +64,18 @@ SETTLE_S = 15.0  # bound on waiting for every node to catch up with the log
 READY_S = 20.0  # bound on HAProxy seeing both replicas up
 
 
-def haproxy_config(listen: int, backends: list[int], stats_socket: Path) -> str:
+def haproxy_config(listen: Addr, backends: list[Addr], stats_socket: Path) -> str:
     """The configuration of docs/deployment.md (keep the two the same).
 
     Health checks every 200 ms, two misses and a replica is out: a dead one is dropped
     in ~0.4 s. Until then ``retries`` + ``redispatch`` send a refused connection to the
     other replica (HAProxy retries only failed connects by default, so a POST that
-    reached a replica is never sent twice). ``leastconn`` spreads the long-lived
-    streams; ``timeout server``/``client`` stay above the 10 s SSE heartbeat.
+    reached a replica is never sent twice); ``timeout connect`` is short because it is
+    also the pause before such a retry. ``leastconn`` spreads the long-lived streams;
+    ``timeout server``/``client`` stay above the 10 s SSE heartbeat.
     """
-    servers = "\n".join(f"    server r{i} 127.0.0.1:{port} check"
-                        for i, port in enumerate(backends))
+    servers = "\n".join(f"    server r{i} {format_addr(addr)} check"
+                        for i, addr in enumerate(backends))
     return f"""\
 global
     maxconn 4096
@@ -94,7 +96,7 @@ defaults
     option redispatch 1
 
 frontend signal
-    bind 127.0.0.1:{listen}
+    bind {format_addr(listen)}
     default_backend replicas
 
 backend replicas
@@ -183,7 +185,9 @@ def open_deployment(root: Path) -> Iterator[Deployment]:
             replica.start()
         stats_socket = root / "haproxy.sock"
         config = root / "haproxy.cfg"
-        config.write_text(haproxy_config(listen, [r.port for r in replicas], stats_socket))
+        config.write_text(haproxy_config(("127.0.0.1", listen),
+                                         [("127.0.0.1", r.port) for r in replicas],
+                                         stats_socket))
         with (root / "haproxy.log").open("wb") as out:
             haproxy = subprocess.Popen([haproxy_bin, "-db", "-f", str(config)],
                                        stdout=out, stderr=subprocess.STDOUT)
