@@ -59,6 +59,10 @@ class Database(Protocol):
     dialect: Dialect
     name: str  # for messages: a path, or a URL without its password
     error: type[Exception]  # the root of the driver's own errors
+    # How many threads may call at once: the server runs its store calls on up to this
+    # many (SQLite's one connection: 1; PostgreSQL: its pool, writers still one at a
+    # time behind the advisory lock, reads beside them).
+    threads: int
 
     def execute(self, sql: str, params: Sequence[object] = ()) -> Rows:
         """One statement; inside a transaction if one is open in this thread.

@@ -113,6 +113,9 @@ class PostgresDatabase:
         self._url = url
         self.origin = new_origin()  # our notices carry it, so our feed skips them
         self._local = threading.local()
+        # Each calling thread holds at most one pooled connection (its transaction's,
+        # or one statement's), so as many threads as the pool has connections.
+        self.threads = max_size
         # One direct connection first: the pool only logs why it cannot connect, and
         # the operator needs that reason (wrong password, no such database) in one line.
         try:

@@ -24,6 +24,7 @@ _DUPLICATE = {"SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY"}
 class SqliteDatabase:
     dialect: Dialect = "sqlite"
     error: type[Exception] = sqlite3.Error
+    threads = 1  # one connection, one thread at a time
 
     def __init__(self, path: str | Path) -> None:
         self.name = str(path)

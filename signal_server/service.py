@@ -1,4 +1,4 @@
-"""The store behind one worker thread, the event fan-out and the on-change hooks.
+"""The store behind its worker threads, the event fan-out and the on-change hooks.
 
 Every handler reaches the store through :class:`Service`: :meth:`Service.call` for a
 read (or bookkeeping no one watches: a nonce, a last-seen time), :meth:`Service.write`
@@ -134,7 +134,8 @@ Announce = str | None | Callable[[T], Iterable[str]]
 
 
 class Service:
-    """The store behind one worker thread, plus event fan-out and zone push hooks."""
+    """The store behind its worker threads (one on SQLite), plus event fan-out and zone
+    push hooks."""
 
     def __init__(self, store: Store, *, public_url: str, dns: api.MeshDns | None = None,
                  stun: str | None = None, relay: RelayService | None = None,
@@ -145,7 +146,10 @@ class Service:
         self.stun = stun
         self.relay = relay
         self.hub = EventHub(max_streams)
-        self._limiter = trio.CapacityLimiter(1)
+        # The store's threads: one on SQLite; on PostgreSQL its pool's worth, so a herd
+        # of reconnecting streams (each a nonce check, a touch and reads) does not
+        # queue behind one thread while another replica is gone (#19).
+        self._limiter = trio.CapacityLimiter(store.db.threads)
         self.on_change: list[Callable[[], None]] = []
         self._reads: dict[tuple[str, int | None, int], _SharedRead] = {}
         self.metrics = ServerMetrics(self)
@@ -156,7 +160,7 @@ class Service:
 
         A new node's arrival wakes every stream of its network at once, all at the
         same cursor: without sharing, a thousand streams would queue a thousand
-        identical queries on the one store thread.
+        identical queries on the store's threads.
         """
         key = (network, cursor, self.hub.version.get(network, 0))
         read = self._reads.get(key)

@@ -55,6 +55,8 @@ EVENT_RETENTION = 2000
 # and relay requests for every peer at start) fits; past it the oldest is dropped and
 # its timestamp becomes the key's floor, so one node can crowd out only itself.
 NONCES_PER_KEY = 2048
+# How stale a node's last_seen may get before a request writes it again (touch_node).
+TOUCH_EVERY_S = 30.0
 
 
 def _hash_secret(secret: str) -> str:
@@ -478,8 +480,15 @@ class Store:
         return updated
 
     def touch_node(self, signer: str, now: float | None = None) -> api.Node:
-        """Record that a node was seen; no event (peers do not need to hear of it)."""
+        """Record that a node was seen; no event (peers do not need to hear of it).
+
+        At most once per :data:`TOUCH_EVERY_S`: ``last_seen`` is for people reading the
+        node list, and a write per request would put every stream of a failed-over
+        replica (#19) in the writers' queue, one after another, before its first byte."""
         now = time.time() if now is None else now
+        node = self.node_by_signing_key(signer)
+        if 0 <= now - node.last_seen < TOUCH_EVERY_S:  # a clock stepped back: write
+            return node
         with self._tx():
             node = msgspec.structs.replace(self.node_by_signing_key(signer), last_seen=now)
             self._put_node(node)

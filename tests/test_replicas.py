@@ -225,6 +225,20 @@ async def test_a_service_wakes_its_streams_and_hooks_on_the_other_replicas_write
     assert hooks == [1]  # the DNS zone of replica b is rebuilt too
 
 
+async def test_a_service_on_postgresql_runs_store_calls_side_by_side(
+        replicas: tuple[Store, Store]) -> None:
+    # Two calls that each wait for the other: they finish only if they run at once
+    # (a herd of reconnecting streams must not queue behind one thread).
+    a, _ = replicas
+    service = Service(a, public_url="http://replica-a")
+    both = threading.Barrier(2, timeout=WAIT_S)
+    with trio.fail_after(WAIT_S):
+        async with trio.open_nursery() as nursery:
+            for _ in range(2):
+                nursery.start_soon(service.call, both.wait)
+    assert a.db.threads > 1 and Service(Store(":memory:"), public_url="x").store.db.threads == 1
+
+
 def test_the_expiry_sweep_on_two_replicas_removes_each_node_once(
         replicas: tuple[Store, Store]) -> None:
     a, b = replicas

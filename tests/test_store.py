@@ -402,3 +402,21 @@ def test_a_pre_migration_file_breaking_a_new_constraint_is_refused_untouched(
     with pytest.raises(ConfigError, match="cannot take schema version 2: its nodes table"):
         Store(path)
     assert _tables(path) == before  # the failed migration changed nothing
+
+
+def test_touch_writes_last_seen_at_most_every_touch_interval(store: Store) -> None:
+    network(store)
+    _, secret = store.create_access_key("net", api.AccessKeyCreate())
+    signer = b64(bytes(SigningKey.generate().verify_key))
+    req = api.JoinRequest(access_key=secret, signing_key=signer, wg_public_key=key32(),
+                          probe_public_key=key32(), name="a")
+    joined = store.join(req, signer, now=1000.0).node
+    assert joined.last_seen == 1000.0
+    soon = 1000.0 + store_mod.TOUCH_EVERY_S - 1
+    assert store.touch_node(signer, now=soon).last_seen == 1000.0  # fresh enough: no write
+    later = 1000.0 + store_mod.TOUCH_EVERY_S
+    assert store.touch_node(signer, now=later).last_seen == later
+    assert store.get_node("net", "a").last_seen == later
+    assert store.touch_node(signer, now=500.0).last_seen == 500.0  # the clock stepped back
+    with pytest.raises(Unauthorized):
+        store.touch_node(b64(bytes(SigningKey.generate().verify_key)), now=later)

@@ -85,9 +85,11 @@ class FaultServer:
     The ports are picked at the first start, which picks others when one was taken
     before the server bound it; restarts keep them, as the nodes know this URL."""
 
-    def __init__(self, data_dir: Path, *, dns: bool = False) -> None:
+    def __init__(self, data_dir: Path, *, dns: bool = False, extra: Sequence[str] = ()) -> None:
+        """``extra``: more ``serve`` arguments (``--database``, ``--public-url``)."""
         self.data_dir = data_dir
         self.dns = dns
+        self.extra = tuple(extra)
         self.port = 0  # until the first start
         self.dns_port: int | None = None
         self.proc: subprocess.Popen[bytes] | None = None
@@ -127,6 +129,7 @@ class FaultServer:
                 "--http", f"127.0.0.1:{self.port}"]
         if self.dns_port is not None:
             argv += ["--dns", f"127.0.0.1:{self.dns_port}"]
+        argv += self.extra
         self.starts += 1
         log = self.data_dir.parent / f"server-{self.starts}.log"
         with log.open("wb") as out:
