@@ -16,6 +16,7 @@ from typing import Any
 
 import trio
 
+from punchd import __version__
 from punchd.daemon.control import call, main_error
 from punchd.errors import PunchdError, TokenError
 from punchd.wire.token import decode_token
@@ -133,6 +134,7 @@ async def uninstall(socket: Path, unit_dir: Path) -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="punchctl", description="control punchd")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--socket", type=Path, default=DEFAULT_SOCKET)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("join", help="join a network with a token")

@@ -18,6 +18,7 @@ import httpx
 import msgspec
 import trio
 
+from punchd import __version__
 from punchd.errors import ConfigError, PunchdError
 from punchd.wire import api
 
@@ -225,6 +226,7 @@ def _start_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="signal-server", description="punchd's control plane")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the signal server")

@@ -21,6 +21,7 @@ import msgspec
 import trio
 from nacl.signing import SigningKey
 
+from punchd import __version__
 from punchd.errors import APIError, ConfigError, ControlError, PunchdError, ServerUnreachable
 from punchd.punch.candidates import format_addr
 from punchd.serverapi import ServerClient
@@ -358,6 +359,7 @@ async def run_daemon(state_dir: Path, socket_path: Path, backend_kind: BackendKi
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="punchd", description="punchd node daemon")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--state-dir", type=Path, default=Path("/var/lib/punchd"))
     parser.add_argument("--socket", type=Path, default=Path("/run/punchd.sock"))
     parser.add_argument("--wg-backend", default="auto",
