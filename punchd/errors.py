@@ -34,7 +34,8 @@ codec error), so callers catch ours and never a library's::
         ├── TooMany                (API: 429)
         └── Unavailable            (API: 503)
             ├── StoreUnavailable   the store's database cannot be reached now
-            └── TooManyStreams     the server holds all the event streams its open-file limit allows
+            ├── TooManyStreams     the server holds all the event streams its open-file limit allows
+            └── DistUnavailable    no wheelhouse for install.sh (none given, or its build failed)
 
 Packages add leaf classes under these branches in their own ``errors``/codec modules;
 no other roots.
@@ -162,6 +163,11 @@ class TooMany(ServiceError):
 
 class Unavailable(ServiceError):
     status = 503
+
+
+class DistUnavailable(Unavailable):
+    """The server has no wheelhouse for ``/dist/``: none was given and building one
+    failed (a dependency not installed from a wheel, pip wheel failed)."""
 
 
 class DuplicateRow(Conflict):

@@ -248,6 +248,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--keyfile")
     serve.add_argument("--relay", action="append", default=[], metavar="HOST:LOW-HIGH",
                        help="relay address and port range for allocations (repeatable)")
+    dist = serve.add_mutually_exclusive_group()
+    dist.add_argument("--dist", type=Path, metavar="DIR",
+                      help="serve the wheels in DIR at /dist/ for install.sh (default: "
+                           "build them from this installation into DATA_DIR/dist)")
+    dist.add_argument("--no-dist", action="store_true",
+                      help="serve no wheelhouse (install.sh then cannot install)")
     serve.add_argument("--relay-mode", choices=["auto", "nft", "userspace"], default="auto",
                        help="forward in the kernel (nft), in Python, or nft when it works")
 
@@ -325,7 +331,10 @@ def main(argv: list[str] | None = None) -> int:
                 certfile=args.certfile, keyfile=args.keyfile,
                 relay=[parse_relay(r) for r in args.relay], relay_mode=args.relay_mode,
                 database=args.database,
+                dist=args.dist, build_dist=args.dist is None and not args.no_dist,
             )
+            if options.dist is not None and not options.dist.is_dir():
+                raise ConfigError(f"--dist {options.dist}: not a directory")
             if len(options.stun) > 2:
                 raise ConfigError("--stun: give at most two (primary and alternate)")
             try:

@@ -25,6 +25,7 @@ from punchd.errors import ConfigError
 from punchd.wire import api
 
 from .app import build_app
+from .dist import Wheelhouse
 from .limits import current_soft_limit, raise_open_file_limit, stream_capacity
 from .relay import RelayMode, RelayPool, RelayService
 from .service import Service
@@ -88,6 +89,8 @@ class ServerOptions:
     database: str | None = None  # a postgresql:// URL or an SQLite path; None: data_dir's
     # Event streams held at once; None: what the open-file limit allows (limits.py).
     max_streams: int | None = None
+    dist: Path | None = None  # a wheelhouse directory for /dist/ (install.sh), as given
+    build_dist: bool = False  # else: build one into data_dir/dist on first use
 
 
 class SignalServer:
@@ -118,7 +121,9 @@ class SignalServer:
                                dns=self._mesh_dns(options, self.public_url),
                                stun=self._stun_address(options, self.public_url),
                                relay=self.relay, max_streams=self.max_streams)
-        self.app = build_app(self.service, self.admin_token)
+        self.dist = Wheelhouse(given=options.dist) if options.dist is not None else \
+            Wheelhouse(build_root=options.data_dir / "dist") if options.build_dist else None
+        self.app = build_app(self.service, self.admin_token, dist=self.dist)
 
     @staticmethod
     def _stun_address(options: ServerOptions, public_url: str) -> str | None:
