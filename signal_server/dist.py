@@ -52,7 +52,8 @@ PACKAGES = ("punchd", "signal_server", "meshdns")
 
 
 def is_wheel_name(name: str) -> bool:
-    return len(name) <= 255 and _WHEEL_NAME.match(name) is not None and ".." not in name
+    # fullmatch: "$" alone would admit a trailing newline.
+    return len(name) <= 255 and _WHEEL_NAME.fullmatch(name) is not None and ".." not in name
 
 
 def wheel_filename(name: str, version: str, tags: Iterable[str]) -> str:
