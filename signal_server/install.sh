@@ -40,7 +40,16 @@ while [ $# -gt 0 ]; do
     esac
 done
 [ -n "$TOKEN" ] || die "--token TOKEN is required (signal-server admin key create prints one)"
+# The URL goes into pip's argument list: only a URL's own characters, no spaces.
+case "$SERVER" in
+    http://*|https://*) ;;
+    *) die "--server must be an http:// or https:// URL, got $SERVER" ;;
+esac
+case "$SERVER" in
+    *[!]A-Za-z0-9.:/_~%[-]*) die "--server $SERVER: unexpected characters in the URL" ;;
+esac
 case "$PREFIX" in
+    *[!A-Za-z0-9._/+-]*) die "--prefix $PREFIX: use letters, digits and ._/+- only" ;;
     /*) ;;
     *) die "--prefix must be an absolute path, got $PREFIX" ;;
 esac
@@ -60,7 +69,15 @@ fi
 # The wheelhouse is built on the server's first request for it: fetch its index with
 # curl (no timeout) first, so pip's own 15 s timeout never meets the build.
 curl -fsS -o /dev/null "$SERVER/dist/" || die "the server has no wheelhouse at $SERVER/dist/"
-PIP_DISABLE_PIP_VERSION_CHECK=1 "$PREFIX/bin/python" -m pip install -q --no-index \
+# pip refuses a plain-http links page from any host but localhost unless trusted. It
+# adds nothing to trust: this script came over the same http. Serve https (signal-server
+# --certfile) where the path to the server is not yours.
+TRUST=
+case "$SERVER" in
+    http://*) HOSTPORT=${SERVER#http://}; TRUST="--trusted-host ${HOSTPORT%%/*}" ;;
+esac
+# shellcheck disable=SC2086 # TRUST is empty or two words
+PIP_DISABLE_PIP_VERSION_CHECK=1 "$PREFIX/bin/python" -m pip install -q --no-index $TRUST \
     --find-links "$SERVER/dist/" --upgrade "punchd==$VERSION" \
     || die "pip could not install punchd $VERSION from $SERVER/dist/"
 say "installed $("$PREFIX/bin/punchctl" --version)"

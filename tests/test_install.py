@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import zipfile
 from pathlib import Path
@@ -63,11 +64,19 @@ def test_install_script_quotes_the_server_and_is_posix_sh(tmp_path: Path) -> Non
     script = tmp_path / "install.sh"
     script.write_text(text)
     assert subprocess.run(["sh", "-n", str(script)], timeout=10).returncode == 0
+    res = subprocess.run(["sh", str(script), "--token", "t"], capture_output=True, text=True,
+                         timeout=10)  # a server URL that made it in quoted is still refused
+    assert res.returncode != 0 and "unexpected characters" in res.stderr
+    script.write_text(install_script("http://127.0.0.1:9"))
     # Bad arguments: one line, non-zero, nothing made.
     for args, reason in ((["--prefix", str(tmp_path / "p")], "--token TOKEN is required"),
                          (["--token"], "--token needs a value"),
                          (["--token", "t", "--bogus"], "unknown argument --bogus"),
-                         (["--token", "t", "--prefix", "rel"], "absolute path")):
+                         (["--token", "t", "--prefix", "rel"], "absolute path"),
+                         (["--token", "t", "--prefix", "/a b"], "--prefix /a b"),
+                         (["--token", "t", "--server", "ftp://x"], "http:// or https://"),
+                         (["--token", "t", "--server", "http://x --index-url http://e"],
+                          "unexpected characters")):
         res = subprocess.run(["sh", str(script), *args], capture_output=True, text=True,
                              timeout=10)
         assert res.returncode != 0 and reason in res.stderr, (args, res.stderr)
@@ -201,6 +210,11 @@ def test_install_script_against_a_running_server(tmp_path: Path) -> None:
         assert version.stdout.strip() == f"punchctl {__version__}"
         unit = (units / "punchd.service").read_text()
         assert f"ExecStart={prefix}/bin/punchd " in unit
+        if shutil.which("systemd-analyze"):  # the unit as installed, pointing into the venv
+            verify = subprocess.run(["systemd-analyze", "verify", str(units / "punchd.service")],
+                                    capture_output=True, text=True, timeout=60)
+            problems = [ln for ln in verify.stderr.splitlines() if "punchd.service" in ln]
+            assert verify.returncode == 0 and not problems, verify.stderr
         res = subprocess.run([str(prefix / "bin" / "punchctl"), "--socket",
                               str(tmp_path / "none.sock"), "uninstall", "--prefix", str(prefix),
                               "--unit-dir", str(units), "--state-dir", str(tmp_path / "state"),
