@@ -23,10 +23,12 @@ import base64
 import hashlib
 import html
 import importlib.metadata as md
+import logging
 import os
 import re
 import shutil
 import tempfile
+import time
 import zipfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -38,6 +40,8 @@ from packaging.utils import canonicalize_name
 
 from punchd import __version__
 from punchd.errors import ConfigError, DistUnavailable
+
+log = logging.getLogger("signal_server.dist")
 
 # name-version(-build)?-python-abi-platform.whl (PEP 427 / the binary distribution
 # format spec), each part its escaped form: no "/", no "-" inside a part, no leading dot.
@@ -186,8 +190,11 @@ def build_wheelhouse(root: Path) -> Path:
     final = root / __version__
     if (final / COMPLETE).exists():
         return final
-    root.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{__version__}-", dir=root))
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{__version__}-", dir=root))
+    except OSError as exc:
+        raise DistUnavailable(f"cannot build the wheelhouse in {root}: {exc}") from exc
     try:
         build_own_wheel(work)
         for dist in requirement_closure("punchd"):
@@ -217,13 +224,26 @@ class Wheelhouse:
         self._given = given
         self._build_root = build_root
         self._dir: Path | None = given
+        # A failed build is remembered: anyone may ask for /dist/, and each asking must
+        # not cost another build. A restart (after fixing the cause) tries again.
+        self._failure: DistUnavailable | None = None
         self._lock = trio.Lock()
 
     async def directory(self) -> Path:
         async with self._lock:  # one build at a time; the rest wait for it
+            if self._failure is not None:
+                raise self._failure
             if self._dir is None:
                 assert self._build_root is not None
-                self._dir = await trio.to_thread.run_sync(build_wheelhouse, self._build_root)
+                start = time.monotonic()
+                try:
+                    self._dir = await trio.to_thread.run_sync(build_wheelhouse,
+                                                              self._build_root)
+                except DistUnavailable as exc:
+                    log.error("no wheelhouse for install.sh: %s", exc)
+                    self._failure = exc
+                    raise
+                log.info("wheelhouse %s ready in %.1f s", self._dir, time.monotonic() - start)
             return self._dir
 
     async def names(self) -> list[str]:

@@ -13,7 +13,7 @@ import trio
 
 from punchd import __version__
 from punchd.cli import removal_plan, uninstall
-from punchd.errors import PunchdError
+from punchd.errors import DistUnavailable, PunchdError
 from signal_server.dist import Wheelhouse, index_html, is_wheel_name, repack, wheel_filename
 from signal_server.main import ServerOptions, SignalServer
 from signal_server.routes.install import install_script
@@ -149,6 +149,18 @@ async def test_wheelhouse_is_built_once(tmp_path: Path) -> None:
     stamp = built.stat().st_mtime_ns
     assert await Wheelhouse(build_root=tmp_path / "dist").names() == names
     assert built.stat().st_mtime_ns == stamp  # cached by version
+
+
+async def test_a_failed_build_is_not_retried_per_request(tmp_path: Path) -> None:
+    root = tmp_path / "dist"
+    root.write_text("a file where the wheelhouse's directory should be")
+    house = Wheelhouse(build_root=root)
+    with pytest.raises(DistUnavailable, match="cannot build"):
+        await house.names()
+    root.unlink()  # fixed now, but only a restart builds again
+    with pytest.raises(DistUnavailable, match="cannot build"):
+        await house.names()
+    assert not root.exists()
 
 
 def _venv(prefix: Path) -> None:
