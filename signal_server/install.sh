@@ -55,6 +55,12 @@ case "$PREFIX" in
 esac
 command -v python3 >/dev/null 2>&1 || die "python3 is needed (Debian: apt-get install python3-venv)"
 
+# The wheelhouse is built on the server's first request for it: fetch its index with
+# curl (no timeout) first, so pip's own 15 s timeout never meets the build; and before
+# the venv, so a server that cannot serve leaves this host as it was.
+curl -fsS -o /dev/null "$SERVER/dist/" || die "no wheelhouse at $SERVER/dist/: \
+$(curl -sS "$SERVER/dist/" 2>&1 | head -c 300)"  # the server's reason (its failure is kept)
+
 UPGRADE=0
 if [ -x "$PREFIX/bin/python" ]; then
     UPGRADE=1
@@ -66,9 +72,6 @@ else
     say "created a virtual environment in $PREFIX"
 fi
 
-# The wheelhouse is built on the server's first request for it: fetch its index with
-# curl (no timeout) first, so pip's own 15 s timeout never meets the build.
-curl -fsS -o /dev/null "$SERVER/dist/" || die "the server has no wheelhouse at $SERVER/dist/"
 # pip refuses a plain-http links page from any host but localhost unless trusted. It
 # adds nothing to trust: this script came over the same http. Serve https (signal-server
 # --certfile) where the path to the server is not yours.

@@ -197,6 +197,20 @@ async def test_uninstall_asks_for_yes_and_changes_nothing_without_it(tmp_path: P
     assert not prefix.exists() and not state.exists()
 
 
+def test_install_script_without_a_wheelhouse_changes_nothing(tmp_path: Path) -> None:
+    proc, port = start_server_process(tmp_path / "server", "--no-dist")
+    try:
+        prefix = tmp_path / "p"
+        res = subprocess.run(["sh", "-c", f"curl -fsSL http://127.0.0.1:{port}/install.sh | sh "
+                              f"-s -- --token T --prefix {prefix} --no-start"],
+                             capture_output=True, text=True, timeout=60,
+                             env={"PATH": "/usr/bin:/bin"})
+        assert res.returncode != 0 and "this server has no wheelhouse" in res.stderr
+        assert not prefix.exists()
+    finally:
+        reap(proc)
+
+
 @pytest.mark.slow
 def test_install_script_against_a_running_server(tmp_path: Path) -> None:
     """The one-liner, end to end on loopback, with a scratch prefix and --no-start
