@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from typing import Any
 import msgspec
 import trio
 
+from punchd import __version__
 from punchd.daemon import control, results
 from punchd.daemon.control import ask, main_error
 from punchd.errors import PunchdError, TokenError
@@ -115,7 +117,10 @@ def install(unit_dir: Path, *, start: bool) -> str:
     unit_dir.mkdir(parents=True, exist_ok=True)
     target = unit_dir / UNIT_NAME
     text = unit_source()
-    exe = shutil.which("punchd") or str(Path(sys.executable).parent / "punchd")
+    # This installation's own punchd first: one in a venv (install.sh) must not find
+    # another one on PATH.
+    own = Path(sys.executable).parent / "punchd"
+    exe = str(own) if own.exists() else shutil.which("punchd") or str(own)
     target.write_text(text.replace("/usr/local/bin/punchd", exe))
     if start and shutil.which("systemctl"):
         subprocess.run(["systemctl", "daemon-reload"], check=False)
@@ -123,7 +128,37 @@ def install(unit_dir: Path, *, start: bool) -> str:
     return str(target)
 
 
-async def uninstall(socket: Path, unit_dir: Path) -> list[str]:
+DEFAULT_PREFIX = Path("/opt/punchd")
+DEFAULT_STATE_DIR = Path("/var/lib/punchd")
+# All punchd ever writes into its state directory (punchd.daemon.state.StateDir).
+_STATE_ENTRIES = {"networks"}
+
+
+def removal_plan(prefix: Path, state_dir: Path, unit_dir: Path) -> list[Path]:
+    """What ``punchctl uninstall`` removes, after checking each is punchd's: a prefix
+    is removed only when it is a venv holding punchctl (``--prefix /`` is refused), a
+    state directory only when it holds nothing punchd did not write there."""
+    plan: list[Path] = []
+    if (unit_dir / UNIT_NAME).exists():
+        plan.append(unit_dir / UNIT_NAME)
+    if state_dir.exists():
+        if not state_dir.is_dir():
+            raise PunchdError(f"state directory {state_dir} is not a directory: left alone")
+        foreign = sorted(set(os.listdir(state_dir)) - _STATE_ENTRIES)
+        if foreign:
+            raise PunchdError(f"{state_dir} holds files punchd did not write "
+                              f"({', '.join(foreign[:3])}): not removing it")
+        plan.append(state_dir)
+    if prefix.exists():
+        if not ((prefix / "pyvenv.cfg").is_file() and (prefix / "bin" / "punchctl").exists()):
+            raise PunchdError(f"{prefix} is not a punchd virtual environment (no pyvenv.cfg "
+                              "and bin/punchctl): not removing it")
+        plan.append(prefix)
+    return plan
+
+
+async def leave_all(socket: Path) -> list[str]:
+    """Leave every network (the daemon says goodbye to each server); none if not running."""
     left: list[str] = []
     try:
         for net in await ask(socket, control.List(), list[results.NetworkSummary]):
@@ -132,14 +167,42 @@ async def uninstall(socket: Path, unit_dir: Path) -> list[str]:
     except PunchdError as exc:
         if "not running" not in str(exc):
             raise
+    return left
+
+
+async def uninstall(socket: Path, unit_dir: Path, prefix: Path, state_dir: Path, *,
+                    yes: bool) -> tuple[list[str], list[Path]]:
+    """Leave the networks, stop and remove the unit, then the state and the venv."""
+    plan = removal_plan(prefix, state_dir, unit_dir)  # refused before anything changes
+    if not yes:
+        what = ", ".join(map(str, plan)) or "nothing on disk"
+        raise PunchdError(f"this leaves every network and removes {what}: "
+                          "run again with --yes")
+    left = await leave_all(socket)
     if shutil.which("systemctl") and (unit_dir / UNIT_NAME).exists():
         await trio.run_process(["systemctl", "disable", "--now", UNIT_NAME], check=False)
-    (unit_dir / UNIT_NAME).unlink(missing_ok=True)
-    return left
+    remove_paths(plan)
+    if systemd_running():
+        await trio.run_process(["systemctl", "daemon-reload"], check=False)
+    return left, plan
+
+
+def remove_paths(plan: list[Path]) -> None:
+    for path in plan:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def systemd_running() -> bool:
+    """sd_booted(3): systemd is PID 1 here, so systemctl has someone to talk to."""
+    return shutil.which("systemctl") is not None and Path("/run/systemd/system").is_dir()
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="punchctl", description="control punchd")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--socket", type=Path, default=DEFAULT_SOCKET)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("join", help="join a network with a token")
@@ -166,6 +229,11 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--unit-dir", type=Path, default=Path("/etc/systemd/system"))
         if name == "install":
             q.add_argument("--no-start", action="store_true")
+        else:
+            q.add_argument("--prefix", type=Path, default=DEFAULT_PREFIX,
+                           help="the virtual environment install.sh made (default %(default)s)")
+            q.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
+            q.add_argument("--yes", action="store_true", help="really remove it all")
     return parser
 
 
@@ -215,8 +283,10 @@ async def run(args: argparse.Namespace) -> int:
     elif cmd == "install":
         print(f"installed {install(args.unit_dir, start=not args.no_start)}")
     elif cmd == "uninstall":
-        left = await uninstall(sock, args.unit_dir)
-        print(f"left {', '.join(left) or 'no networks'}; removed {args.unit_dir / UNIT_NAME}")
+        left, removed = await uninstall(sock, args.unit_dir, args.prefix, args.state_dir,
+                                        yes=args.yes)
+        print(f"left {', '.join(left) or 'no networks'}; removed "
+              f"{', '.join(map(str, removed)) or 'nothing (not installed)'}")
     return 0
 
 

@@ -39,7 +39,8 @@ codec error), so callers catch ours and never a library's::
         ├── TooMany                (API: 429)
         └── Unavailable            (API: 503)
             ├── StoreUnavailable   the store's database cannot be reached now
-            └── TooManyStreams     the server holds all the event streams its open-file limit allows
+            ├── TooManyStreams     the server holds all the event streams its open-file limit allows
+            └── DistUnavailable    no wheelhouse for install.sh (none given, or its build failed)
 
 This is the whole tree: every class is defined in this module.
 """
@@ -186,6 +187,11 @@ class TooMany(ServiceError):
 
 class Unavailable(ServiceError):
     status = 503
+
+
+class DistUnavailable(Unavailable):
+    """The server has no wheelhouse for ``/dist/``: none was given and building one
+    failed (a dependency not installed from a wheel, pip wheel failed)."""
 
 
 class DuplicateRow(Conflict):

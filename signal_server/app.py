@@ -18,7 +18,8 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Route
 
-from .routes import dns, events, keys, metrics, networks, node, nodes, openapi
+from .dist import Wheelhouse
+from .routes import dns, events, install, keys, metrics, networks, node, nodes, openapi
 from .routes.common import BodyLimit, Context, Operation, endpoint
 from .routes.openapi import openapi_document
 from .service import Service
@@ -28,11 +29,14 @@ from .service import Service
 OPERATIONS: list[Operation] = [
     *openapi.OPERATIONS, *networks.OPERATIONS, *keys.OPERATIONS, *nodes.OPERATIONS,
     *dns.OPERATIONS, *node.OPERATIONS, *events.OPERATIONS, *metrics.OPERATIONS,
+    *install.OPERATIONS,
 ]
 
 
-def build_app(service: Service, admin_token: str) -> Starlette:
-    ctx = Context(service, admin_token, OPERATIONS)
+def build_app(service: Service, admin_token: str, *, dist: Wheelhouse | None = None
+              ) -> Starlette:
+    """``dist``: the wheelhouse ``/dist/`` serves (None: it answers 503)."""
+    ctx = Context(service, admin_token, OPERATIONS, dist)
     by_path: dict[str, list[Operation]] = {}
     for op in OPERATIONS:
         by_path.setdefault(op.path, []).append(op)

@@ -8,8 +8,12 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
+import os
 import re
 import sys
+import time
+import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -18,10 +22,13 @@ import httpx
 import msgspec
 import trio
 
+from punchd import __version__
 from punchd.errors import AddrError, CliError, ConfigError, PunchdError
 from punchd.wire import api
 from punchd.wire.addr import Addr, parse_addr
+from punchd.wire.token import decode_token
 
+from . import tables
 from .main import ServerOptions, parse_hostport, serve_forever
 from .relay import RelayPool
 
@@ -53,12 +60,54 @@ def parse_duration(text: str) -> int:
     return int(match.group(1)) * _UNIT[match.group(2)]
 
 
+ADMIN_CONFIG = Path("punchd") / "admin.toml"
+
+
+def admin_config_path(env: Mapping[str, str]) -> Path:
+    """``$XDG_CONFIG_HOME/punchd/admin.toml``, by default ``~/.config/punchd/admin.toml``."""
+    base = env.get("XDG_CONFIG_HOME") or str(Path(env.get("HOME") or Path.home()) / ".config")
+    return Path(base) / ADMIN_CONFIG
+
+
+def admin_settings(server: str | None, token_file: str | None,
+                   env: Mapping[str, str]) -> tuple[str, str]:
+    """(server URL, token file): the flag, else ``PUNCHD_SERVER`` /
+    ``PUNCHD_ADMIN_TOKEN_FILE``, else ``server``/``token_file`` of admin.toml."""
+    server = server or env.get("PUNCHD_SERVER") or None
+    token_file = token_file or env.get("PUNCHD_ADMIN_TOKEN_FILE") or None
+    path = admin_config_path(env)
+    if (server is None or token_file is None) and path.exists():
+        try:
+            conf = tomllib.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise CliError(f"cannot read {path}: {exc}") from exc
+        for key in ("server", "token_file"):
+            if key in conf and not isinstance(conf[key], str):
+                raise CliError(f"{path}: {key} must be a string")
+        server = server or conf.get("server")
+        token_file = token_file or conf.get("token_file")
+    if not server:
+        raise CliError(f"no server: give --server URL, set PUNCHD_SERVER, or write "
+                       f"server = \"URL\" into {path}")
+    if not token_file:
+        raise CliError(f"no admin token: give --token-file FILE, set PUNCHD_ADMIN_TOKEN_FILE, "
+                       f"or write token_file = \"FILE\" into {path}")
+    return server, token_file
+
+
+def install_line(token: str) -> str:
+    """The one-liner that installs punchd on a new host and joins it with ``token``."""
+    server = decode_token(token).server.rstrip("/")
+    return f"curl -fsSL {server}/install.sh | sudo sh -s -- --token {token}"
+
+
 class Admin:
     def __init__(self, server: str, token_file: str) -> None:
         try:
             token = Path(token_file).read_text().strip()
-        except OSError as exc:
-            raise CliError(f"cannot read token file {token_file}: {exc.strerror}") from exc
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CliError(f"cannot read token file {token_file}: "
+                           f"{getattr(exc, 'strerror', None) or exc}") from exc
         self.client = httpx.Client(base_url=server.rstrip("/"), timeout=15,
                                    headers={"authorization": f"Bearer {token}"})
 
@@ -81,34 +130,39 @@ class Admin:
         return resp.json() if resp.content else None
 
 
-def _print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
-    if not rows:
-        print("(none)")
-        return
-    cells = [[("" if r.get(c) is None else str(r.get(c))) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)))
-    for row in cells:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
-
-
-def _listing(args: argparse.Namespace, rows: list[dict[str, Any]], columns: list[str]) -> None:
-    if args.json:
+def _listing(args: argparse.Namespace, rows: list[dict[str, Any]],
+             columns: list[tables.Column]) -> None:
+    if args.json:  # the API's fields as they are, for scripts
         print(json.dumps(rows, indent=2))
     else:
-        _print_table(rows, columns)
+        print(tables.render(rows, columns, time.time()))
 
 
-def run_admin(args: argparse.Namespace) -> int:
+def _segments(args: argparse.Namespace) -> tuple[str, str]:
+    """The network and node path segments the command names ("" where none)."""
     obj, verb = args.object, args.verb
-    # Names are checked before any request (and before the token file is read).
+    net_seg = node_seg = ""
     if obj == "network" and verb != "list":
         net_seg = seg(args.name, "network")
     elif obj != "network":
         net_seg = seg(args.network, "network")
     if obj == "node" and verb != "list":
         node_seg = seg(args.name, "node")
-    admin = Admin(args.server, args.token_file)
+    return net_seg, node_seg
+
+
+def run_admin(args: argparse.Namespace) -> int:
+    # Names are checked before any request (and before the token file is read).
+    segments = _segments(args)
+    admin = Admin(*admin_settings(args.server, args.token_file, os.environ))
+    try:
+        return _admin_command(args, admin, *segments)
+    finally:
+        admin.client.close()
+
+
+def _admin_command(args: argparse.Namespace, admin: Admin, net_seg: str, node_seg: str) -> int:
+    obj, verb = args.object, args.verb
     if obj == "network":
         if verb == "create":
             body = {"name": args.name, "ipv4_cidr": args.cidr, "local_only": args.local_only,
@@ -121,17 +175,20 @@ def run_admin(args: argparse.Namespace) -> int:
             print(f"network {net['name']} created: {net['ipv4_cidr']}"
                   + (f" {net['ipv6_cidr']}" if net.get("ipv6_cidr") else ""))
         elif verb == "list":
-            _listing(args, admin.request("GET", "/networks"),
-                     ["name", "ipv4_cidr", "ipv6_cidr", "local_only", "hole_punching",
-                      "require_approval"])
+            _listing(args, admin.request("GET", "/networks"), tables.NETWORK_COLUMNS)
         elif verb == "update":
             body = {k: v for k, v in (("ipv4_cidr", args.cidr), ("ipv6_cidr", args.ipv6))
                     if v is not None}
             net = admin.request("PATCH", f"/networks/{net_seg}", body)
             print(f"network {net['name']} updated: {net['ipv4_cidr']}")
         elif verb == "delete":
+            members = admin.request("GET", f"/networks/{net_seg}/nodes")
+            if members and not args.yes:
+                raise CliError(f"network {args.name} has {len(members)} node(s); deleting it "
+                               "removes them from the mesh: run again with --yes")
             admin.request("DELETE", f"/networks/{net_seg}")
-            print(f"network {args.name} deleted")
+            print(f"network {args.name} deleted"
+                  + (f" with its {len(members)} node(s)" if members else ""))
     elif obj == "key":
         if verb == "create":
             body = {"uses": args.uses}
@@ -139,19 +196,23 @@ def run_admin(args: argparse.Namespace) -> int:
                 body["expires_in"] = parse_duration(args.expires)
             created = admin.request("POST", f"/networks/{net_seg}/keys", body)
             key = created["key"]
-            uses = "unlimited" if key["uses_left"] is None else key["uses_left"]
-            print(f"access key {key['id']} for {args.network}: uses {uses}")
-            print(created["token"])  # the join token alone on the last line
+            now = time.time()
+            print(f"access key {key['id']} for {args.network}: uses "
+                  f"{tables.uses(key['uses_left'])}, expires "
+                  f"{tables.expiry(key.get('expires_at'), now)}")
+            print("install and join a new host with:")
+            print(f"  {install_line(created['token'])}")
+            print(created["token"])  # the join token alone on the last line: scripts read it
         elif verb == "list":
             _listing(args, admin.request("GET", f"/networks/{net_seg}/keys"),
-                     ["id", "uses_left", "expires_at"])
+                     tables.KEY_COLUMNS)
         elif verb == "delete":
             admin.request("DELETE", f"/networks/{net_seg}/keys/{seg(args.id)}")
             print(f"access key {args.id} deleted")
     elif obj == "node":
         if verb == "list":
             _listing(args, admin.request("GET", f"/networks/{net_seg}/nodes"),
-                     ["name", "ipv4", "ipv6", "approved", "expires_at", "wg_public_key"])
+                     tables.NODE_COLUMNS)
         elif verb == "approve":
             admin.request("POST", f"/networks/{net_seg}/nodes/{node_seg}/approve")
             print(f"node {args.name} approved")
@@ -171,7 +232,7 @@ def run_admin(args: argparse.Namespace) -> int:
             print(f"{args.name} {args.type.upper()} {args.value} added to {args.network}")
         elif verb == "list":
             _listing(args, admin.request("GET", f"/networks/{net_seg}/dns"),
-                     ["name", "rtype", "value"])
+                     tables.DNS_COLUMNS)
         elif verb == "delete":
             admin.request("DELETE", f"/networks/{net_seg}/dns/{seg(args.name)}/{seg(args.type.upper())}")
             print(f"{args.name} {args.type.upper()} deleted from {args.network}")
@@ -222,6 +283,7 @@ def _start_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="signal-server", description="punchd's control plane")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the signal server")
@@ -246,12 +308,21 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--metrics", metavar="HOST:PORT",
                        help="also answer GET /metrics here WITHOUT the admin token "
                             "(a private address: it tells who is in which network)")
+    dist = serve.add_mutually_exclusive_group()
+    dist.add_argument("--dist", type=Path, metavar="DIR",
+                      help="serve the wheels in DIR at /dist/ for install.sh (default: "
+                           "build them from this installation into DATA_DIR/dist)")
+    dist.add_argument("--no-dist", action="store_true",
+                      help="serve no wheelhouse (install.sh then cannot install)")
     serve.add_argument("--relay-mode", choices=["auto", "nft", "userspace"], default="auto",
                        help="forward in the kernel (nft), in Python, or nft when it works")
 
     admin = sub.add_parser("admin", help="administer a running server over its API")
-    admin.add_argument("--server", required=True, metavar="URL")
-    admin.add_argument("--token-file", required=True, metavar="FILE")
+    admin.add_argument("--server", metavar="URL",
+                       help="default: $PUNCHD_SERVER, else server in ~/.config/punchd/admin.toml")
+    admin.add_argument("--token-file", metavar="FILE",
+                       help="default: $PUNCHD_ADMIN_TOKEN_FILE, else token_file in "
+                            "~/.config/punchd/admin.toml")
     objects = admin.add_subparsers(dest="object", required=True)
 
     def verb(parent: Any, name: str, *, listing: bool = False) -> argparse.ArgumentParser:
@@ -273,7 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--cidr")
     p.add_argument("--ipv6")
-    verb(net, "delete").add_argument("name")
+    p = verb(net, "delete")
+    p.add_argument("name")
+    p.add_argument("--yes", action="store_true", help="delete it even when it has nodes")
 
     key = objects.add_parser("key").add_subparsers(dest="verb", required=True)
     p = verb(key, "create")
@@ -333,7 +406,10 @@ def main(argv: list[str] | None = None) -> int:
                 relay=[parse_relay(r) for r in args.relay], relay_mode=args.relay_mode,
                 database=args.database,
                 metrics=_metrics_addr(args.metrics),
+                dist=args.dist, build_dist=args.dist is None and not args.no_dist,
             )
+            if options.dist is not None and not options.dist.is_dir():
+                raise ConfigError(f"--dist {options.dist}: not a directory")
             if len(options.stun) > 2:
                 raise ConfigError("--stun: give at most two (primary and alternate)")
             try:

@@ -27,6 +27,7 @@ from punchd.wire import api
 from punchd.wire.addr import Addr, format_addr, parse_host_port
 
 from .app import build_app
+from .dist import Wheelhouse
 from .event_feed import new_origin
 from .limits import current_soft_limit, raise_open_file_limit, stream_capacity
 from .relay import RelayMode, RelayPool, RelayService
@@ -93,6 +94,8 @@ class ServerOptions:
     max_streams: int | None = None
     # GET /metrics without the admin token, on a listener of its own; None: none.
     metrics: Addr | None = None
+    dist: Path | None = None  # a wheelhouse directory for /dist/ (install.sh), as given
+    build_dist: bool = False  # else: build one into data_dir/dist on first use
 
 
 class SignalServer:
@@ -126,7 +129,9 @@ class SignalServer:
                                dns=self._mesh_dns(options, self.public_url),
                                stun=self._stun_address(options, self.public_url),
                                relay=self.relay, max_streams=self.max_streams)
-        self.app = build_app(self.service, self.admin_token)
+        self.dist = Wheelhouse(given=options.dist) if options.dist is not None else \
+            Wheelhouse(build_root=options.data_dir / "dist") if options.build_dist else None
+        self.app = build_app(self.service, self.admin_token, dist=self.dist)
 
     @staticmethod
     def _relay(options: ServerOptions, store: Store) -> RelayService | None:

@@ -125,6 +125,9 @@ def test_api_has_no_server_errors(case: Any) -> None:
     if (case.path == "/api/v1/relay" and response.status_code == 503
             and "has no relay" in response.text):
         return  # documented: this in-process server runs no relay (it would need sockets)
+    if (case.path.startswith("/dist/") and response.status_code == 503
+            and "no wheelhouse" in response.text):
+        return  # documented: nor a wheelhouse (building one takes seconds of CPU)
     case.validate_response(response, checks=[not_a_server_error, response_schema_conformance],
                            headers=headers)
 

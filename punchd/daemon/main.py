@@ -23,6 +23,7 @@ from typing import Any
 import trio
 from nacl.signing import SigningKey
 
+from punchd import __version__
 from punchd.errors import (
     AddrError,
     APIError,
@@ -399,6 +400,7 @@ async def run_daemon(state_dir: Path, socket_path: Path, backend_kind: BackendKi
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="punchd", description="punchd node daemon")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--state-dir", type=Path, default=Path("/var/lib/punchd"))
     parser.add_argument("--socket", type=Path, default=Path("/run/punchd.sock"))
     parser.add_argument("--wg-backend", default="auto",

@@ -15,7 +15,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import msgspec
 from starlette.requests import Request
@@ -27,6 +27,9 @@ from punchd.wire.signing import Signed, verify_request
 
 from ..service import Service
 from ..store import Store
+
+if TYPE_CHECKING:
+    from ..dist import Wheelhouse
 
 log = logging.getLogger("signal_server.api")
 
@@ -52,6 +55,7 @@ class Context:
     service: Service
     admin_token: str
     operations: Sequence[Operation]
+    dist: Wheelhouse | None = None  # what /dist/ serves; None: no wheelhouse
 
 
 @dataclass(frozen=True)
