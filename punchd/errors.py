@@ -14,7 +14,8 @@ codec error), so callers catch ours and never a library's::
     │   ├── PortmapParseError      a NAT-PMP/PCP datagram, SSDP answer or UPnP XML that does not parse
     │   ├── TokenError             a join token that does not decode
     │   ├── AddrError              an endpoint that is not ip:port ([v6]:port)
-    │   └── EventNoticeError       a replica's event notice (PostgreSQL NOTIFY payload) that does not parse
+    │   ├── EventNoticeError       a replica's event notice (PostgreSQL NOTIFY payload) that does not parse
+    │   └── TsigError              a DNS message whose TSIG (RFC 8945) is malformed or does not verify
     ├── ConfigError                bad configuration or state files; names the field
     ├── WireGuardError             a WireGuard backend failed
     │   └── BackendUnavailable     the chosen backend cannot run on this machine
@@ -77,6 +78,16 @@ class AddrError(CodecError):
 
 class EventNoticeError(CodecError):
     """A NOTIFY payload on the replicas' event channel that is not ``origin/network/seq``."""
+
+
+class TsigError(CodecError):
+    """A TSIG-signed DNS message that does not verify. ``error`` is the RFC 8945 §4.3
+    TSIG error code to answer with (BADSIG 16, BADKEY 17, BADTIME 18), or 0 when the
+    message is malformed (answered FORMERR)."""
+
+    def __init__(self, message: str, error: int = 0) -> None:
+        super().__init__(message)
+        self.error = error
 
 
 class ConfigError(PunchdError):
