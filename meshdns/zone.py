@@ -264,7 +264,8 @@ class ZoneSet:
                                  (self.serial, 3600, 600, 86400, NEGATIVE_TTL))]
         rrsets[QTYPE.NS] = [NS(self.ns_name)]
 
-    def _apex_of(self, qname: DNSLabel) -> DNSLabel | None:
+    def apex_of(self, qname: DNSLabel) -> DNSLabel | None:
+        """The closest enclosing apex: which zone ``qname`` (lowercase) belongs to."""
         best = None
         for apex in self.apexes:
             if qname.matchSuffix(apex) and (best is None or len(apex.label) > len(best.label)):
@@ -278,7 +279,7 @@ class ZoneSet:
     def lookup(self, qname: DNSLabel, qtype: int) -> Answer:
         """``qname`` as asked (its case is echoed in the answer owner names)."""
         key = DNSLabel(str(qname).lower())
-        apex = self._apex_of(key)
+        apex = self.apex_of(key)
         if apex is None:
             return Answer(RCODE.REFUSED, aa=False)
         answers: list[RR] = []
@@ -299,7 +300,7 @@ class ZoneSet:
                 cname = rrsets[QTYPE.CNAME][0]
                 answers.append(RR(owner_asked, QTYPE.CNAME, rdata=cname, ttl=TTL))
                 target = DNSLabel(str(cname.label).lower())  # type: ignore[attr-defined]
-                target_apex = self._apex_of(target)
+                target_apex = self.apex_of(target)
                 if target_apex is None:
                     return Answer(RCODE.NOERROR, answers)
                 key, owner_asked, apex = target, target, target_apex
