@@ -141,6 +141,16 @@ def _header_error(query: bytes, rcode: int) -> bytes:
     return query[:2] + struct.pack("!HHHHH", 0x8000 | (flags & 0x7800) | rcode, 0, 0, 0, 0)
 
 
+@dataclass(frozen=True)
+class Secondaries:
+    """meshdns as a hidden primary: who is told of changes (``notify``), who may
+    transfer (``transfer_allow``), and the TSIG key both must use (docs/meshdns.md)."""
+
+    notify: tuple[tuple[str, int], ...] = ()
+    transfer_allow: tuple[IPNetwork, ...] = LOOPBACK
+    tsig_key: tsig.TsigKey | None = None
+
+
 def parse_networks(texts: Iterable[str]) -> tuple[IPNetwork, ...]:
     """``--dns-transfer-allow`` values; ValueError names the one that is not a CIDR."""
     out = []

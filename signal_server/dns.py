@@ -12,6 +12,7 @@ import logging
 import trio
 
 from meshdns.server import MeshDNSServer
+from meshdns.xfr import Secondaries
 from meshdns.zone import CustomRecord, NetworkZone, NodeRecord, validate_record
 from punchd.errors import Invalid
 
@@ -44,12 +45,15 @@ def nameserver_host(address: str) -> str:
 
 
 class ZonePusher:
-    def __init__(self, service: Service, listen: tuple[str, int], *, domain: str) -> None:
+    def __init__(self, service: Service, listen: tuple[str, int], *, domain: str,
+                 secondaries: Secondaries | None = None) -> None:
         self.service = service
         # The NS target must resolve: serve the address nodes are told to use.
         nameserver = nameserver_host(service.dns.address) if service.dns is not None else None
+        sec = secondaries or Secondaries()
         self.dns = MeshDNSServer(listen[0], listen[1], domain=domain,
-                                 nameserver=nameserver or None)
+                                 nameserver=nameserver or None, notify=sec.notify,
+                                 transfer_allow=sec.transfer_allow, tsig_key=sec.tsig_key)
         self._dirty = trio.Event()
         service.on_change.append(self._mark_dirty)
 

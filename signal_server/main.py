@@ -21,6 +21,7 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
+from meshdns.xfr import Secondaries
 from punchd.errors import ConfigError
 from punchd.wire import api
 
@@ -80,6 +81,7 @@ class ServerOptions:
     stun_server: tuple[str, int] | None = None  # an external STUN server to advertise
     dns: tuple[str, int] | None = None
     domain: str = "mesh"
+    dns_secondaries: Secondaries = field(default_factory=Secondaries)
     public_url: str | None = None
     certfile: str | None = None
     keyfile: str | None = None
@@ -185,7 +187,8 @@ class SignalServer:
         from .dns import ZonePusher
 
         assert self.options.dns is not None
-        pusher = ZonePusher(self.service, self.options.dns, domain=self.options.domain)
+        pusher = ZonePusher(self.service, self.options.dns, domain=self.options.domain,
+                            secondaries=self.options.dns_secondaries)
         await pusher.run(task_status=task_status)
 
 
