@@ -57,26 +57,10 @@ HISTORY = 16  # zone versions kept for IXFR
 UDP_SIZE = 1232  # a signed UDP query's answer: as server.MAX_UDP_EDNS (the query's EDNS rules)
 _OPCODE_QUERY = 0
 
-RRKey = tuple[str, int, bytes]  # owner (lowercase text), type, packed RDATA
+RRKey = tuple[tuple[bytes, ...], int, bytes]  # owner labels (lowercase), type, packed RDATA
 
 
-def zone_rrs(zones: ZoneSet, apex: DNSLabel) -> list[RR]:
-    """Every RR of the zone at ``apex``, SOA first (and only once)."""
-    soa: list[RR] = []
-    rest: list[RR] = []
-    for owner, rrsets in zones.names.items():
-        if zones.apex_of(owner) != apex:
-            continue
-        for rtype, datas in rrsets.items():
-            target = soa if rtype == QTYPE.SOA and owner == apex else rest
-            target += [RR(owner, rtype, rdata=d, ttl=TTL) for d in datas]
-    return soa[:1] + rest
-
-
-def _key(rr: RR) -> RRKey:
-    buf = DNSBuffer()
-    rr.rdata.pack(buf)
-    return (str(rr.rname).lower(), rr.rtype, bytes(buf.data))
+Entry = tuple[DNSLabel, int, object]  # owner, type, RDATA object
 
 
 @dataclass(frozen=True)
@@ -84,18 +68,46 @@ class ZoneVersion:
     serial: int
     soa: RR
     rrs: frozenset[RRKey]  # all but the SOA
-    by_key: dict[RRKey, RR]
+    by_key: dict[RRKey, Entry]
+
+    def records(self, keys: Iterable[RRKey] | None = None) -> list[RR]:
+        """RRs built when a transfer needs them (most versions are never sent)."""
+        chosen = self.by_key.values() if keys is None else (self.by_key[k] for k in keys)
+        return [RR(owner, rtype, rdata=data, ttl=TTL) for owner, rtype, data in chosen]
 
 
-def version_of(zones: ZoneSet, apex: DNSLabel) -> ZoneVersion:
-    rrs = zone_rrs(zones, apex)
-    by_key = {_key(rr): rr for rr in rrs[1:]}
-    return ZoneVersion(zones.serial, rrs[0], frozenset(by_key), by_key)
+def versions_of(zones: ZoneSet) -> dict[str, ZoneVersion]:
+    """Every zone's version (by lowercase apex text), in one pass over the names."""
+    apexes = {apex.label: apex for apex in zones.apexes}
+    soas: dict[tuple[bytes, ...], RR] = {}
+    entries: dict[tuple[bytes, ...], dict[RRKey, Entry]] = {label: {} for label in apexes}
+    for owner, rrsets in zones.names.items():
+        labels = owner.label
+        apex = next((labels[i:] for i in range(len(labels) + 1) if labels[i:] in apexes), None)
+        if apex is None:
+            continue
+        bucket = entries[apex]
+        for rtype, datas in rrsets.items():
+            if rtype == QTYPE.SOA and labels == apex:
+                soas[apex] = RR(owner, rtype, rdata=datas[0], ttl=TTL)
+                continue
+            for data in datas:
+                buf = DNSBuffer()
+                data.pack(buf)  # type: ignore[attr-defined]
+                bucket[(labels, rtype, bytes(buf.data))] = (owner, rtype, data)
+    return {str(apexes[label]).lower(): ZoneVersion(zones.serial, soas[label],
+                                                     frozenset(bucket), bucket)
+            for label, bucket in entries.items()}
+
+
+def zone_rrs(zones: ZoneSet, apex: DNSLabel) -> list[RR]:
+    """Every RR of the zone at ``apex``, SOA first (and only once)."""
+    version = versions_of(zones)[str(apex).lower()]
+    return [version.soa, *version.records()]
 
 
 def _rr_size(rr: RR) -> int:
-    buf = DNSBuffer()
-    buf.names = {}  # no compression: an upper bound of its packed size
+    buf = DNSBuffer()  # a fresh buffer compresses nothing: an upper bound
     rr.pack(buf)
     return len(buf.data)
 
@@ -183,21 +195,21 @@ class Transfers:
         # mutated: the listener threads read it while the trio side records.
         self.history: dict[str, tuple[ZoneVersion, ...]] = {}
         self.transfers = self.refused = self.notauth = 0
+        self._cache: tuple[tuple[str, int, str, int], list[bytes]] | None = None
 
     def record(self, zones: ZoneSet) -> None:
         """A new zone version is served: keep it for IXFR."""
         history = {}
-        for apex in zones.apexes:  # a deleted network's zone is dropped with it
-            name = str(apex).lower()
+        for name, version in versions_of(zones).items():  # a deleted network's goes
             kept = tuple(v for v in self.history.get(name, ()) if v.serial != zones.serial)
-            history[name] = (*kept, version_of(zones, apex))[-HISTORY:]
+            history[name] = (*kept, version)[-HISTORY:]
         self.history = history
 
     def _version(self, zones: ZoneSet, apex: DNSLabel) -> ZoneVersion:
         kept = self.history.get(str(apex).lower())
         if kept and kept[-1].serial == zones.serial:
             return kept[-1]
-        return version_of(zones, apex)
+        return versions_of(zones)[str(apex).lower()]
 
     def _allowed(self, ip: str) -> bool:
         try:
@@ -303,8 +315,20 @@ class Transfers:
             self.refused += 1
             return [_error(request.header.id, q, RCODE.REFUSED)]
         self.transfers += 1
-        rrs = [current.soa, *current.by_key.values(), current.soa]
-        return _messages(request, chunk(rrs, self.budget))
+        return self._full(request, current)
+
+    def _full(self, request: DNSRecord, current: ZoneVersion) -> list[bytes]:
+        """The whole zone, AXFR form; the unsigned messages of the last one are kept
+        (secondaries all ask after one NOTIFY), only the ID patched in."""
+        q = request.questions[0]  # echoed as asked (its case too) in the first message
+        key = (str(current.soa.rname).lower(), current.serial, str(q.qname), q.qtype)
+        cached = self._cache
+        if cached is None or cached[0] != key:
+            rrs = [current.soa, *current.records(), current.soa]
+            cached = (key, _messages(request, chunk(rrs, self.budget)))
+            self._cache = cached
+        prefix = struct.pack("!H", request.header.id)
+        return [prefix + m[2:] for m in cached[1]]
 
     def _ixfr(self, request: DNSRecord, current: ZoneVersion, tcp: bool) -> list[bytes]:
         client_serial = next((rr.rdata.times[0] for rr in request.auth
@@ -316,16 +340,15 @@ class Transfers:
         start = next((i for i, v in enumerate(versions) if v.serial == client_serial), None)
         if start is None or versions[-1].serial != current.serial:
             # RFC 1995 §4: no history for that serial: the whole zone, AXFR form.
-            rrs = [current.soa, *current.by_key.values(), current.soa]
-            return _messages(request, chunk(rrs, self.budget))
+            return self._full(request, current)
         # RFC 1995 §4: our SOA, then per version step: old SOA, deletions, new SOA,
         # additions; our SOA last.
         rrs = [current.soa]
         for old, new in zip(versions[start:], versions[start + 1:], strict=False):
             rrs.append(old.soa)
-            rrs += [old.by_key[k] for k in sorted(old.rrs - new.rrs)]
+            rrs += old.records(sorted(old.rrs - new.rrs))
             rrs.append(new.soa)
-            rrs += [new.by_key[k] for k in sorted(new.rrs - old.rrs)]
+            rrs += new.records(sorted(new.rrs - old.rrs))
         rrs.append(current.soa)
         return _messages(request, chunk(rrs, self.budget))
 
