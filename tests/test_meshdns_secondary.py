@@ -65,7 +65,7 @@ def secondary_config(directory: Path, port: int, primary_port: int) -> Path:
     ]
     for name in ZONES:
         body += ["zone:", f"  name: {name}", f"  zonefile: {name}.zone",
-                 f"  request-xfr: AXFR 127.0.0.1@{primary_port} {KEY_NAME}",
+                 f"  request-xfr: 127.0.0.1@{primary_port} {KEY_NAME}",
                  f"  allow-notify: 127.0.0.1 {KEY_NAME}"]
     conf.write_text("\n".join(body) + "\n")
     return conf

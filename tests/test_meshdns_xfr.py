@@ -412,3 +412,47 @@ async def test_axfr_over_real_tcp_and_refused_over_udp() -> None:
         again = await trio.to_thread.run_sync(lambda: tcp_exchange(port, framed, want=1))
         assert DNSRecord.parse(again[0]).rr[0].rtype == QTYPE.SOA
         nursery.cancel_scope.cancel()
+
+
+# --- the serve flags ----------------------------------------------------------------
+
+@pytest.mark.parametrize(("flags", "says"), [
+    (["--dns-notify", "nsd.example:53"], "--dns-notify: 'nsd.example:53' is not ip:port"),
+    (["--dns-notify", "127.0.0.1"], "--dns-notify: '127.0.0.1' has no port"),
+    (["--dns-notify", "[::1]:0"], "--dns-notify: '[::1]:0': the port must be 1..65535"),
+    (["--dns-transfer-allow", "10.0.0.0/33"], "--dns-transfer-allow: '10.0.0.0/33' is not"),
+    (["--dns-tsig-file", "/nonexistent/key"], "TSIG key file '/nonexistent/key'"),
+])
+def test_bad_secondary_flags_are_one_line_errors(tmp_path: Path, flags: list[str], says: str,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from signal_server.cli import main
+
+    argv = ["serve", "--data-dir", str(tmp_path / "d"), "--http", "127.0.0.1:1",
+            "--dns", "127.0.0.1:1", *flags]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and says in err, err
+    assert not (tmp_path / "d").exists()  # nothing was started
+
+
+def test_secondary_flags_need_dns(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from signal_server.cli import main
+
+    assert main(["serve", "--data-dir", str(tmp_path / "d"), "--http", "127.0.0.1:1",
+                 "--dns-notify", "127.0.0.1:5300"]) == 1
+    assert "need --dns" in capsys.readouterr().err
+
+
+def test_secondary_flags_reach_the_server(tmp_path: Path) -> None:
+    from signal_server.cli import build_parser, secondaries_options
+
+    keyfile = tmp_path / "k"
+    keyfile.write_text(f"xfr-key:{base64.b64encode(SECRET).decode()}\n")
+    args = build_parser().parse_args([
+        "serve", "--data-dir", str(tmp_path), "--http", "127.0.0.1:1", "--dns", "127.0.0.1:1",
+        "--dns-notify", "127.0.0.1:5300", "--dns-notify", "[::1]:5301",
+        "--dns-transfer-allow", "192.0.2.0/24", "--dns-tsig-file", str(keyfile)])
+    sec = secondaries_options(args)
+    assert sec.notify == (("127.0.0.1", 5300), ("::1", 5301))
+    assert [str(n) for n in sec.transfer_allow] == ["192.0.2.0/24"]
+    assert sec.tsig_key == KEY
