@@ -37,7 +37,7 @@ from punchd.wire.addr import Addr
 
 from . import tsig
 from .notify import Notifier, NotifySchedule
-from .xfr import LOOPBACK, IPNetwork, Transfers
+from .xfr import LOOPBACK, IPNetwork, Transfers, is_transfer
 from .zone import NetworkZone, ZoneSet
 
 MAX_UDP_NO_EDNS = 512  # RFC 1035 §4.2.1
@@ -515,6 +515,14 @@ class MeshDNSServer:
         closing = False
         for query in conn.session.receive(data, self.clock()):
             counters.tcp_queries += 1
+            if len(conn.out) >= TCP_OUT_MAX and is_transfer(query):
+                # A client that asks faster than it reads (a pipeline of AXFRs, each a
+                # whole zone) gets REFUSED, not another copy queued: memory stays bounded.
+                counters.refused += 1
+                flags = struct.unpack_from("!H", query, 2)[0]
+                conn.out += struct.pack("!HH", 12, struct.unpack_from("!H", query)[0]) + \
+                    struct.pack("!HHHHH", 0x8000 | (flags & 0x7800) | RCODE.REFUSED, 0, 0, 0, 0)
+                continue
             try:
                 replies = self.transfers.handle(query, conn.peer, tcp=True)
                 if replies is None:

@@ -153,6 +153,22 @@ def _header_error(query: bytes, rcode: int) -> bytes:
     return query[:2] + struct.pack("!HHHHH", 0x8000 | (flags & 0x7800) | rcode, 0, 0, 0, 0)
 
 
+def is_transfer(message: bytes) -> bool:
+    """Whether a query's (first) question asks AXFR or IXFR, read without a full parse."""
+    try:
+        pos = 12
+        for _ in range(128):
+            length = message[pos]
+            if length == 0 or length & 0xC0:
+                pos += 1 if length == 0 else 2
+                break
+            pos += 1 + length
+        qtype = struct.unpack_from("!H", message, pos)[0]
+    except (IndexError, struct.error):
+        return False
+    return len(message) >= 12 and qtype in (QTYPE.AXFR, QTYPE.IXFR)
+
+
 @dataclass(frozen=True)
 class Secondaries:
     """meshdns as a hidden primary: who is told of changes (``notify``), who may
@@ -231,8 +247,8 @@ class Transfers:
         try:
             unsigned, record = tsig.split(query)
         except TsigError:
-            return [_header_error(query, RCODE.FORMERR)] if self._is_transfer(query) else None
-        if record is None and not self._is_transfer(unsigned):
+            return [_header_error(query, RCODE.FORMERR)] if is_transfer(query) else None
+        if record is None and not is_transfer(unsigned):
             return None
         try:
             request = DNSRecord.parse(unsigned)
@@ -252,22 +268,6 @@ class Transfers:
         if verified is None or not messages:
             return messages
         return self._sign(messages, verified, now)
-
-    @staticmethod
-    def _is_transfer(message: bytes) -> bool:
-        """Whether the (first) question asks AXFR or IXFR, read without a full parse."""
-        try:
-            pos = 12
-            for _ in range(128):
-                length = message[pos]
-                if length == 0 or length & 0xC0:
-                    pos += 1 if length == 0 else 2
-                    break
-                pos += 1 + length
-            qtype = struct.unpack_from("!H", message, pos)[0]
-        except (IndexError, struct.error):
-            return False
-        return qtype in (QTYPE.AXFR, QTYPE.IXFR)
 
     def _tsig_error(self, unsigned: bytes, record: tsig.TsigRecord, now: int, error: int) -> bytes:
         request_id = struct.unpack_from("!H", unsigned, 0)[0]

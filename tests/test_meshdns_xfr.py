@@ -456,3 +456,22 @@ def test_secondary_flags_reach_the_server(tmp_path: Path) -> None:
     assert sec.notify == (("127.0.0.1", 5300), ("::1", 5301))
     assert [str(n) for n in sec.transfer_allow] == ["192.0.2.0/24"]
     assert sec.tsig_key == KEY
+
+
+async def test_a_pipeline_of_transfers_is_bounded() -> None:
+    """AXFRs asked faster than read: after the output bound, REFUSED, not more copies."""
+    srv = MeshDNSServer("127.0.0.1", 0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(srv.run)
+        srv.set_zones(ZONES)
+        assert srv.bound_port is not None
+        port = srv.bound_port
+        query = bytes(DNSRecord.question("office.mesh", "AXFR").pack())
+        count = 60  # each transfer ~10 KB: the 256 KB bound falls in the middle
+        pipeline = (struct.pack("!H", len(query)) + query) * count
+        replies = await trio.to_thread.run_sync(
+            lambda: tcp_exchange(port, pipeline, want=count))
+        rcodes = [DNSRecord.parse(r).header.rcode for r in replies]
+        assert len(rcodes) == count
+        assert 0 < rcodes.count(RCODE.NOERROR) < count and RCODE.REFUSED in rcodes
+        nursery.cancel_scope.cancel()
