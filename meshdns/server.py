@@ -18,6 +18,10 @@ TCP is one thread too, but non-blocking: a selector serves every connection at o
 each framed by :class:`TcpSession` (sans-IO: pipelined queries, an idle timeout, and
 a total deadline per message so a sender trickling bytes is cut off), under a cap on
 open connections; at the cap the longest-idle connection makes room for a new one.
+
+Zone transfers and signed queries go to :class:`~meshdns.xfr.Transfers` first (both
+listeners; over UDP a transfer is refused); the NOTIFY sender runs in ``run``'s
+nursery when secondaries are configured.
 """
 
 from __future__ import annotations
