@@ -328,7 +328,8 @@ class MeshDNSServer:
         self._zones_in: Sequence[NetworkZone] | None = None
         self.resolver = Resolver(ZoneSet(domain, (), serial=self._serial, nameserver=nameserver))
         self.transfers = Transfers(lambda: self.resolver.zones, self.resolver.answer,
-                                   allow=transfer_allow, key=tsig_key, wall_clock=wall_clock)
+                                   allow=transfer_allow, key=tsig_key, wall_clock=wall_clock,
+                                   keep_history=bool(notify))
         self.transfers.record(self.resolver.zones)
         self.notifier = Notifier(NotifySchedule(notify, key=tsig_key, soa=self._soa_of),
                                  wall_clock=wall_clock) if notify else None

@@ -197,9 +197,10 @@ class Transfers:
                                                                         bytes | None], *,
                  allow: Sequence[IPNetwork] = LOOPBACK, key: tsig.TsigKey | None = None,
                  wall_clock: Callable[[], float] = time.time,
-                 budget: int = MESSAGE_BUDGET) -> None:
+                 budget: int = MESSAGE_BUDGET, keep_history: bool = True) -> None:
         """``zones`` gives the zones now served, ``answer`` answers a plain query
-        (:meth:`Resolver.answer`); ``wall_clock`` is TSIG's time (tests fake it)."""
+        (:meth:`Resolver.answer`); ``wall_clock`` is TSIG's time (tests fake it).
+        ``keep_history`` False: versions are kept only after the first transfer."""
         self._zones = zones
         self._answer = answer
         self.allow = tuple(allow)
@@ -207,6 +208,7 @@ class Transfers:
         self._keys = {key.name: key} if key is not None else {}
         self.wall_clock = wall_clock
         self.budget = budget
+        self.keep_history = keep_history
         # apex (lowercase text) -> versions, oldest first. Replaced whole, never
         # mutated: the listener threads read it while the trio side records.
         self.history: dict[str, tuple[ZoneVersion, ...]] = {}
@@ -214,7 +216,10 @@ class Transfers:
         self._cache: tuple[tuple[str, int, str, int], list[bytes]] | None = None
 
     def record(self, zones: ZoneSet) -> None:
-        """A new zone version is served: keep it for IXFR."""
+        """A new zone version is served: keep it for IXFR (once secondaries are known:
+        a server without any does not pay for the history on every change)."""
+        if not self.keep_history:
+            return
         history = {}
         for name, version in versions_of(zones).items():  # a deleted network's goes
             kept = tuple(v for v in self.history.get(name, ()) if v.serial != zones.serial)
@@ -309,6 +314,7 @@ class Transfers:
             self.notauth += 1
             return [_error(request.header.id, q, tsig.RCODE_NOTAUTH)]
         current = self._version(zones, apex)
+        self.keep_history = True  # a secondary exists: from now on, IXFR history
         if q.qtype == QTYPE.IXFR:
             return self._ixfr(request, current, tcp)
         if not tcp:

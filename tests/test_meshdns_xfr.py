@@ -475,3 +475,13 @@ async def test_a_pipeline_of_transfers_is_bounded() -> None:
         assert len(rcodes) == count
         assert 0 < rcodes.count(RCODE.NOERROR) < count and RCODE.REFUSED in rcodes
         nursery.cancel_scope.cancel()
+
+
+def test_history_is_kept_only_once_a_secondary_exists() -> None:
+    srv = MeshDNSServer("127.0.0.1", 0)  # no --dns-notify
+    srv.set_zones(ZONES)
+    assert srv.transfers.history == {}
+    axfr = bytes(DNSRecord.question("office.mesh", "AXFR").pack())
+    assert srv.transfers.handle(axfr, "127.0.0.1", tcp=True)
+    srv.set_zones([])
+    assert set(srv.transfers.history) == {"mesh."}
