@@ -212,7 +212,7 @@ class Transfers:
         # apex (lowercase text) -> versions, oldest first. Replaced whole, never
         # mutated: the listener threads read it while the trio side records.
         self.history: dict[str, tuple[ZoneVersion, ...]] = {}
-        self.transfers = self.refused = self.notauth = 0
+        self.transfers = self.incremental = self.refused = self.notauth = 0
         self._cache: tuple[tuple[str, int, str, int], list[bytes]] | None = None
 
     def record(self, zones: ZoneSet) -> None:
@@ -347,6 +347,7 @@ class Transfers:
         if start is None or versions[-1].serial != current.serial:
             # RFC 1995 §4: no history for that serial: the whole zone, AXFR form.
             return self._full(request, current)
+        self.incremental += 1
         # RFC 1995 §4: our SOA, then per version step: old SOA, deletions, new SOA,
         # additions; our SOA last.
         rrs = [current.soa]

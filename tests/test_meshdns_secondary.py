@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import msgspec
 import pytest
+import trio
 from dnslib import EDNS0, QTYPE, DNSRecord
 from nacl.signing import SigningKey
 
@@ -217,4 +218,40 @@ def test_nsd_secondary_follows_meshdns(tmp_path: Path) -> None:
             admin.http.close()
         if server is not None:
             reap(server)
+        reap(nsd)
+
+
+async def test_nsd_acknowledges_signed_notifies_and_transfers_incrementally(tmp_path: Path) -> None:
+    """In-process meshdns: every signed NOTIFY is answered by NSD with a signed reply we
+    verify, and after the first full transfer NSD asks IXFR and gets differences."""
+    from meshdns.server import MeshDNSServer
+    from meshdns.tsig import load_key_file
+    from meshdns.zone import NetworkZone, NodeRecord
+
+    key = load_key_file(key_file(tmp_path))
+    dns_port = unheld_dns_port()
+    nsd, nsd_port = start_secondary(tmp_path, dns_port)
+    try:
+        srv = MeshDNSServer("127.0.0.1", dns_port, tsig_key=key, notify=[("127.0.0.1", nsd_port)])
+        async with trio.open_nursery() as nursery:
+            await nursery.start(srv.run)
+
+            async def nsd_has(name: str, value: set[str]) -> None:
+                for _ in range(int(NSD_START_S / POLL_S)):  # an external process: polled
+                    if await trio.to_thread.run_sync(answers, nsd_port, name, "A") == value:
+                        return
+                    await trio.sleep(POLL_S)
+                raise AssertionError(f"NSD never answered {name} with {value}")
+
+            for n in range(1, 5):
+                nodes = tuple(NodeRecord(f"n{i}", f"198.19.0.{i}") for i in range(n, n + 2))
+                srv.set_zones([NetworkZone("office", nodes)])
+                await nsd_has(f"n{n + 1}.office.mesh", {f"198.19.0.{n + 1}"})
+            await nsd_has("n1.office.mesh", set())  # deleted by a difference
+            assert srv.notifier is not None
+            stats = srv.notifier.schedule.statistics()
+            assert stats.sent == stats.acknowledged and stats.given_up == 0, stats
+            assert srv.transfers.incremental >= 2 and srv.transfers.notauth == 0
+            nursery.cancel_scope.cancel()
+    finally:
         reap(nsd)
