@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import re
+import shutil
 import socket
 import struct
 from pathlib import Path
@@ -485,3 +487,32 @@ def test_history_is_kept_only_once_a_secondary_exists() -> None:
     assert srv.transfers.handle(axfr, "127.0.0.1", tcp=True)
     srv.set_zones([])
     assert set(srv.transfers.history) == {"mesh."}
+
+
+@pytest.mark.skipif(shutil.which("kdig") is None and shutil.which("dig") is None,
+                    reason="kdig or dig is needed (knot-dnsutils, dnsutils)")
+async def test_dig_verifies_a_signed_multi_message_axfr() -> None:
+    """Interop: the TSIG chain over a transfer of many messages, checked by dig/kdig."""
+    nodes = tuple(NodeRecord(f"node{i}", f"10.0.{i // 250}.{i % 250 + 1}") for i in range(600))
+    srv = MeshDNSServer("127.0.0.1", 0, tsig_key=KEY)
+    secret = base64.b64encode(SECRET).decode()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(srv.run)
+        srv.set_zones([NetworkZone("office", nodes)])
+        for tool in [t for t in ("kdig", "dig") if shutil.which(t)]:
+            done = await trio.run_process(
+                [tool, "-p", str(srv.bound_port), "@127.0.0.1", "-y",
+                 f"hmac-sha256:xfr-key:{secret}", "AXFR", "office.mesh"],
+                capture_stdout=True, capture_stderr=True, check=False)
+            out = done.stdout.decode() + done.stderr.decode()
+            assert done.returncode == 0, out
+            # What dig ("Couldn't verify signature") and kdig ("WARNING", ";; ERROR")
+            # print when a TSIG does not check out.
+            assert not re.search(r"verify|warning|;; error|failed", out, re.I), out[-500:]
+            kdig = re.search(r"\((\d+) messages, (\d+) records\)", out)
+            dig = re.search(r"XFR size: (\d+) records \(messages (\d+)", out)
+            messages, records = (int(kdig[1]), int(kdig[2])) if kdig else \
+                (int(dig[2]), int(dig[1])) if dig else (0, 0)
+            assert records == 603, out[-300:]  # SOA, NS, 600 A, SOA
+            assert messages > 1, "the zone should span several messages"
+        nursery.cancel_scope.cancel()
