@@ -307,7 +307,8 @@ class MeshDNSServer:
                  transfer_allow: Sequence[IPNetwork] = LOOPBACK,
                  tsig_key: tsig.TsigKey | None = None,
                  notify: Sequence[Addr] = (),
-                 wall_clock: Callable[[], float] = time.time) -> None:
+                 wall_clock: Callable[[], float] = time.time,
+                 last_serial: int = 0) -> None:
         """``rrl_rate`` None turns response rate limiting off (benchmarks only).
         ``nameserver``: the address (or host name) this server is reached at, served
         for the NS target; default ``host`` unless it is a wildcard. ``clock`` times
@@ -316,7 +317,9 @@ class MeshDNSServer:
         Secondaries (:mod:`meshdns.xfr`): ``transfer_allow`` are the sources that may
         AXFR/IXFR, ``tsig_key`` (if given) must sign their requests, and ``notify``
         are the secondaries told of each change (:mod:`meshdns.notify`).
-        ``wall_clock`` (Unix time) makes the SOA serials and TSIG times."""
+        ``wall_clock`` (Unix time) makes the SOA serials and TSIG times;
+        ``last_serial`` is the highest this server served before a restart (every new
+        serial is above it)."""
         self.host = host
         self.port = port
         self.domain = domain
@@ -324,7 +327,7 @@ class MeshDNSServer:
             nameserver = host
         self.nameserver = nameserver
         self.wall_clock = wall_clock
-        self._serial = self._next_serial(0)
+        self._serial = self._next_serial(last_serial)
         self._zones_in: Sequence[NetworkZone] | None = None
         self.resolver = Resolver(ZoneSet(domain, (), serial=self._serial, nameserver=nameserver))
         self.transfers = Transfers(lambda: self.resolver.zones, self.resolver.answer,
@@ -347,6 +350,10 @@ class MeshDNSServer:
         serials still move forward (RFC 1982 comparisons; 32 bits last until 2106)
         and a secondary that held the old zone transfers the new one."""
         return max(previous + 1, int(self.wall_clock())) & 0xFFFFFFFF
+
+    @property
+    def serial(self) -> int:
+        return self._serial
 
     def _soa_of(self, zone: str, serial: int) -> object:
         zones = self.resolver.zones

@@ -32,6 +32,7 @@ from .service import Service
 from .store import open_store
 
 ADMIN_TOKEN_FILE = "admin.token"
+DNS_SERIAL_FILE = "dns.serial"  # meshdns's last SOA serial, kept across restarts
 
 
 def parse_hostport(text: str, what: str) -> tuple[str, int]:
@@ -188,7 +189,8 @@ class SignalServer:
 
         assert self.options.dns is not None
         pusher = ZonePusher(self.service, self.options.dns, domain=self.options.domain,
-                            secondaries=self.options.dns_secondaries)
+                            secondaries=self.options.dns_secondaries,
+                            serial_file=self.options.data_dir / DNS_SERIAL_FILE)
         await pusher.run(task_status=task_status)
 
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import base64
+import logging
 import re
 import shutil
 import socket
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -516,3 +518,33 @@ async def test_dig_verifies_a_signed_multi_message_axfr() -> None:
             assert records == 603, out[-300:]  # SOA, NS, 600 A, SOA
             assert messages > 1, "the zone should span several messages"
         nursery.cancel_scope.cancel()
+
+
+async def test_the_serial_survives_a_restart(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from punchd.wire import api
+    from signal_server.dns import ZonePusher
+    from signal_server.service import Service
+    from signal_server.store import Store
+
+    store = Store(":memory:")
+    store.create_network(api.NetworkCreate(name="office", ipv4_cidr="198.19.0.0/24"))
+    service = Service(store, public_url="http://127.0.0.1:1")
+    path = tmp_path / "dns.serial"
+    ahead = int(time.time()) + 1_000_000  # serials that ran ahead of the clock before
+    path.write_text(f"{ahead}\n")
+    last = ahead
+    for _ in range(2):  # two "restarts": each serves above the last one's serial
+        pusher = ZonePusher(service, ("127.0.0.1", 0), domain="mesh", serial_file=path)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(pusher.run)
+            serial = pusher.dns.serial
+            assert last < serial < last + 10
+            nursery.cancel_scope.cancel()
+        assert path.read_text() == f"{serial}\n"
+        last = serial
+    path.write_text("not a serial")
+    with caplog.at_level(logging.WARNING, logger="meshdns"):
+        pusher = ZonePusher(service, ("127.0.0.1", 0), domain="mesh", serial_file=path)
+    assert "does not hold a serial" in caplog.text
+    assert abs(pusher.dns.serial - time.time()) < 5  # from the clock
+    store.close()
