@@ -328,7 +328,10 @@ class MeshDNSServer:
         self.nameserver = nameserver
         self.wall_clock = wall_clock
         self._serial = self._next_serial(last_serial)
-        self._zones_in: Sequence[NetworkZone] | None = None
+        self._zones_in: dict[str, NetworkZone] | None = None
+        self._zone_serials: dict[str, int] = {}
+        # The domain apex holds SOA, NS and ns.<domain> only: it changes with nothing.
+        self._apex_serial = self._serial
         self.resolver = Resolver(ZoneSet(domain, (), serial=self._serial, nameserver=nameserver))
         self.transfers = Transfers(lambda: self.resolver.zones, self.resolver.answer,
                                    allow=transfer_allow, key=tsig_key, wall_clock=wall_clock,
@@ -361,17 +364,28 @@ class MeshDNSServer:
 
     def set_zones(self, zones: Sequence[NetworkZone]) -> ZoneSet:
         """Build and swap in new zones; returns them (``skipped`` says what was left out).
-        The same zones again keep their serial: no transfer, no NOTIFY for nothing."""
-        zones = list(zones)
-        if self._zones_in is not None and zones == self._zones_in:
+
+        Each network's zone has its own serial, moved only when that zone changed, and
+        only changed zones are NOTIFYed (all of them the first time: secondaries learn
+        of a restart). The same zones again change nothing at all."""
+        by_name = {z.network.lower(): z for z in zones}
+        previous = self._zones_in
+        if previous is not None and by_name == previous:
             return self.resolver.zones
-        self._zones_in = zones
         self._serial = self._next_serial(self._serial)
-        zoneset = ZoneSet(self.domain, zones, serial=self._serial, nameserver=self.nameserver)
+        serials = {name: self._zone_serials[name]
+                   if previous is not None and previous.get(name) == zone
+                   and name in self._zone_serials else self._serial
+                   for name, zone in by_name.items()}
+        zoneset = ZoneSet(self.domain, zones, serial=self._serial, nameserver=self.nameserver,
+                          zone_serials=serials, apex_serial=self._apex_serial)
+        self._zones_in, self._zone_serials = by_name, serials
         self.transfers.record(zoneset)  # before the swap: an IXFR at the new serial finds it
         self.resolver.set_zones(zoneset)
         if self.notifier is not None:
-            self.notifier.changed([str(a) for a in zoneset.apexes], zoneset.serial)
+            changed = [str(apex) for apex in zoneset.apexes if previous is None
+                       or zoneset.serial_of(apex) == self._serial]
+            self.notifier.changed(changed, self._serial)
         return zoneset
 
     def statistics(self) -> DNSStatistics:

@@ -95,7 +95,7 @@ def versions_of(zones: ZoneSet) -> dict[str, ZoneVersion]:
                 buf = DNSBuffer()
                 data.pack(buf)  # type: ignore[attr-defined]
                 bucket[(labels, rtype, bytes(buf.data))] = (owner, rtype, data)
-    return {str(apexes[label]).lower(): ZoneVersion(zones.serial, soas[label],
+    return {str(apexes[label]).lower(): ZoneVersion(soas[label].rdata.times[0], soas[label],
                                                      frozenset(bucket), bucket)
             for label, bucket in entries.items()}
 
@@ -222,13 +222,13 @@ class Transfers:
             return
         history = {}
         for name, version in versions_of(zones).items():  # a deleted network's goes
-            kept = tuple(v for v in self.history.get(name, ()) if v.serial != zones.serial)
+            kept = tuple(v for v in self.history.get(name, ()) if v.serial != version.serial)
             history[name] = (*kept, version)[-HISTORY:]
         self.history = history
 
     def _version(self, zones: ZoneSet, apex: DNSLabel) -> ZoneVersion:
         kept = self.history.get(str(apex).lower())
-        if kept and kept[-1].serial == zones.serial:
+        if kept and kept[-1].serial == zones.serial_of(apex):
             return kept[-1]
         return versions_of(zones)[str(apex).lower()]
 

@@ -548,3 +548,27 @@ async def test_the_serial_survives_a_restart(tmp_path: Path, caplog: pytest.LogC
     assert "does not hold a serial" in caplog.text
     assert abs(pusher.dns.serial - time.time()) < 5  # from the clock
     store.close()
+
+
+async def test_only_changed_zones_get_a_new_serial_and_a_notify() -> None:
+    clock = [float(NOW)]
+    srv = MeshDNSServer("127.0.0.1", 0, wall_clock=lambda: clock[0],
+                        notify=[("127.0.0.1", 5399)])
+    assert srv.notifier is not None
+    pending = srv.notifier.schedule.pending
+    office = ZONES[0]
+    lab = NetworkZone(network="lab", nodes=(NodeRecord("x", "198.19.1.1/24"),))
+    first = srv.set_zones([office, lab])
+    assert {zone for _, zone in pending} == {"mesh", "office.mesh", "lab.mesh"}  # at start: all
+    pending.clear()
+    clock[0] += 60
+    lab2 = NetworkZone(network="lab", nodes=(NodeRecord("y", "198.19.1.2/24"),))
+    second = srv.set_zones([office, lab2])
+    assert {zone for _, zone in pending} == {"lab.mesh"}
+    for apex in ("mesh", "office.mesh"):
+        assert second.serial_of(DNSLabel(apex)) == first.serial_of(DNSLabel(apex))
+    assert second.serial_of(DNSLabel("lab.mesh")) == NOW + 60
+    # IXFR of the unchanged zone from its serial: up to date, SOA alone.
+    q = ixfr("office.mesh", first.serial_of(DNSLabel("office.mesh")))
+    assert [rr.rtype for rr in answers(srv.transfers.handle(q, "127.0.0.1", tcp=True) or [])] \
+        == [QTYPE.SOA]
