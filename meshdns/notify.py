@@ -146,9 +146,12 @@ class NotifySchedule:
 class Notifier:
     """The trio adapter: sockets, a receive loop per socket, a sender."""
 
-    def __init__(self, schedule: NotifySchedule, *,
+    def __init__(self, schedule: NotifySchedule, *, source: str | None = None,
                  wall_clock: Callable[[], float] = time.time) -> None:
+        """``source``: the address to send from (the DNS listener's, when it is not a
+        wildcard), since secondaries check it against their ``allow-notify``."""
         self.schedule = schedule
+        self.source = source
         self.wall_clock = wall_clock
         self._wake = trio.Event()
         self._sockets: dict[int, trio.socket.SocketType] = {}
@@ -165,7 +168,10 @@ class Notifier:
             for family in families:
                 sock = trio.socket.socket(family, socket.SOCK_DGRAM)
                 self._sockets[family] = sock
-                await sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
+                host = "::" if family == socket.AF_INET6 else "0.0.0.0"
+                if self.source is not None and (":" in self.source) == (":" in host):
+                    host = self.source
+                await sock.bind((host, 0))
             async with trio.open_nursery() as nursery:
                 for sock in self._sockets.values():
                     nursery.start_soon(self._receive, sock)

@@ -337,8 +337,9 @@ class MeshDNSServer:
                                    allow=transfer_allow, key=tsig_key, wall_clock=wall_clock,
                                    keep_history=bool(notify))
         self.transfers.record(self.resolver.zones)
+        source = host if host not in ("0.0.0.0", "::", "") else None
         self.notifier = Notifier(NotifySchedule(notify, key=tsig_key, soa=self._soa_of),
-                                 wall_clock=wall_clock) if notify else None
+                                 source=source, wall_clock=wall_clock) if notify else None
         self.rrl = RateLimiter(rrl_rate, rrl_burst) if rrl_rate is not None else None
         self.tcp_max_connections = max(1, tcp_max_connections)
         self.tcp_idle_timeout = tcp_idle_timeout
