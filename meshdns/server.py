@@ -381,11 +381,12 @@ class MeshDNSServer:
         zoneset = ZoneSet(self.domain, zones, serial=self._serial, nameserver=self.nameserver,
                           zone_serials=serials, apex_serial=self._apex_serial)
         self._zones_in, self._zone_serials = by_name, serials
-        self.transfers.record(zoneset)  # before the swap: an IXFR at the new serial finds it
+        changed = [str(apex).lower() for apex in zoneset.apexes
+                   if previous is None or zoneset.serial_of(apex) == self._serial]
+        # Before the swap, so an IXFR at the new serial finds it.
+        self.transfers.record(zoneset, changed)
         self.resolver.set_zones(zoneset)
         if self.notifier is not None:
-            changed = [str(apex) for apex in zoneset.apexes if previous is None
-                       or zoneset.serial_of(apex) == self._serial]
             self.notifier.changed(changed, self._serial)
         return zoneset
 

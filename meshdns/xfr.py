@@ -27,7 +27,7 @@ from __future__ import annotations
 import ipaddress
 import struct
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 
 from dnslib import (
@@ -76,9 +76,11 @@ class ZoneVersion:
         return [RR(owner, rtype, rdata=data, ttl=TTL) for owner, rtype, data in chosen]
 
 
-def versions_of(zones: ZoneSet) -> dict[str, ZoneVersion]:
-    """Every zone's version (by lowercase apex text), in one pass over the names."""
-    apexes = {apex.label: apex for apex in zones.apexes}
+def versions_of(zones: ZoneSet, only: Collection[str] | None = None) -> dict[str, ZoneVersion]:
+    """Every zone's version (by lowercase apex text), in one pass over the names;
+    ``only`` those zones (the ones that changed)."""
+    apexes = {apex.label: apex for apex in zones.apexes
+              if only is None or str(apex).lower() in only}
     soas: dict[tuple[bytes, ...], RR] = {}
     entries: dict[tuple[bytes, ...], dict[RRKey, Entry]] = {label: {} for label in apexes}
     for owner, rrsets in zones.names.items():
@@ -215,14 +217,25 @@ class Transfers:
         self.transfers = self.incremental = self.refused = self.notauth = 0
         self._cache: tuple[tuple[str, int, str, int], list[bytes]] | None = None
 
-    def record(self, zones: ZoneSet) -> None:
+    def record(self, zones: ZoneSet, changed: Collection[str] | None = None) -> None:
         """A new zone version is served: keep it for IXFR (once secondaries are known:
-        a server without any does not pay for the history on every change)."""
+        a server without any does not pay for the history on every change).
+        ``changed``: the apexes (lowercase, trailing dot) that changed; None: all."""
         if not self.keep_history:
             return
+        if changed is not None:
+            changed = {name for name in changed if name in self.history} | \
+                {str(a).lower() for a in zones.apexes if str(a).lower() not in self.history}
+        fresh = versions_of(zones, changed)
         history = {}
-        for name, version in versions_of(zones).items():  # a deleted network's goes
-            kept = tuple(v for v in self.history.get(name, ()) if v.serial != version.serial)
+        for apex in zones.apexes:  # a deleted network's zone goes
+            name = str(apex).lower()
+            version = fresh.get(name)
+            old = self.history.get(name, ())
+            if version is None:
+                history[name] = old
+                continue
+            kept = tuple(v for v in old if v.serial != version.serial)
             history[name] = (*kept, version)[-HISTORY:]
         self.history = history
 
