@@ -41,7 +41,7 @@ from punchd.wire.addr import Addr
 
 from . import tsig
 from .notify import Notifier, NotifySchedule
-from .xfr import LOOPBACK, IPNetwork, Transfers, is_transfer
+from .xfr import LOOPBACK, IPNetwork, Transfers, header_answer, is_transfer
 from .zone import NetworkZone, ZoneSet
 
 MAX_UDP_NO_EDNS = 512  # RFC 1035 §4.2.1
@@ -547,9 +547,7 @@ class MeshDNSServer:
                 # A client that asks faster than it reads (a pipeline of AXFRs, each a
                 # whole zone) gets REFUSED, not another copy queued: memory stays bounded.
                 counters.refused += 1
-                flags = struct.unpack_from("!H", query, 2)[0]
-                conn.out += struct.pack("!HH", 12, struct.unpack_from("!H", query)[0]) + \
-                    struct.pack("!HHHHH", 0x8000 | (flags & 0x7800) | RCODE.REFUSED, 0, 0, 0, 0)
+                conn.out += struct.pack("!H", 12) + header_answer(query, RCODE.REFUSED)
                 continue
             try:
                 replies = self.transfers.handle(query, conn.peer, tcp=True)

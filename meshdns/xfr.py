@@ -149,7 +149,7 @@ def _error(request_id: int, question: DNSQuestion | None, rcode: int) -> bytes:
     return bytes(msg.pack())
 
 
-def _header_error(query: bytes, rcode: int) -> bytes:
+def header_answer(query: bytes, rcode: int) -> bytes:
     """An answer to a query we could not parse: the ID and opcode echoed, no sections."""
     flags = struct.unpack_from("!H", query, 2)[0]
     return query[:2] + struct.pack("!HHHHH", 0x8000 | (flags & 0x7800) | rcode, 0, 0, 0, 0)
@@ -265,15 +265,15 @@ class Transfers:
         try:
             unsigned, record = tsig.split(query)
         except TsigError:
-            return [_header_error(query, RCODE.FORMERR)] if is_transfer(query) else None
+            return [header_answer(query, RCODE.FORMERR)] if is_transfer(query) else None
         if record is None and not is_transfer(unsigned):
             return None
         try:
             request = DNSRecord.parse(unsigned)
         except (DNSError, struct.error, IndexError, ValueError, UnicodeError):
-            return [_header_error(query, RCODE.FORMERR)]
+            return [header_answer(query, RCODE.FORMERR)]
         if len(request.questions) != 1:
-            return [_header_error(query, RCODE.FORMERR)]
+            return [header_answer(query, RCODE.FORMERR)]
         now = int(self.wall_clock())
         verified: tsig.Verified | None = None
         if record is not None:
