@@ -26,6 +26,7 @@ nursery when secondaries are configured.
 
 from __future__ import annotations
 
+import errno
 import selectors
 import socket
 import struct
@@ -58,6 +59,7 @@ TCP_MESSAGE_S = 2.0  # a whole message, first byte to last (slowloris)
 TCP_MAX_CONNECTIONS = 512  # below the common 1024 open-files soft limit
 TCP_OUT_MAX = 256 * 1024  # answers queued for a client that does not read: stop reading
 _TCP_ACCEPTS_PER_WAKE = 64
+_BIND_ATTEMPTS = 8
 
 
 @dataclass(frozen=True)
@@ -396,16 +398,33 @@ class MeshDNSServer:
                              c.rate_limited, c.truncated, c.tcp_queries, c.cache_hits,
                              c.tcp_timeouts, c.tcp_evicted, c.tcp_refused)
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    def _bind(self) -> tuple[socket.socket, socket.socket]:
+        """UDP and TCP on one port. Port 0: the kernel picks UDP's, and TCP may find it
+        taken (a connection's local port); then another pick, a bounded few times."""
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        udp = socket.socket(family, socket.SOCK_DGRAM)
-        tcp = socket.socket(family, socket.SOCK_STREAM)
+        for attempt in range(_BIND_ATTEMPTS):
+            udp = socket.socket(family, socket.SOCK_DGRAM)
+            tcp = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                udp.bind((self.host, self.port))
+                port = udp.getsockname()[1]
+                tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                tcp.bind((self.host, port))
+                tcp.listen(1024)
+            except OSError as exc:
+                udp.close()
+                tcp.close()
+                if self.port != 0 or exc.errno != errno.EADDRINUSE or \
+                        attempt == _BIND_ATTEMPTS - 1:
+                    raise
+                continue
+            self.bound_port = port
+            return udp, tcp
+        raise AssertionError("unreachable")
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        udp, tcp = self._bind()
         try:
-            udp.bind((self.host, self.port))
-            self.bound_port = udp.getsockname()[1]
-            tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            tcp.bind((self.host, self.bound_port))
-            tcp.listen(1024)
             udp.settimeout(POLL_S)
             tcp.settimeout(POLL_S)
             self._stop.clear()
