@@ -18,10 +18,15 @@ TCP is one thread too, but non-blocking: a selector serves every connection at o
 each framed by :class:`TcpSession` (sans-IO: pipelined queries, an idle timeout, and
 a total deadline per message so a sender trickling bytes is cut off), under a cap on
 open connections; at the cap the longest-idle connection makes room for a new one.
+
+Zone transfers and signed queries go to :class:`~meshdns.xfr.Transfers` first (both
+listeners; over UDP a transfer is refused); the NOTIFY sender runs in ``run``'s
+nursery when secondaries are configured.
 """
 
 from __future__ import annotations
 
+import errno
 import selectors
 import socket
 import struct
@@ -31,8 +36,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import trio
-from dnslib import EDNS0, QTYPE, RCODE, DNSError, DNSHeader, DNSRecord
+from dnslib import EDNS0, QTYPE, RCODE, DNSError, DNSHeader, DNSLabel, DNSRecord
 
+from punchd.wire.addr import Addr
+
+from . import tsig
+from .notify import Notifier, NotifySchedule
+from .xfr import LOOPBACK, IPNetwork, Transfers, header_answer, is_transfer
 from .zone import NetworkZone, ZoneSet
 
 MAX_UDP_NO_EDNS = 512  # RFC 1035 §4.2.1
@@ -49,6 +59,7 @@ TCP_MESSAGE_S = 2.0  # a whole message, first byte to last (slowloris)
 TCP_MAX_CONNECTIONS = 512  # below the common 1024 open-files soft limit
 TCP_OUT_MAX = 256 * 1024  # answers queued for a client that does not read: stop reading
 _TCP_ACCEPTS_PER_WAKE = 64
+_BIND_ATTEMPTS = 8
 
 
 @dataclass(frozen=True)
@@ -153,6 +164,13 @@ class Resolver:
         if request.header.qr or len(request.questions) != 1 or request.header.opcode != 0:
             return self._formerr(query)
         q = request.questions[0]
+        if q.qtype in (QTYPE.AXFR, QTYPE.IXFR):
+            # Transfers are :class:`~meshdns.xfr.Transfers`' (TCP, allow-listed); one
+            # reaching here came over UDP or around it: RFC 5936 §4.2, refused.
+            c.refused += 1
+            head = request.header
+            return bytes(DNSRecord(DNSHeader(id=head.id, qr=1, opcode=0, rcode=RCODE.REFUSED),
+                                   q=q).pack())
         # A fresh header, not the query's flags: RD and CD echoed (RFC 1035 §4.1.1,
         # RFC 4035 §3.2.2), AD clear since nothing here is DNSSEC-validated (RFC 4035
         # §3.2.3), RA clear (no recursion), TC and Z never copied from a query.
@@ -270,10 +288,11 @@ class TcpSession:
 
 
 class _TcpConn:
-    __slots__ = ("events", "out", "session", "sock")
+    __slots__ = ("events", "out", "peer", "session", "sock")
 
-    def __init__(self, sock: socket.socket, session: TcpSession) -> None:
+    def __init__(self, sock: socket.socket, session: TcpSession, peer: str) -> None:
         self.sock = sock
+        self.peer = peer
         self.session = session
         self.out = bytearray()
         self.events = selectors.EVENT_READ
@@ -286,19 +305,43 @@ class MeshDNSServer:
                  tcp_max_connections: int = TCP_MAX_CONNECTIONS,
                  tcp_idle_timeout: float = TCP_IDLE_S,
                  tcp_message_timeout: float = TCP_MESSAGE_S,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 transfer_allow: Sequence[IPNetwork] = LOOPBACK,
+                 tsig_key: tsig.TsigKey | None = None,
+                 notify: Sequence[Addr] = (),
+                 wall_clock: Callable[[], float] = time.time,
+                 last_serial: int = 0) -> None:
         """``rrl_rate`` None turns response rate limiting off (benchmarks only).
         ``nameserver``: the address (or host name) this server is reached at, served
         for the NS target; default ``host`` unless it is a wildcard. ``clock`` times
-        rate limits and TCP deadlines (tests pass a fake one)."""
+        rate limits and TCP deadlines (tests pass a fake one).
+
+        Secondaries (:mod:`meshdns.xfr`): ``transfer_allow`` are the sources that may
+        AXFR/IXFR, ``tsig_key`` (if given) must sign their requests, and ``notify``
+        are the secondaries told of each change (:mod:`meshdns.notify`).
+        ``wall_clock`` (Unix time) makes the SOA serials and TSIG times;
+        ``last_serial`` is the highest this server served before a restart (every new
+        serial is above it)."""
         self.host = host
         self.port = port
         self.domain = domain
         if nameserver is None and host not in ("0.0.0.0", "::", ""):
             nameserver = host
         self.nameserver = nameserver
-        self._serial = 1
+        self.wall_clock = wall_clock
+        self._serial = self._next_serial(last_serial)
+        self._zones_in: dict[str, NetworkZone] | None = None
+        self._zone_serials: dict[str, int] = {}
+        # The domain apex holds SOA, NS and ns.<domain> only: it changes with nothing.
+        self._apex_serial = self._serial
         self.resolver = Resolver(ZoneSet(domain, (), serial=self._serial, nameserver=nameserver))
+        self.transfers = Transfers(lambda: self.resolver.zones, self.resolver.answer,
+                                   allow=transfer_allow, key=tsig_key, wall_clock=wall_clock,
+                                   keep_history=bool(notify))
+        self.transfers.record(self.resolver.zones)
+        source = host if host not in ("0.0.0.0", "::", "") else None
+        self.notifier = Notifier(NotifySchedule(notify, key=tsig_key, soa=self._soa_of),
+                                 source=source, wall_clock=wall_clock) if notify else None
         self.rrl = RateLimiter(rrl_rate, rrl_burst) if rrl_rate is not None else None
         self.tcp_max_connections = max(1, tcp_max_connections)
         self.tcp_idle_timeout = tcp_idle_timeout
@@ -307,11 +350,46 @@ class MeshDNSServer:
         self._stop = threading.Event()
         self.bound_port: int | None = None
 
+    def _next_serial(self, previous: int) -> int:
+        """The SOA serial for a change: the Unix time, or one more than the last when
+        changes come faster than one a second. Time-based, so a restarted server's
+        serials still move forward (RFC 1982 comparisons; 32 bits last until 2106)
+        and a secondary that held the old zone transfers the new one."""
+        return max(previous + 1, int(self.wall_clock())) & 0xFFFFFFFF
+
+    @property
+    def serial(self) -> int:
+        return self._serial
+
+    def _soa_of(self, zone: str, serial: int) -> object:
+        zones = self.resolver.zones
+        return zones.names[DNSLabel(zone)][QTYPE.SOA][0]
+
     def set_zones(self, zones: Sequence[NetworkZone]) -> ZoneSet:
-        """Build and swap in new zones; returns them (``skipped`` says what was left out)."""
-        self._serial += 1
-        zoneset = ZoneSet(self.domain, zones, serial=self._serial, nameserver=self.nameserver)
+        """Build and swap in new zones; returns them (``skipped`` says what was left out).
+
+        Each network's zone has its own serial, moved only when that zone changed, and
+        only changed zones are NOTIFYed (all of them the first time: secondaries learn
+        of a restart). The same zones again change nothing at all."""
+        by_name = {z.network.lower(): z for z in zones}
+        previous = self._zones_in
+        if previous is not None and by_name == previous:
+            return self.resolver.zones
+        self._serial = self._next_serial(self._serial)
+        serials = {name: self._zone_serials[name]
+                   if previous is not None and previous.get(name) == zone
+                   and name in self._zone_serials else self._serial
+                   for name, zone in by_name.items()}
+        zoneset = ZoneSet(self.domain, zones, serial=self._serial, nameserver=self.nameserver,
+                          zone_serials=serials, apex_serial=self._apex_serial)
+        self._zones_in, self._zone_serials = by_name, serials
+        changed = [str(apex).lower() for apex in zoneset.apexes
+                   if previous is None or zoneset.serial_of(apex) == self._serial]
+        # Before the swap, so an IXFR at the new serial finds it.
+        self.transfers.record(zoneset, changed)
         self.resolver.set_zones(zoneset)
+        if self.notifier is not None:
+            self.notifier.changed(changed, self._serial)
         return zoneset
 
     def statistics(self) -> DNSStatistics:
@@ -320,16 +398,33 @@ class MeshDNSServer:
                              c.rate_limited, c.truncated, c.tcp_queries, c.cache_hits,
                              c.tcp_timeouts, c.tcp_evicted, c.tcp_refused)
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    def _bind(self) -> tuple[socket.socket, socket.socket]:
+        """UDP and TCP on one port. Port 0: the kernel picks UDP's, and TCP may find it
+        taken (a connection's local port); then another pick, a bounded few times."""
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        udp = socket.socket(family, socket.SOCK_DGRAM)
-        tcp = socket.socket(family, socket.SOCK_STREAM)
+        for attempt in range(_BIND_ATTEMPTS):
+            udp = socket.socket(family, socket.SOCK_DGRAM)
+            tcp = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                udp.bind((self.host, self.port))
+                port = udp.getsockname()[1]
+                tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                tcp.bind((self.host, port))
+                tcp.listen(1024)
+            except OSError as exc:
+                udp.close()
+                tcp.close()
+                if self.port != 0 or exc.errno != errno.EADDRINUSE or \
+                        attempt == _BIND_ATTEMPTS - 1:
+                    raise
+                continue
+            self.bound_port = port
+            return udp, tcp
+        raise AssertionError("unreachable")
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        udp, tcp = self._bind()
         try:
-            udp.bind((self.host, self.port))
-            self.bound_port = udp.getsockname()[1]
-            tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            tcp.bind((self.host, self.bound_port))
-            tcp.listen(1024)
             udp.settimeout(POLL_S)
             tcp.settimeout(POLL_S)
             self._stop.clear()
@@ -339,9 +434,12 @@ class MeshDNSServer:
                                         name="meshdns-tcp")]
             for t in threads:
                 t.start()
-            task_status.started()
             try:
-                await trio.sleep_forever()
+                async with trio.open_nursery() as nursery:
+                    if self.notifier is not None:
+                        await nursery.start(self.notifier.run)
+                    task_status.started()
+                    await trio.sleep_forever()
             finally:
                 self._stop.set()
                 with trio.CancelScope(shield=True):
@@ -352,7 +450,7 @@ class MeshDNSServer:
             tcp.close()
 
     def _udp_loop(self, sock: socket.socket) -> None:
-        resolver, counters = self.resolver, self.resolver.counters
+        resolver, counters, transfers = self.resolver, self.resolver.counters, self.transfers
         allow = self.rrl.allow if self.rrl is not None else None
         recvfrom, sendto, stopped = sock.recvfrom, sock.sendto, self._stop.is_set
         clock = self.clock
@@ -379,11 +477,15 @@ class MeshDNSServer:
                     pass
                 continue
             try:
-                reply = resolver.answer(data, MAX_UDP_EDNS)
+                # Signed queries and transfer requests first; None: a plain query.
+                replies = transfers.handle(data, src[0], tcp=False)
+                if replies is None:
+                    reply = resolver.answer(data, MAX_UDP_EDNS)
+                    replies = [reply] if reply is not None else []
             except Exception:  # a parser corner case must not kill the listener thread
                 counters.dropped_malformed += 1
                 continue
-            if reply is not None:
+            for reply in replies:
                 try:
                     sendto(reply, src)
                 except OSError:
@@ -424,7 +526,7 @@ class MeshDNSServer:
         counters = self.resolver.counters
         for _ in range(_TCP_ACCEPTS_PER_WAKE):
             try:
-                sock, _ = listener.accept()
+                sock, peer = listener.accept()
             except OSError:  # nothing left to accept (BlockingIOError), or EMFILE
                 return
             sock.setblocking(False)
@@ -440,7 +542,7 @@ class MeshDNSServer:
                 self._tcp_close(min(idle, key=lambda c: c.session.last_activity), sel, conns)
             session = TcpSession(self.clock(), idle_timeout=self.tcp_idle_timeout,
                                  message_timeout=self.tcp_message_timeout)
-            conn = _TcpConn(sock, session)
+            conn = _TcpConn(sock, session, peer[0])
             conns[sock] = conn
             sel.register(sock, conn.events, conn)
 
@@ -460,15 +562,25 @@ class MeshDNSServer:
         closing = False
         for query in conn.session.receive(data, self.clock()):
             counters.tcp_queries += 1
+            if len(conn.out) >= TCP_OUT_MAX and is_transfer(query):
+                # A client that asks faster than it reads (a pipeline of AXFRs, each a
+                # whole zone) gets REFUSED, not another copy queued: memory stays bounded.
+                counters.refused += 1
+                conn.out += struct.pack("!H", 12) + header_answer(query, RCODE.REFUSED)
+                continue
             try:
-                reply = self.resolver.answer(query, None)
+                replies = self.transfers.handle(query, conn.peer, tcp=True)
+                if replies is None:
+                    reply = self.resolver.answer(query, None)
+                    replies = [reply] if reply is not None else None
             except Exception:  # as for UDP: a parser corner case must not kill the loop
                 counters.dropped_malformed += 1
-                reply = None
-            if reply is None:  # not a DNS query: answer what came before, then close
+                replies = None
+            if not replies:  # not a DNS query: answer what came before, then close
                 closing = True
                 break
-            conn.out += struct.pack("!H", len(reply)) + reply
+            for reply in replies:
+                conn.out += struct.pack("!H", len(reply)) + reply
         self._tcp_flush(conn, sel, conns, closing=closing)
 
     def _tcp_flush(self, conn: _TcpConn, sel: selectors.BaseSelector,

@@ -21,7 +21,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import msgspec
@@ -153,7 +153,11 @@ class ZoneSet:
     """
 
     def __init__(self, domain: str, zones: Sequence[NetworkZone], *, serial: int = 1,
-                 nameserver: str | None = None) -> None:
+                 nameserver: str | None = None, zone_serials: Mapping[str, int] | None = None,
+                 apex_serial: int | None = None) -> None:
+        """``serial`` is every zone's SOA serial unless ``zone_serials`` (network name ->
+        serial) or ``apex_serial`` (the domain apex's) says otherwise: a zone that did
+        not change keeps its serial, so its secondaries have nothing to fetch."""
         self.domain = DNSLabel(domain.strip(".").lower())
         self.serial = serial
         # name (lowercased DNSLabel) -> rtype -> list of RR data
@@ -162,7 +166,8 @@ class ZoneSet:
         self.ns_name = self.domain.add("ns")
         self._add_nameserver(nameserver)
         self.apexes: list[DNSLabel] = [self.domain]
-        self._add_apex(self.domain)
+        self._add_apex(self.domain, serial if apex_serial is None else apex_serial)
+        zone_serials = zone_serials or {}
         cname_origin: dict[DNSLabel, tuple[str, str]] = {}
         for zone in zones:
             network = zone.network.lower()
@@ -171,7 +176,7 @@ class ZoneSet:
                 continue
             apex = self.domain.add(network)
             self.apexes.append(apex)
-            self._add_apex(apex)
+            self._add_apex(apex, zone_serials.get(network, serial))
             for node in zone.nodes:
                 name = node.name.lower()
                 if not _HOST_LABEL.match(name):  # node names stay host names
@@ -258,13 +263,18 @@ class ZoneSet:
         self._add(self.ns_name, QTYPE.AAAA if addr.version == 6 else QTYPE.A,
                   _rdata("AAAA" if addr.version == 6 else "A", str(addr)))
 
-    def _add_apex(self, apex: DNSLabel) -> None:
+    def _add_apex(self, apex: DNSLabel, serial: int) -> None:
         rrsets = self.names.setdefault(apex, {})
         rrsets[QTYPE.SOA] = [SOA(self.ns_name, self.domain.add("hostmaster"),
-                                 (self.serial, 3600, 600, 86400, NEGATIVE_TTL))]
+                                 (serial, 3600, 600, 86400, NEGATIVE_TTL))]
         rrsets[QTYPE.NS] = [NS(self.ns_name)]
 
-    def _apex_of(self, qname: DNSLabel) -> DNSLabel | None:
+    def serial_of(self, apex: DNSLabel) -> int:
+        """The SOA serial of the zone at ``apex``."""
+        return int(self.names[apex][QTYPE.SOA][0].times[0])  # type: ignore[attr-defined]
+
+    def apex_of(self, qname: DNSLabel) -> DNSLabel | None:
+        """The closest enclosing apex: which zone ``qname`` (lowercase) belongs to."""
         best = None
         for apex in self.apexes:
             if qname.matchSuffix(apex) and (best is None or len(apex.label) > len(best.label)):
@@ -278,7 +288,7 @@ class ZoneSet:
     def lookup(self, qname: DNSLabel, qtype: int) -> Answer:
         """``qname`` as asked (its case is echoed in the answer owner names)."""
         key = DNSLabel(str(qname).lower())
-        apex = self._apex_of(key)
+        apex = self.apex_of(key)
         if apex is None:
             return Answer(RCODE.REFUSED, aa=False)
         answers: list[RR] = []
@@ -299,7 +309,7 @@ class ZoneSet:
                 cname = rrsets[QTYPE.CNAME][0]
                 answers.append(RR(owner_asked, QTYPE.CNAME, rdata=cname, ttl=TTL))
                 target = DNSLabel(str(cname.label).lower())  # type: ignore[attr-defined]
-                target_apex = self._apex_of(target)
+                target_apex = self.apex_of(target)
                 if target_apex is None:
                     return Answer(RCODE.NOERROR, answers)
                 key, owner_asked, apex = target, target, target_apex

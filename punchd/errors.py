@@ -15,7 +15,8 @@ codec error), so callers catch ours and never a library's::
     │   ├── TokenError             a join token that does not decode
     │   ├── AddrError              an endpoint that is not ip:port ([v6]:port)
     │   ├── EventNoticeError       a replica's event notice (PostgreSQL NOTIFY payload) that does not parse
-    │   └── HttpRequestError       a request head on a metrics listener that does not parse
+    │   ├── HttpRequestError       a request head on a metrics listener that does not parse
+    │   └── TsigError              a DNS message whose TSIG (RFC 8945) is malformed or does not verify
     ├── ConfigError                bad configuration or state files; names the field
     ├── WireGuardError             a WireGuard backend failed
     │   └── BackendUnavailable     the chosen backend cannot run on this machine
@@ -86,6 +87,16 @@ class EventNoticeError(CodecError):
 
 class HttpRequestError(CodecError):
     """A request head on a ``--metrics`` listener that is not ``METHOD target HTTP/1.x``."""
+
+
+class TsigError(CodecError):
+    """A TSIG-signed DNS message that does not verify. ``error`` is the RFC 8945 §4.3
+    TSIG error code to answer with (BADSIG 16, BADKEY 17, BADTIME 18), or 0 when the
+    message is malformed (answered FORMERR)."""
+
+    def __init__(self, message: str, error: int = 0) -> None:
+        super().__init__(message)
+        self.error = error
 
 
 class ConfigError(PunchdError):

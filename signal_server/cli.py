@@ -22,6 +22,8 @@ import httpx
 import msgspec
 import trio
 
+from meshdns.tsig import load_key_file
+from meshdns.xfr import LOOPBACK, Secondaries, parse_networks
 from punchd import __version__
 from punchd.errors import AddrError, CliError, ConfigError, PunchdError
 from punchd.wire import api
@@ -281,6 +283,22 @@ def _start_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return group
 
 
+def secondaries_options(args: argparse.Namespace) -> Secondaries:
+    """``--dns-notify``, ``--dns-transfer-allow`` and ``--dns-tsig-file``, checked."""
+    try:
+        notify = tuple(parse_addr(text) for text in args.dns_notify)
+    except AddrError as exc:
+        raise ConfigError(f"--dns-notify: {exc}") from exc
+    try:
+        allow = parse_networks(args.dns_transfer_allow) if args.dns_transfer_allow else LOOPBACK
+    except ValueError as exc:
+        raise ConfigError(f"--dns-transfer-allow: {exc}") from exc
+    key = load_key_file(args.dns_tsig_file) if args.dns_tsig_file else None
+    if (notify or args.dns_transfer_allow or key) and not args.dns:
+        raise ConfigError("--dns-notify, --dns-transfer-allow and --dns-tsig-file need --dns")
+    return Secondaries(notify=notify, transfer_allow=allow, tsig_key=key)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="signal-server", description="punchd's control plane")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -300,6 +318,15 @@ def build_parser() -> argparse.ArgumentParser:
                             "instead of our own --stun responder")
     serve.add_argument("--dns", metavar="HOST:PORT", help="mesh DNS listener (UDP and TCP)")
     serve.add_argument("--domain", default="mesh")
+    serve.add_argument("--dns-notify", action="append", default=[], metavar="IP:PORT",
+                       help="a DNS secondary to send NOTIFY to on each zone change "
+                            "(repeatable; docs/meshdns.md)")
+    serve.add_argument("--dns-transfer-allow", action="append", default=[], metavar="CIDR",
+                       help="sources allowed to AXFR/IXFR the zones (repeatable; "
+                            "default loopback only)")
+    serve.add_argument("--dns-tsig-file", type=Path, metavar="FILE",
+                       help="TSIG key (HMAC-SHA256) that transfers and NOTIFYs must carry: "
+                            "an NSD key: clause, a BIND key statement or name:base64secret")
     serve.add_argument("--public-url", help="URL put into join tokens (default from --http)")
     serve.add_argument("--certfile")
     serve.add_argument("--keyfile")
@@ -401,6 +428,7 @@ def main(argv: list[str] | None = None) -> int:
                 stun_server=parse_hostport(args.stun_server, "--stun-server")
                 if args.stun_server else None,
                 dns=parse_hostport(args.dns, "--dns") if args.dns else None,
+                dns_secondaries=secondaries_options(args),
                 domain=args.domain, public_url=args.public_url,
                 certfile=args.certfile, keyfile=args.keyfile,
                 relay=[parse_relay(r) for r in args.relay], relay_mode=args.relay_mode,

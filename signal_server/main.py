@@ -21,6 +21,7 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
+from meshdns.xfr import Secondaries
 from punchd.errors import AddrError, ConfigError
 from punchd.metrics_http import MetricsListener
 from punchd.wire import api
@@ -36,6 +37,7 @@ from .service import Service
 from .store import Store, open_store
 
 ADMIN_TOKEN_FILE = "admin.token"
+DNS_SERIAL_FILE = "dns.serial"  # meshdns's last SOA serial, kept across restarts
 
 
 def parse_hostport(text: str, what: str) -> Addr:
@@ -84,6 +86,7 @@ class ServerOptions:
     stun_server: tuple[str, int] | None = None  # an external STUN server to advertise
     dns: tuple[str, int] | None = None
     domain: str = "mesh"
+    dns_secondaries: Secondaries = field(default_factory=Secondaries)
     public_url: str | None = None
     certfile: str | None = None
     keyfile: str | None = None
@@ -216,7 +219,9 @@ class SignalServer:
         from .dns import ZonePusher
 
         assert self.options.dns is not None
-        pusher = ZonePusher(self.service, self.options.dns, domain=self.options.domain)
+        pusher = ZonePusher(self.service, self.options.dns, domain=self.options.domain,
+                            secondaries=self.options.dns_secondaries,
+                            serial_file=self.options.data_dir / DNS_SERIAL_FILE)
         self.service.metrics.dns = pusher.dns
         await pusher.run(task_status=task_status)
 
