@@ -120,6 +120,20 @@ def _fill_node_columns(db: Database) -> None:
                    "probe_public_key = ? WHERE id = ?", (*node_columns(node), node_id))
 
 
+# Version 3: the expiry sweep (every 0.5 s on every replica) finds expired nodes by an
+# index instead of decoding every node's body; at 10,000 nodes the full scan cost a
+# replica ~0.2 s of its one store thread each sweep, and fan-out waited behind it.
+_V3_COLUMN = "ALTER TABLE nodes ADD COLUMN expires_at {real}"
+_V3_INDEX = "CREATE INDEX nodes_by_expiry ON nodes (expires_at) WHERE expires_at IS NOT NULL"
+
+
+def _fill_node_expiry(db: Database) -> None:
+    for node_id, body in db.execute("SELECT id, body FROM nodes").fetchall():
+        node = decode_row("nodes", body, _NODE)
+        if node.expires_at is not None:
+            db.execute("UPDATE nodes SET expires_at = ? WHERE id = ?", (node.expires_at, node_id))
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int
@@ -133,6 +147,11 @@ MIGRATIONS = (
                    _V2_COUNTER_SQLITE),
         "postgresql": (_V2_COLUMNS.format(c=' COLLATE "C"'), _fill_node_columns,
                        _V2_CONSTRAINTS, _V2_COUNTER_POSTGRES),
+    }),
+    Migration(3, {
+        "sqlite": (_V3_COLUMN.format(real="REAL"), _fill_node_expiry, _V3_INDEX),
+        "postgresql": (_V3_COLUMN.format(real="DOUBLE PRECISION"), _fill_node_expiry,
+                       _V3_INDEX),
     }),
 )
 LATEST = MIGRATIONS[-1].version
