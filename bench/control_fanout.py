@@ -205,6 +205,8 @@ class Listener:
         self.waiting: dict[str, tuple[int, trio.Event]] = {}  # name -> (how many, done)
         self.heartbeats = 0
         self.streams_up = 0
+        self.expected_streams = 0
+        self.all_up = trio.Event()
 
     def expect(self, name: str, streams: int) -> trio.Event:
         done = trio.Event()
@@ -244,6 +246,8 @@ async def hold_stream(replica: Replica, node: Node, since: int, listener: Listen
         if not head.startswith(b"HTTP/1.1 200"):
             raise RuntimeError(f"stream of {node.name}: {head.splitlines()[0]!r}")
         listener.streams_up += 1
+        if listener.streams_up >= listener.expected_streams:
+            listener.all_up.set()
         while True:
             # An SSE message is one body chunk: the chunk framing lies between messages.
             while (start := buf.find(PEER_ADDED)) >= 0 and (end := buf.find(b"\n\n", start)) > 0:
@@ -312,12 +316,12 @@ async def run(args: argparse.Namespace, replicas: list[Replica],
         async with trio.open_nursery() as nursery:
             t1 = time.perf_counter()
             opening = trio.CapacityLimiter(CONNECT_CONCURRENCY)
+            listener.expected_streams = len(nodes)
             for node in nodes:
                 nursery.start_soon(hold_stream, replicas[node.replica], node, since,
                                    listener, opening)
             with trio.fail_after(max(60, args.nodes * 0.05)):
-                while listener.streams_up < len(nodes):
-                    await trio.sleep(0.05)
+                await listener.all_up.wait()
             streams_s = time.perf_counter() - t1
             print(f"  {args.nodes} streams in {streams_s:.1f} s", file=sys.stderr)
 
@@ -405,7 +409,7 @@ def scenario(result: dict[str, Any]) -> str:
 
 
 def _fmt(value: float | None, digits: int = 0) -> str:
-    return "–" if value is None else f"{value:.{digits}f}"
+    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def write_markdown(runs: dict[str, Any], out: Path) -> None:
@@ -427,7 +431,7 @@ def write_markdown(runs: dict[str, Any], out: Path) -> None:
             f"{_fmt(c['replicas'], 1)} | {_fmt(c['postgres'], 1)} | "
             f"{run['idle_cpu_percent']['replicas']:.1f} | "
             f"{' / '.join(f'{r:.0f}' for r in run['rss_mb_per_replica'])} | "
-            f"{m['cpus']}× {m['cpu_model']}, {m['time_utc']} |")
+            f"{m['cpus']} x {m['cpu_model']}, {m['time_utc']} |")
     out.write_text("\n".join(lines) + "\n")
 
 
@@ -448,7 +452,7 @@ def main() -> int:
         parser.error("SQLite is served by one process: --replicas 1")
     if not (1 <= args.networks <= 4096 and args.networks <= args.nodes <= 4094 * args.networks
             and 1 <= args.replicas <= 8 and 1 <= args.changes <= 100):
-        parser.error("--networks 1..4096, --nodes networks..4094×networks, --replicas 1..8, "
+        parser.error("--networks 1..4096, --nodes networks..4094*networks, --replicas 1..8, "
                      "--changes 1..100")
     raise_fd_limit(3 * args.nodes + 4096)
     with open_servers(args.database, args.replicas) as (replicas, postmaster):
