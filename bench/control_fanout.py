@@ -130,7 +130,8 @@ class Replica:
 
 
 @contextlib.contextmanager
-def open_servers(database: str, replicas: int) -> Iterator[tuple[list[Replica], int | None]]:
+def open_servers(database: str, replicas: int, profile: Path | None = None
+                 ) -> Iterator[tuple[list[Replica], int | None]]:
     """The replicas (after their ready line) and the postmaster's PID (PostgreSQL)."""
     cluster = None
     started: list[Replica] = []
@@ -145,10 +146,13 @@ def open_servers(database: str, replicas: int) -> Iterator[tuple[list[Replica], 
             cluster = PgCluster(bindir)
             cluster.start()
             extra = ["--database", cluster.url()]
-        for _ in range(replicas):
+        for i in range(replicas):
             data = Path(tempfile.mkdtemp(prefix="fanout-"))
             port = free_port()
-            proc = subprocess.Popen([str(BIN / "signal-server"), "serve", "--data-dir",
+            # cProfile writes its file when the replica exits on our SIGTERM.
+            prof = ([sys.executable, "-m", "cProfile", "-o", str(profile / f"replica{i}.prof")]
+                    if profile is not None else [])
+            proc = subprocess.Popen([*prof, str(BIN / "signal-server"), "serve", "--data-dir",
                                      str(data), "--http", f"127.0.0.1:{port}", *extra],
                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
             started.append(Replica(proc, port, data))
@@ -445,6 +449,8 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true",
                         help="200 nodes in 4 networks, 3 changes (a smoke run)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/fanout.json"))
+    parser.add_argument("--profile", type=Path, metavar="DIR",
+                        help="run every replica under cProfile, writing DIR/replicaN.prof")
     args = parser.parse_args()
     if args.quick:
         args.nodes, args.networks, args.changes = 200, 4, 3
@@ -455,7 +461,7 @@ def main() -> int:
         parser.error("--networks 1..4096, --nodes networks..4094*networks, --replicas 1..8, "
                      "--changes 1..100")
     raise_fd_limit(3 * args.nodes + 4096)
-    with open_servers(args.database, args.replicas) as (replicas, postmaster):
+    with open_servers(args.database, args.replicas, args.profile) as (replicas, postmaster):
         result = trio.run(run, args, replicas, postmaster)
     result["machine"] = machine()
     runs: dict[str, Any] = {}
