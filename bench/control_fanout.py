@@ -232,11 +232,12 @@ async def hold_stream(replica: Replica, node: Node, since: int, listener: Listen
                       opening: trio.CapacityLimiter) -> None:
     """One node's SSE stream over a raw socket; scans the bytes for peer_added."""
     path = f"/api/v1/events?since={since}"
-    headers = sign_request(node.key, "GET", path, b"")
-    request = (f"GET {path} HTTP/1.1\r\nhost: 127.0.0.1:{replica.port}\r\n"
-               "accept: text/event-stream\r\n"
-               + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n").encode()
     async with opening:  # a bounded number of opens in flight: no accept-queue storm
+        # Signed once our turn came: the signature's timestamp has a window.
+        headers = sign_request(node.key, "GET", path, b"")
+        request = (f"GET {path} HTTP/1.1\r\nhost: 127.0.0.1:{replica.port}\r\n"
+                   "accept: text/event-stream\r\n"
+                   + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n").encode()
         stream = await trio.open_tcp_stream("127.0.0.1", replica.port)
         await stream.send_all(request)
         buf = b""
