@@ -209,6 +209,7 @@ class Listener:
         self.waiting: dict[str, tuple[int, trio.Event]] = {}  # name -> (how many, done)
         self.heartbeats = 0
         self.streams_up = 0
+        self.open_resets = 0
         self.expected_streams = 0
         self.all_up = trio.Event()
 
@@ -228,10 +229,11 @@ class Listener:
             done.set()
 
 
-async def hold_stream(replica: Replica, node: Node, since: int, listener: Listener,
-                      opening: trio.CapacityLimiter) -> None:
-    """One node's SSE stream over a raw socket; scans the bytes for peer_added."""
-    path = f"/api/v1/events?since={since}"
+OPEN_ATTEMPTS = 3
+
+
+async def open_stream(replica: Replica, node: Node, path: str, opening: trio.CapacityLimiter
+                      ) -> tuple[trio.SocketStream, bytes]:
     async with opening:  # a bounded number of opens in flight: no accept-queue storm
         # Signed once our turn came: the signature's timestamp has a window.
         headers = sign_request(node.key, "GET", path, b"")
@@ -239,13 +241,34 @@ async def hold_stream(replica: Replica, node: Node, since: int, listener: Listen
                    "accept: text/event-stream\r\n"
                    + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n").encode()
         stream = await trio.open_tcp_stream("127.0.0.1", replica.port)
-        await stream.send_all(request)
-        buf = b""
-        while b"\r\n\r\n" not in buf:
-            chunk = await stream.receive_some(65536)
-            if not chunk:
-                raise RuntimeError(f"stream of {node.name} closed before its headers")
-            buf += chunk
+        try:
+            await stream.send_all(request)
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                chunk = await stream.receive_some(65536)
+                if not chunk:
+                    raise trio.BrokenResourceError("closed before its headers")
+                buf += chunk
+        except BaseException:
+            await stream.aclose()
+            raise
+        return stream, buf
+
+
+async def hold_stream(replica: Replica, node: Node, since: int, listener: Listener,
+                      opening: trio.CapacityLimiter) -> None:
+    """One node's SSE stream over a raw socket; scans the bytes for peer_added."""
+    path = f"/api/v1/events?since={since}"
+    for attempt in range(OPEN_ATTEMPTS):
+        try:
+            stream, buf = await open_stream(replica, node, path, opening)
+            break
+        except (OSError, trio.BrokenResourceError):
+            # At 10,000 streams a replica sometimes resets a connection mid-open;
+            # counted, and retried as a node would.
+            listener.open_resets += 1
+            if attempt == OPEN_ATTEMPTS - 1:
+                raise
     async with stream:
         head, _, buf = buf.partition(b"\r\n\r\n")
         if not head.startswith(b"HTTP/1.1 200"):
@@ -377,6 +400,7 @@ async def run(args: argparse.Namespace, replicas: list[Replica],
             "database": args.database, "nodes": args.nodes, "networks": args.networks,
             "replicas": len(replicas), "changes": args.changes,
             "join_rate_per_s": args.nodes / join_s, "streams_connect_s": streams_s,
+            "stream_open_resets": listener.open_resets,
             "delivered": sum(ch["delivered"] for ch in changes),
             "expected": sum(ch["members"] for ch in changes),
             "fanout_ms": {"p50": median("p50_ms"), "p99": median("p99_ms"),
