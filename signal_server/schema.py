@@ -135,6 +135,20 @@ def _fill_node_columns(db: Database) -> None:
                    "probe_public_key = ? WHERE id = ?", (*node_columns(node), node_id))
 
 
+# Version 3: the expiry sweep (every 0.5 s on every replica) finds expired nodes by an
+# index instead of decoding every node's body; at 10,000 nodes the full scan cost a
+# replica ~0.2 s of its one store thread each sweep, and fan-out waited behind it.
+_V4_COLUMN = "ALTER TABLE nodes ADD COLUMN expires_at {real}"
+_V4_INDEX = "CREATE INDEX nodes_by_expiry ON nodes (expires_at) WHERE expires_at IS NOT NULL"
+
+
+def _fill_node_expiry(db: Database) -> None:
+    for node_id, body in db.execute("SELECT id, body FROM nodes").fetchall():
+        node = decode_row("nodes", body, _NODE)
+        if node.expires_at is not None:
+            db.execute("UPDATE nodes SET expires_at = ? WHERE id = ?", (node.expires_at, node_id))
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int
@@ -152,6 +166,11 @@ MIGRATIONS = (
     Migration(3, {
         "sqlite": (_V3.format(c="", real="REAL", blob="BLOB"),),
         "postgresql": (_V3.format(c=' COLLATE "C"', real="DOUBLE PRECISION", blob="BYTEA"),),
+    }),
+    Migration(4, {
+        "sqlite": (_V4_COLUMN.format(real="REAL"), _fill_node_expiry, _V4_INDEX),
+        "postgresql": (_V4_COLUMN.format(real="DOUBLE PRECISION"), _fill_node_expiry,
+                       _V4_INDEX),
     }),
 )
 LATEST = MIGRATIONS[-1].version

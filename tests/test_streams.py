@@ -182,3 +182,39 @@ async def test_unknown_keys_cannot_open_streams(signal_server: RunningServer) ->
     async with httpx.AsyncClient(base_url=signal_server.url) as http:
         resp = await http.get("/api/v1/events")
     assert resp.status_code == 401
+
+
+async def test_a_heartbeat_reads_nothing_from_the_store_when_nothing_changed(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """Issue #19: a quiet stream's heartbeats cost no store read, so the server's idle
+    cost does not grow with every stream it holds; a change is still read and sent."""
+    from signal_server.routes.events import EventStream
+    from signal_server.service import Service
+    from signal_server.store import Store
+
+    from .test_store import join, network
+
+    store = Store(":memory:")
+    net = network(store)
+    secret = store.create_access_key("net", api.AccessKeyCreate())[1]
+    alpha = join(store, secret, "alpha").node
+    reads = 0
+    real = store.stream_view
+
+    def counting(name: str, since: int | None) -> object:
+        nonlocal reads
+        reads += 1
+        return real(name, since)
+
+    store.stream_view = counting  # type: ignore[assignment,method-assign]
+    service = Service(store, public_url="http://127.0.0.1:1")
+    stream = EventStream(service, alpha, net.id, since=store.last_seq())
+    assert await stream.__anext__() == b": heartbeat\n\n"
+    assert reads == 1
+    for _ in range(5):
+        assert await stream.__anext__() == b": heartbeat\n\n"
+    assert reads == 1  # the old stream read once per heartbeat: 6
+    await service.write("net", join, store, secret, "beta")
+    assert b"event: peer_added" in await stream.__anext__()
+    assert reads == 2
+    store.close()

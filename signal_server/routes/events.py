@@ -87,6 +87,11 @@ class EventStream:
         self.pending: list[api.Event] = []
         self.done = False
         self.superseded = False
+        # The hub's version of the network when a read last found nothing new; every
+        # change to what this stream checks (its node, its network, the log) is
+        # announced through the hub, so while the version stands a re-read would say
+        # the same. None: not read yet.
+        self.caught_up: int | None = None
 
     def __aiter__(self) -> EventStream:
         return self
@@ -130,7 +135,19 @@ class EventStream:
                 if isinstance(event, api.PeerRemoved) and event.node_id == self.node.id:
                     self.done = True  # this node was deleted: its stream ends here
                 return _sse(event)
-            changed = self.service.hub.changed(network)
+            hub = self.service.hub
+            changed = hub.changed(network)
+            version = hub.version.get(network, 0)
+            if version == self.caught_up:
+                # Nothing announced since a read that found the log drained: a
+                # heartbeat's wake-up has nothing to re-read. Without this, every
+                # stream read the store once per heartbeat, so the server's idle
+                # cost grew with all streams held, not with the changes.
+                with trio.move_on_after(HEARTBEAT_S):
+                    await changed.wait()
+                if not changed.is_set() and not self.superseded:
+                    return b": heartbeat\n\n"
+                continue
             view = await self.service.stream_view(network, self.cursor)
             gone = self._gone(view)
             if gone is not None:
@@ -151,10 +168,9 @@ class EventStream:
             if view.events:
                 self.pending = list(view.events)
                 continue
-            with trio.move_on_after(HEARTBEAT_S):
-                await changed.wait()
-            if not changed.is_set() and not self.superseded:
-                return b": heartbeat\n\n"
+            # Read to the end of the log as of ``version`` (taken before the read, so
+            # a change during it bumps the version and is read next time round).
+            self.caught_up = version
 
 
 OPERATIONS = [
