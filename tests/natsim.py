@@ -60,6 +60,11 @@ class Nat:
     timeout: float = 120.0  # RFC 4787 REQ-5: at least 2 min
     hairpin: bool = False
     refresh_inbound: bool = False
+    # The router itself takes unsolicited input (many Linux routers): a dropped inbound
+    # packet leaves a conntrack entry (remote -> public port), and a later outbound flow
+    # toward that remote gets another public port to keep the tuples unique.
+    accepts_input: bool = False
+    claimed: set[tuple[Addr, int]] = field(default_factory=set)
     table: dict[tuple[Addr, tuple[object, ...]], _Mapping] = field(default_factory=dict)
     sessions: dict[int, _Mapping] = field(default_factory=dict)  # by external port
     _next_port: int = 20000
@@ -108,6 +113,9 @@ class Nat:
         self._expire(now)
         key = (internal, self._key(remote))
         m = self.table.get(key)
+        if m is not None and remote not in m.contacted and (remote, m.port) in self.claimed:
+            key = (internal, ("clash", remote))  # this one flow moves to a new port
+            m = self.table.get(key)
         if m is None:
             port = self._allocate(internal)
             m = self.table[key] = self.sessions[port] = _Mapping(internal, port, key)
@@ -120,11 +128,10 @@ class Nat:
         """Translate a packet arriving from outside; None when the NAT drops it."""
         self._expire(now)
         m = self.sessions.get(public_port)
-        if m is None:
-            return None
-        if self.filtering == "apdf" and remote not in m.contacted:
-            return None
-        if self.filtering == "adf" and remote[0] not in {c[0] for c in m.contacted}:
+        if m is None or (self.filtering == "apdf" and remote not in m.contacted) or (
+                self.filtering == "adf" and remote[0] not in {c[0] for c in m.contacted}):
+            if self.accepts_input:
+                self.claimed.add((remote, public_port))
             return None
         if self.refresh_inbound and now is not None:
             m.last_used = now

@@ -13,25 +13,27 @@ from .natsim import Nat
 
 P, A = ("192.0.2.10", 3478), ("192.0.2.11", 3479)
 LOCAL = ("10.0.0.2", 51820)
+AUX = ("10.0.0.2", 40001)  # the classifier's auxiliary port (its filtering tests)
 WORDS = {"eim": "endpoint-independent", "adm": "address-dependent",
          "apdm": "address-and-port-dependent", "eif": "endpoint-independent",
          "adf": "address-dependent", "apdf": "address-and-port-dependent"}
 
 
-def classify(nat: Nat | None) -> NatClassifier:
-    server = StunCore(P, A)
+def classify(nat: Nat | None, alternate: tuple[str, int] = A) -> NatClassifier:
+    server = StunCore(P, alternate)
     clf = NatClassifier(P, LOCAL[1], now=0.0)
     now = 0.0
     for _ in range(200):
         while (out := clf.datagram_to_send(now)) is not None:
             data, dest = out
-            src = nat.outbound(LOCAL, dest) if nat else LOCAL
+            local = AUX if clf.via == "aux" else LOCAL
+            src = nat.outbound(local, dest) if nat else local
             answer = server.handle(data, src, dest)
             if answer is None:
                 continue
             reply, reply_from, _ = answer
-            delivered = nat.inbound(reply_from, src[1]) if nat else LOCAL
-            if delivered == LOCAL:
+            delivered = nat.inbound(reply_from, src[1]) if nat else local
+            if delivered == local:
                 clf.handle_datagram(reply, reply_from, now + 0.005)
         if clf.done:
             return clf
@@ -51,6 +53,19 @@ def test_every_mapping_and_filtering_is_classified(mapping: str, filtering: str)
     assert (report.mapping, report.filtering) == (WORDS[mapping], WORDS[filtering])
     assert report.public_endpoint == "198.51.100.1:51820"
     assert report.port_preserved is True
+
+
+def test_a_router_that_takes_unsolicited_input_is_not_mistaken_for_a_symmetric_nat(
+        ) -> None:
+    # Filtered answers from the alternate address reach the router itself and claim
+    # (alternate, public port): from WireGuard's port, a later flow toward it would get
+    # another port. The filtering tests therefore leave from another port, last.
+    nat = Nat("198.51.100.1", mapping="eim", filtering="apdf", accepts_input=True)
+    report = classify(nat).report()
+    assert (report.mapping, report.filtering) == ("endpoint-independent",
+                                                  "address-and-port-dependent"), report
+    assert nat.claimed and all(port != LOCAL[1] for _, port in nat.claimed)
+    assert report.port_deltas == (0,)
 
 
 def test_no_nat_is_endpoint_independent_and_preserved() -> None:

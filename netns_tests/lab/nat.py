@@ -3,10 +3,12 @@
 Each function returns a ruleset for ``nft -f -`` inside a router namespace whose
 upstream interface is ``wan`` and whose LAN interface is ``lan``.
 
-Every NAT router drops unsolicited input on its WAN side, as home routers do: if an
-early inbound packet were accepted by the router itself, Linux would later move the
-host's outbound mapping to another port to keep the conntrack tuples unique, and
-punching would aim at a port that is no longer the mapping.
+The NAT routers drop unsolicited input on their WAN side, as most home routers do; the
+``-open`` kinds accept it, as many Linux-based routers do (issue #18 part 3). There an
+early inbound packet to the router itself is recorded by conntrack first, and when the
+host's own outbound packet to that peer follows, Linux moves its mapping to another
+port to keep the conntrack tuples unique: the NAT is endpoint-independent for every
+peer but that one, and punching aims at a port that is not the mapping.
 
 | type  | mapping (RFC 4787)                 | filtering                        |
 |-------|------------------------------------|----------------------------------|
@@ -15,13 +17,14 @@ punching would aim at a port that is no longer the mapping.
 | prc   | endpoint-independent, port kept    | address-and-port-dependent       |
 | sym   | per destination, random port       | address-and-port-dependent       |
 | block | as prc                             | as prc; UDP only to the server   |
+| prc-open | as prc                          | as prc; the router accepts WAN input to itself |
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-NAT_TYPES = ("none", "cone", "prc", "sym", "block", "cgnat")
+NAT_TYPES = ("none", "cone", "prc", "sym", "block", "cgnat", "prc-open")
 
 _DROP_UNSOLICITED = """
 table inet labfilter {
@@ -41,8 +44,14 @@ table inet labfilter {
 """
 
 
-def masquerade_ruleset(*, randomize: bool = False) -> str:
-    """Linux's plain masquerade (EIM, port preserved, APDF) or the symmetric variant."""
+_ACCEPT_INPUT = _DROP_UNSOLICITED.replace(
+    '        iifname "wan" icmp type echo-request accept\n        iifname "wan" drop\n', "")
+
+
+def masquerade_ruleset(*, randomize: bool = False, accept_input: bool = False) -> str:
+    """Linux's plain masquerade (EIM, port preserved, APDF) or the symmetric variant;
+    ``accept_input``: the router itself takes unsolicited WAN input (forwarding stays
+    filtered)."""
     flags = " random,fully-random" if randomize else ""
     return (
         "table ip labnat {\n"
@@ -50,7 +59,7 @@ def masquerade_ruleset(*, randomize: bool = False) -> str:
         "        type nat hook postrouting priority srcnat; policy accept;\n"
         f'        oifname "wan" masquerade{flags}\n'
         "    }\n"
-        "}\n" + _DROP_UNSOLICITED
+        "}\n" + (_ACCEPT_INPUT if accept_input else _DROP_UNSOLICITED)
     )
 
 

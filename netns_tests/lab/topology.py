@@ -416,6 +416,8 @@ class Lab:
             router.nft(natrules.masquerade_ruleset())
         elif nat == "sym":
             router.nft(natrules.masquerade_ruleset(randomize=True))
+        elif nat == "prc-open":
+            router.nft(natrules.masquerade_ruleset(accept_input=True))
         elif nat == "block":
             router.nft(natrules.block_ruleset(SERVER_IPS))
         if carrier is not None:

@@ -12,6 +12,7 @@ slower filtering tests end.
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Callable
 
 import trio
@@ -74,29 +75,68 @@ class Discovery:
         async with self._lock:  # one classification at a time on the port
             clf = NatClassifier(self.stun_server, self.sock.port, trio.current_time())
             self._current = clf
+            family = socket.AF_INET6 if ":" in self.stun_server[0] else socket.AF_INET
+            # The filtering tests' port (classify.py says why not WireGuard's).
+            failure: NetworkDown | None = None
             try:
-                while not clf.done:
-                    if on_endpoint is not None and clf.m1 is not None:
-                        endpoint = clf.report().public_endpoint
-                        assert endpoint is not None
-                        on_endpoint(endpoint)
-                        on_endpoint = None
-                    while (out := clf.datagram_to_send(trio.current_time())) is not None:
+                with trio.socket.socket(family, socket.SOCK_DGRAM) as aux:
+                    await aux.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(self._receive_aux, aux, clf)
                         try:
-                            await self.sock.send(*out)
-                        except NetworkDown as exc:
-                            # No route or address: waiting out RFC 8489 §6.2.1's retransmits
-                            # (~40 s per test) would learn nothing. End this netcheck now;
-                            # its caller's re-gather loop tries again later.
-                            log.info("netcheck via %s: %s", self.stun_server, exc)
-                            raise
-                    deadline = clf.next_deadline()
-                    self._arrived = trio.Event()
-                    with trio.move_on_at(deadline if deadline is not None else trio.current_time()):
-                        await self._arrived.wait()
-                    clf.handle_timer(trio.current_time())
+                            await self._classify(clf, aux, on_endpoint)
+                        except NetworkDown as exc:  # raised after the nursery: no group
+                            failure = exc
+                        nursery.cancel_scope.cancel()
+            except OSError as exc:
+                raise NetworkDown(f"netcheck: {exc.strerror or exc}") from exc
             finally:
                 self._current = None
+            if failure is not None:
+                raise failure
             if clf.error:
                 log.warning("netcheck via %s: %s", self.stun_server, clf.error)
             return clf.report()
+
+    async def _classify(self, clf: NatClassifier, aux: trio.socket.SocketType,
+                        on_endpoint: Callable[[str], None] | None) -> None:
+        while not clf.done:
+            if on_endpoint is not None and clf.m1 is not None:
+                endpoint = clf.report().public_endpoint
+                assert endpoint is not None
+                on_endpoint(endpoint)
+                on_endpoint = None
+            while (out := clf.datagram_to_send(trio.current_time())) is not None:
+                try:
+                    if clf.via == "aux":
+                        await _send_aux(aux, *out)
+                    else:
+                        await self.sock.send(*out)
+                except NetworkDown as exc:
+                    # No route or address: waiting out RFC 8489 §6.2.1's retransmits
+                    # (~40 s per test) would learn nothing. End this netcheck now;
+                    # its caller's re-gather loop tries again later.
+                    log.info("netcheck via %s: %s", self.stun_server, exc)
+                    raise
+            deadline = clf.next_deadline()
+            self._arrived = trio.Event()
+            with trio.move_on_at(deadline if deadline is not None else trio.current_time()):
+                await self._arrived.wait()
+            clf.handle_timer(trio.current_time())
+
+    async def _receive_aux(self, aux: trio.socket.SocketType, clf: NatClassifier) -> None:
+        while True:
+            try:
+                data, source = await aux.recvfrom(2048)
+            except OSError:  # e.g. ICMP port unreachable: the test's schedule times out
+                await trio.sleep(0.05)
+                continue
+            clf.handle_datagram(data, (source[0], source[1]), trio.current_time())
+            self._arrived.set()
+
+
+async def _send_aux(aux: trio.socket.SocketType, data: bytes, dest: Addr) -> None:
+    try:
+        await aux.sendto(data, dest)
+    except OSError as exc:
+        raise NetworkDown(f"{exc.strerror or exc} (to {dest[0]})") from exc
