@@ -453,3 +453,61 @@ async def test_driver_survives_garbage_and_send_errors(
         assert s.statistics().rejected == 1
         assert d.send_errors >= 5 and s.state == "failed"
         send_chan.close()
+
+
+@pytest.mark.parametrize("judge_after_draining", [True, False])
+async def test_a_reader_backlog_is_not_a_lost_path(
+        autojump_clock: trio.testing.MockClock, judge_after_draining: bool) -> None:
+    """Issue #22: A's shared-port reader falls behind (its pongs wait in the socket's
+    backlog). Judged only once the reader has caught up, the path stays; judged on the
+    clock alone (no ``caught_up``), the same backlog is a lost path."""
+    addr_a, addr_b = ("192.0.2.1", 51820), ("192.0.2.2", 51820)
+    cands_a, cands_b = [candidate("host", addr_a)], [candidate("host", addr_b)]
+    now = trio.current_time()
+    sa = PunchSession(local_key=A, peer_key=B.public_key, local_candidates=cands_a,
+                      peer_candidates=cands_b, peer_nat=None, now=now, rng=random.Random(1))
+    sb = PunchSession(local_key=B, peer_key=A.public_key, local_candidates=cands_b,
+                      peer_candidates=cands_a, peer_nat=None, now=now, rng=random.Random(2))
+    to_a_send, to_a = trio.open_memory_channel[tuple[bytes, Addr]](1000)
+    to_b_send, to_b = trio.open_memory_channel[tuple[bytes, Addr]](1000)
+    backlog: list[tuple[bytes, Addr]] = []
+    behind = False
+
+    async def a_sends(data: bytes, dest: Addr) -> None:
+        await trio.sleep(0.01)
+        await to_b_send.send((data, addr_a))
+
+    async def b_sends(data: bytes, dest: Addr) -> None:
+        await trio.sleep(0.01)
+        if behind:
+            backlog.append((data, addr_b))  # in the kernel's queue, not read yet
+        else:
+            await to_a_send.send((data, addr_b))
+
+    lost: list[PunchEvent] = []
+    da = PunchDriver(sa, a_sends, lambda e: lost.append(e) if isinstance(e, PathLost) else None,
+                     caught_up=(lambda since: not behind) if judge_after_draining else None)
+    db = PunchDriver(sb, b_sends)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(da.run, to_a)
+        await nursery.start(db.run, to_b)
+        da.punch()
+        db.punch()
+        await trio.sleep(2.0)
+        assert sa.state == "connected" and not lost
+        behind = True
+        for _ in range(200):  # until A's pong is overdue (bounded: the control never waits)
+            if da.catch_up_waits or trio.current_time() - now > 2.0 + LOST_AFTER + 2 * KEEPALIVE:
+                break
+            await trio.sleep(0.05)
+        await trio.sleep(0.2)
+        behind = False  # the reader catches up: the backlog is handed on
+        for item in backlog:
+            to_a_send.send_nowait(item)
+        await trio.sleep(LOST_AFTER)
+        if judge_after_draining:
+            assert da.catch_up_waits >= 1 and not lost and sa.state == "connected"
+        else:
+            assert lost  # the clock alone took the backlog for a lost path
+        to_a_send.close()
+        to_b_send.close()

@@ -44,7 +44,8 @@ class PortServices:
         self.discovery = Discovery(sock, stun)
         await nursery.start(self.discovery.run)
         if hole_punching:
-            self.punching = Punching(sock, probe_key, on_event)
+            self.punching = Punching(sock, probe_key, on_event,
+                                     caught_up=self.discovery.caught_up)
             await nursery.start(self.punching.run)
             self.discovery.on_probe = self.punching.route
             self.relaying = Relaying(client, sock, self.punching.set_relay)

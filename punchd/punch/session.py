@@ -362,6 +362,11 @@ class PunchSession:
         times.extend(p.next_tx for p in self._pairs.values() if p.state == "in-progress")
         return min(times, default=None)
 
+    def path_overdue(self, now: float) -> bool:
+        """Connected, and the selected path's pong is overdue: the next timer loses it."""
+        return (self._state == "connected" and self.selected is not None
+                and now >= self._last_pong + LOST_AFTER)
+
     def handle_timer(self, now: float) -> None:
         if self._retry_at is not None and now >= self._retry_at:
             self._start_attempt(now)
