@@ -340,6 +340,9 @@ async def run_size(n: int, seconds: float, workdir: Path) -> dict[str, Any]:
                 "rss_mb": round(rss_mb(pid), 1),
                 "probes_out_per_s": round((recv1 - recv0) / elapsed, 1),
                 "probes_in_per_s": round((sent1 - sent0) / elapsed, 1),
+                "cpu_us_per_probe": round(1e6 * (cpu1 - cpu0) / max(
+                    1, (recv1 - recv0) + (sent1 - sent0)), 1),
+                "load_avg_1m": os.getloadavg()[0],
                 "path_losses_window": losses(log_path) - lost0,
                 "simulator_cpu_pct": round(100 * (time.process_time() - sim0) / elapsed, 1),
             })
@@ -368,20 +371,23 @@ def render(results: dict[str, Any]) -> str:
     lines = ["# bench scale: one punchd, N simulated peers (loopback, fake WireGuard)", "",
              "Method: `bench/scale.py` docstring. CPU is % of one core over the window; "
              "probes/s as the simulated peers count them; losses are punchd's "
-             "`lost; punching again` log lines.", ""]
+             "`lost; punching again` log lines. The machine is shared (see load avg): "
+             "a starved punchd shows a low CPU % and few probes, so CPU µs per probe is "
+             "the figure that compares across runs.", ""]
     for label, run in results.get("runs", {}).items():
         lines += [f"## {label} ({run['machine']['time_utc']}, {run['window_s']} s window, "
                   f"commit {run.get('commit', '?')})", "",
-                  "| peers | punchd CPU | RSS MB | probes/s out / in | losses (window / run) "
-                  "| connected end | all connected after | simulator CPU |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "| peers | punchd CPU | RSS MB | probes/s out / in | CPU µs/probe "
+                  "| losses (window / run) | connected end | all connected after "
+                  "| simulator CPU | load avg |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for r in run["rows"]:
             lines.append(
                 f"| {r['peers']} | {r.get('cpu_pct', '?')} % | {r.get('rss_mb', '?')} | "
                 f"{r.get('probes_out_per_s', '?')} / {r.get('probes_in_per_s', '?')} | "
-                f"{r.get('path_losses_window', '?')} / {r.get('path_losses_total', '?')} | "
+                f"{r.get('cpu_us_per_probe', '?')} | {r.get('path_losses_window', '?')} / {r.get('path_losses_total', '?')} | "
                 f"{r.get('connected_end', '?')} | {r.get('all_connected_after_s') or 'never'} s | "
-                f"{r.get('simulator_cpu_pct', '?')} % |")
+                f"{r.get('simulator_cpu_pct', '?')} % | {r.get('load_avg_1m', '?')} |")
         lines.append("")
     return "\n".join(lines)
 
