@@ -21,8 +21,11 @@ from punchd.punch.candidates import (
 from punchd.punch.driver import PunchDriver
 from punchd.punch.prediction import SPRAY_BUDGET
 from punchd.punch.session import (
+    FRESH_FOR,
     KEEPALIVE,
+    KEEPALIVE_IDLE,
     LOST_AFTER,
+    LOST_AFTER_IDLE,
     PUNCH_TIMEOUT,
     RETRY_MAX,
     TA,
@@ -305,6 +308,39 @@ def test_keepalive_keeps_the_path_and_the_mappings() -> None:
     assert per_side <= 2 * 300 / KEEPALIVE * 1.1
 
 
+def test_an_idle_direct_path_is_kept_alive_at_the_nats_pace() -> None:
+    """Issue #22's rule: past FRESH_FOR, an idle direct path is pinged every
+    KEEPALIVE_IDLE (not every KEEPALIVE), still well inside a 30 s NAT timeout."""
+    sim, a, b = build_pair("prc", "prc")
+    for n in (a, b):
+        assert n.nat is not None
+        n.nat.timeout = 30.0
+    connected(sim, a, b)
+    sim.run_until(FRESH_FOR + 1.0)
+    sent, start = sim.net.stats.sent, sim.now
+    sim.run_until(start + 300.0)
+    assert kinds(a) == kinds(b) == [PathFound]  # no loss at the slower pace
+    per_side = (sim.net.stats.sent - sent) / 2  # each side's pings and pongs
+    assert per_side <= 2 * 300 / KEEPALIVE_IDLE * 1.1
+    assert per_side >= 2 * 300 / KEEPALIVE_IDLE * 0.9  # and it does keep it alive
+    assert KEEPALIVE_IDLE < 30.0 / 3  # three tries inside the shortest common NAT timeout
+
+
+def test_a_path_carrying_traffic_is_kept_at_the_fast_pace() -> None:
+    sim, a, b = build_pair("prc", "prc")
+    connected(sim, a, b)
+    sim.run_until(FRESH_FOR + 10.0)  # idle by now
+    a.s.note_traffic(sim.now)  # WireGuard's counters moved
+    b.s.note_traffic(sim.now)
+    sent, start = sim.net.stats.sent, sim.now
+    sim.run_until(start + 5.0)
+    assert (sim.net.stats.sent - sent) / 2 >= 2 * 5.0 / KEEPALIVE * 0.9
+    sim.net.down = True
+    died = sim.now
+    assert sim.run_until(died + 10.0, stop=lambda: PathLost in kinds(a))
+    assert sim.now - died <= LOST_AFTER + 0.1  # the ~2 s fallback of a busy path
+
+
 def test_short_outage_is_not_path_loss() -> None:
     sim, a, b = build_pair("prc", "prc")
     connected(sim, a, b)
@@ -323,7 +359,7 @@ def test_path_loss_is_detected_and_repunched() -> None:
     sim.net.down = True
     start = sim.now
     assert sim.run_until(40.0, stop=lambda: PathLost in kinds(a) and PathLost in kinds(b))
-    assert sim.now - start <= LOST_AFTER + KEEPALIVE + 0.1
+    assert sim.now - start <= LOST_AFTER_IDLE + 0.1  # idle: at the NAT's pace
     assert a.s.state == "punching"  # straight into a new attempt
     sent_during = sim.net.stats.sent
     sim.run_until(sim.now + 60.0)  # still down: attempts fail, retries back off
