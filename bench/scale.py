@@ -387,12 +387,14 @@ def render(results: dict[str, Any]) -> str:
                 f"{r.get('probes_out_per_s', '?')} / {r.get('probes_in_per_s', '?')} | "
                 f"{r.get('cpu_us_per_probe', '?')} | {r.get('path_losses_window', '?')} / {r.get('path_losses_total', '?')} | "
                 f"{r.get('connected_end', '?')} | {r.get('all_connected_after_s') or 'never'} s | "
-                f"{r.get('simulator_cpu_pct', '?')} % | {r.get('load_avg_1m', '?')} |")
+                f"{r.get('simulator_cpu_pct', '?')} % | {r.get('load_avg_1m', 0):.1f} |")
         lines.append("")
     return "\n".join(lines)
 
 
 def _commit() -> str:
+    if os.environ.get("BENCH_COMMIT"):  # a run from an exported tree (no .git)
+        return os.environ["BENCH_COMMIT"]
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                               text=True, timeout=10).stdout.strip() or "?"

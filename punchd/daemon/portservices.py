@@ -68,6 +68,10 @@ class PortServices:
         if moved and self.relaying is not None:
             self.relaying.wake_binds()  # the relay must learn the new mapping
 
+    def note_traffic(self, node_id: str) -> None:
+        if self.punching is not None:
+            self.punching.note_traffic(node_id)
+
     def punch(self, node_id: str) -> None:
         if self.punching is not None:
             self.punching.punch(node_id)

@@ -139,6 +139,12 @@ class Punching(TaskHost):
         if peer is not None:
             peer.driver.set_relay(relay)
 
+    def note_traffic(self, node_id: str) -> None:
+        """WireGuard's counters for the peer moved: its path is kept at the fast pace."""
+        peer = self._peers.get(node_id)
+        if peer is not None:
+            peer.driver.note_traffic()
+
     def punch(self, node_id: str) -> bool:
         """Start an attempt with one peer now (rendezvous, or a user's request)."""
         peer = self._peers.get(node_id)

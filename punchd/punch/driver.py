@@ -63,6 +63,11 @@ class PunchDriver:
         self._wake()
         return txids
 
+    def note_traffic(self) -> None:
+        """WireGuard carried traffic with the peer (see :meth:`PunchSession.note_traffic`)."""
+        self.session.note_traffic(trio.current_time())
+        self._wake()
+
     def set_relay(self, relay: Addr | None) -> None:
         self.session.set_relay(relay, trio.current_time())
         self._wake()
