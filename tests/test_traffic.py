@@ -1,9 +1,15 @@
-"""WireGuard's counters tell the punch sessions which paths carry traffic (issue #22)."""
+"""The agent at scale (issue #22): WireGuard's counters tell the punch sessions which
+paths carry traffic, and a burst of punch events shares reconcile passes."""
 
 from __future__ import annotations
 
+import trio
+import trio.testing
+
 from punchd.daemon.model import NetworkModel
-from punchd.daemon.network import TRAFFIC_MIN_BYTES, NetworkAgent
+from punchd.daemon.network import RECONCILE_MIN_GAP_S, TRAFFIC_MIN_BYTES, NetworkAgent
+from punchd.daemon.policy import PathPolicy
+from punchd.daemon.tasks import Wakeup
 from punchd.wg.base import WgDeviceState, WgPeerState
 from punchd.wire import api
 
@@ -44,3 +50,36 @@ def test_only_counters_that_moved_more_than_keepalives_mark_traffic() -> None:
     agent._note_traffic(device(peer_state("KA", 32, 32 + TRAFFIC_MIN_BYTES),
                                peer_state("KZ", 10**6, 0)))  # not a known peer
     assert port.noted == ["b", "a"]
+
+
+async def test_a_burst_of_punch_events_shares_reconcile_passes(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """Issue #22: a thousand PathFound in a second are ~10 passes, not a thousand; and
+    the first event after a quiet spell is served at once."""
+    agent = NetworkAgent.__new__(NetworkAgent)
+    agent._reconcile_due, agent.policy = Wakeup(), PathPolicy(b"k")
+    passes: list[float] = []
+
+    async def reconcile_once() -> int:
+        passes.append(trio.current_time())
+        await trio.lowlevel.checkpoint()
+        return 0
+
+    agent.reconcile_once = reconcile_once  # type: ignore[method-assign]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(agent._reconcile_loop)
+        await trio.sleep(1.0)  # the periodic passes only
+        quiet = len(passes)
+        start = trio.current_time()
+        agent.wake_reconcile()
+        await trio.sleep(0)
+        await trio.sleep(0)
+        assert len(passes) == quiet + 1 and passes[-1] == start  # at once
+        for _ in range(1000):  # one event a millisecond for a second
+            agent.wake_reconcile()
+            await trio.sleep(0.001)
+        burst = len(passes) - quiet
+        assert burst <= 1.0 / RECONCILE_MIN_GAP_S + 2
+        await trio.sleep(RECONCILE_MIN_GAP_S)
+        assert passes[-1] > start + 1.0 - RECONCILE_MIN_GAP_S  # the last event was served
+        nursery.cancel_scope.cancel()

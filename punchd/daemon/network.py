@@ -53,6 +53,10 @@ from .tasks import Wakeup
 log = logging.getLogger("punchd.network")
 
 RECONCILE_INTERVAL_S = 2.0
+# Passes woken by events start at most this often: the first event after a quiet spell
+# is served at once (join -> first packet stays fast), the rest of a burst (a thousand
+# PathFound as the sessions connect) shares a pass instead of costing one each (#22).
+RECONCILE_MIN_GAP_S = 0.1
 CANDIDATE_INTERVAL_S = 25.0
 BACKOFF_MIN_S = 0.5
 # Full jitter below this cap: after a server restart every node is back on its stream
@@ -225,6 +229,7 @@ class NetworkAgent:
     async def _reconcile_loop(self) -> None:
         while True:
             woken = self._reconcile_due.round()
+            started = trio.current_time()
             try:
                 await self.reconcile_once()
             except WireGuardError as exc:
@@ -235,6 +240,8 @@ class NetworkAgent:
             wait = min(RECONCILE_INTERVAL_S, self.policy.next_deadline(time.time()) - time.time())
             with trio.move_on_after(max(wait, 0.0)):
                 await woken.wait()
+            # Events during the gap are coalesced by the Wakeup into the next pass.
+            await trio.sleep_until(started + RECONCILE_MIN_GAP_S)
 
     # -- server ------------------------------------------------------------------------------
 
