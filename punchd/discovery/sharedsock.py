@@ -8,7 +8,8 @@ one, which the kernel fills in (``IPV6_CHECKSUM`` at offset 6).
 Receiving: a raw UDP socket of the same kind, with the classic-BPF filter of
 :mod:`punchd.discovery.bpf` attached, so only STUN and probe datagrams to the
 WireGuard port are copied to punchd; WireGuard still receives them too and drops
-them (their first byte is not a WireGuard message type).
+them (their first byte is not a WireGuard message type). The send sockets get a
+filter that drops everything: a raw socket receives whether or not it is read.
 
 Both families: an IPv4 pair and, where the host has IPv6, an IPv6 pair; one
 ``receive_batch()`` yields what either has. An IPv4 raw socket delivers the IP
@@ -58,6 +59,7 @@ class SharedPortSocket:
         self.port = port
         try:
             self._send4 = trio.socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP)
+            bpf.attach(self._send4, bpf.program_drop_all())  # type: ignore[arg-type]
             self._recv4 = _nonblocking(socket.socket(socket.AF_INET, socket.SOCK_RAW,
                                                      socket.IPPROTO_UDP))
             bpf.attach(self._recv4, bpf.program_ipv4(port))
@@ -70,6 +72,7 @@ class SharedPortSocket:
             self._send6 = trio.socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_UDP)
             # IPv6 forbids a zero UDP checksum: the kernel computes it at offset 6.
             self._send6.setsockopt(socket.IPPROTO_IPV6, IPV6_CHECKSUM, 6)
+            bpf.attach(self._send6, bpf.program_drop_all())  # type: ignore[arg-type]
             self._recv6 = _nonblocking(socket.socket(socket.AF_INET6, socket.SOCK_RAW,
                                                      socket.IPPROTO_UDP))
             bpf.attach(self._recv6, bpf.program_ipv6(port))
