@@ -24,7 +24,10 @@ simulator's own CPU is reported beside it: a simulator that saturates would make
 punchd look better than it is.
 
     python -m bench scale [--peers 10,100,300,1000] [--quick] [--seconds 20]
-                          [--label after] [--out bench/results/scale.json]
+                          [--silent 1000] [--label after] [--out bench/results/scale.json]
+
+``--silent N``: also N peers that never answer (offline nodes in the snapshot): what
+punchd spends trying, measured after ``SILENT_SETTLE_S``.
 
 Results are kept per ``--label`` in ``scale.json`` (so a baseline and later runs sit
 side by side) and drawn as ``scale.md``.
@@ -44,6 +47,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -69,6 +73,9 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 LOST_MARK = " lost; punching again"
 READY_TIMEOUT_S = 20.0
 SETTLE_S = 3.0
+# Silent peers: past the first attempts (5 s each, then 10 s, 20 s... of backoff),
+# where punchd's steady cost of trying is.
+SILENT_SETTLE_S = 30.0
 MAX_HEADER = 16384
 
 
@@ -108,6 +115,15 @@ class SimPeer:
     async def _send(self, data: bytes, dest: Addr) -> None:
         self.sent += 1
         await self.sock.sendto(data, dest)
+
+    async def run_silent(self) -> None:
+        """A peer that is in the snapshot but never answers (offline, or firewalled)."""
+        while True:
+            try:
+                await self.sock.recvfrom(2048)
+            except OSError:
+                continue
+            self.received += 1
 
     async def run(self, punchd_key: PublicKey, punchd_addr: Addr) -> None:
         session = PunchSession(
@@ -265,8 +281,10 @@ def losses(log: Path) -> int:
         return 0
 
 
-async def run_size(n: int, seconds: float, workdir: Path) -> dict[str, Any]:
-    work = workdir / f"n{n}"
+async def run_size(n: int, seconds: float, workdir: Path, *,
+                   silent: bool = False) -> dict[str, Any]:
+    """One size; ``silent``: the peers never answer (punchd's cost of trying)."""
+    work = workdir / (f"n{n}" + ("-silent" if silent else ""))
     work.mkdir(parents=True)
     sockets = []
     for _ in range(n):
@@ -289,7 +307,7 @@ async def run_size(n: int, seconds: float, workdir: Path) -> dict[str, Any]:
     url = f"http://127.0.0.1:{http.getsockname()[1]}"
     log_path = work / "punchd.log"
     ctl = work / "punchd.sock"
-    row: dict[str, Any] = {"peers": n}
+    row: dict[str, Any] = {"peers": n, "silent": silent}
     proc: trio.Process | None = None
     try:
         async with trio.open_nursery() as nursery:
@@ -312,13 +330,16 @@ async def run_size(n: int, seconds: float, workdir: Path) -> dict[str, Any]:
             assert server.node is not None
             punchd_key = PublicKey(base64.b64decode(server.node.probe_public_key))
             for peer in peers:
-                nursery.start_soon(peer.run, punchd_key, ("127.0.0.1", listen_port))
-            limit = 30 + 0.1 * n
+                if silent:
+                    nursery.start_soon(peer.run_silent)
+                else:
+                    nursery.start_soon(peer.run, punchd_key, ("127.0.0.1", listen_port))
+            limit = 30 + 0.1 * n if not silent else SILENT_SETTLE_S
             ours = 0
             with trio.move_on_after(limit):
                 while True:
                     ours = connected_in_status(await control(ctl, "status", network=NETWORK))
-                    if ours == n and all(p.connected for p in peers):
+                    if not silent and ours == n and all(p.connected for p in peers):
                         break
                     await trio.sleep(1.0)
             row["all_connected_after_s"] = (round(time.monotonic() - t_join, 1)
@@ -383,7 +404,7 @@ def render(results: dict[str, Any]) -> str:
                   "|---|---|---|---|---|---|---|---|---|---|"]
         for r in run["rows"]:
             lines.append(
-                f"| {r['peers']} | {r.get('cpu_pct', '?')} % | {r.get('rss_mb', '?')} | "
+                f"| {r['peers']}{' silent' if r.get('silent') else ''} | {r.get('cpu_pct', '?')} % | {r.get('rss_mb', '?')} | "
                 f"{r.get('probes_out_per_s', '?')} / {r.get('probes_in_per_s', '?')} | "
                 f"{r.get('cpu_us_per_probe', '?')} | {r.get('path_losses_window', '?')} / {r.get('path_losses_total', '?')} | "
                 f"{r.get('connected_end', '?')} | {r.get('all_connected_after_s') or 'never'} s | "
@@ -407,6 +428,8 @@ def main() -> int:
     parser.add_argument("--peers", default="10,100,300,1000")
     parser.add_argument("--quick", action="store_true", help="10 and 100 peers, 10 s")
     parser.add_argument("--seconds", type=float, default=None)
+    parser.add_argument("--silent", default="",
+                        help="sizes to run with peers that never answer, e.g. 1000")
     parser.add_argument("--label", default="latest")
     parser.add_argument("--out", type=Path, default=Path("bench/results/scale.json"))
     parser.add_argument("--keep", action="store_true", help="keep punchd's logs (printed)")
@@ -415,11 +438,12 @@ def main() -> int:
     seconds = args.seconds if args.seconds is not None else (10.0 if args.quick else 20.0)
     workdir = Path(tempfile.mkdtemp(prefix="punchd-scale-"))
     rows = []
+    runs = [(n, False) for n in sizes] + [(int(n), True) for n in args.silent.split(",") if n]
     try:
-        for n in sizes:
-            row = trio.run(run_size, n, seconds, workdir)
+        for n, silent in runs:
+            row = trio.run(partial(run_size, silent=silent), n, seconds, workdir)
             rows.append(row)
-            print(f"  {n:5} peers: punchd {row.get('cpu_pct')}% of a core, "
+            print(f"  {n:5}{' silent' if silent else ''} peers: punchd {row.get('cpu_pct')}% of a core, "
                   f"RSS {row.get('rss_mb')} MB, probes/s {row.get('probes_out_per_s')} out / "
                   f"{row.get('probes_in_per_s')} in, losses {row.get('path_losses_window')} "
                   f"(run {row.get('path_losses_total')}), connected {row.get('connected_end')}"
