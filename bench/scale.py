@@ -314,8 +314,11 @@ async def run_size(n: int, seconds: float, workdir: Path, *,
             await nursery.start(StunResponder(stun_addr, sockets={stun_addr: stun_sock}).run)
             nursery.start_soon(server.serve, trio.SocketListener(http))
             with log_path.open("wb") as log_file:
+                # BENCH_PROFILE=DIR: punchd runs under cProfile (a .prof file per size).
+                prof = os.environ.get("BENCH_PROFILE")
+                wrap = ["-m", "cProfile", "-o", f"{prof}/punchd-{n}.prof"] if prof else []
                 proc = await trio.lowlevel.open_process(
-                    [sys.executable, "-m", "punchd.daemon.main", "--state-dir",
+                    [sys.executable, *wrap, "-m", "punchd.daemon.main", "--state-dir",
                      str(work / "state"), "--socket", str(ctl), "--wg-backend", "fake"],
                     stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
             pid = proc.pid

@@ -3,13 +3,18 @@ paths carry traffic, and a burst of punch events shares reconcile passes."""
 
 from __future__ import annotations
 
+import httpx
+import pytest
 import trio
 import trio.testing
+from nacl.signing import SigningKey
 
 from punchd.daemon.model import NetworkModel
 from punchd.daemon.network import RECONCILE_MIN_GAP_S, TRAFFIC_MIN_BYTES, NetworkAgent
 from punchd.daemon.policy import PathPolicy
 from punchd.daemon.tasks import Wakeup
+from punchd.errors import APIError
+from punchd.serverapi import MAX_IN_FLIGHT, ServerClient
 from punchd.wg.base import WgDeviceState, WgPeerState
 from punchd.wire import api
 
@@ -83,3 +88,30 @@ async def test_a_burst_of_punch_events_shares_reconcile_passes(
         await trio.sleep(RECONCILE_MIN_GAP_S)
         assert passes[-1] > start + 1.0 - RECONCILE_MIN_GAP_S  # the last event was served
         nursery.cancel_scope.cancel()
+
+
+async def test_a_node_has_at_most_a_few_requests_in_flight() -> None:
+    """A thousand relay requests at once wait in the client's FIFO, not in httpcore's
+    pool (whose queue costs O(queued * connections) per state change)."""
+    in_flight = peak = 0
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await trio.lowlevel.checkpoint()
+        in_flight -= 1
+        return httpx.Response(503, json={"error": "no relay"})
+
+    client = ServerClient("http://server.test", SigningKey.generate(),
+                          transport=httpx.MockTransport(handler))
+
+    async def ask(peer: str) -> None:
+        with pytest.raises(APIError):
+            await client.relay(peer)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(200):
+            nursery.start_soon(ask, f"peer{i}")
+    await client.aclose()
+    assert 1 < peak <= MAX_IN_FLIGHT
