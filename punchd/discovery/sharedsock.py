@@ -30,6 +30,7 @@ before it has been handed on (see :meth:`caught_up`).
 from __future__ import annotations
 
 import errno
+import functools
 import ipaddress
 import select
 import socket
@@ -109,7 +110,7 @@ class SharedPortSocket:
         laptop losing its link) raises NetworkDown, never a bare OSError."""
         header = struct.pack("!HHHH", self.port, dest[1], 8 + len(payload), 0)
         try:
-            version = ipaddress.ip_address(dest[0]).version
+            version = _ip_version(dest[0])
         except ValueError as exc:
             raise SharedPortError(f"not an IP address: {dest[0]!r}") from exc
         if version == 6 and self._send6 is None:
@@ -204,6 +205,12 @@ class SharedPortSocket:
             self.dropped += 1  # the filter should have stopped it; count, never trust
             return False
         return True
+
+
+@functools.lru_cache(maxsize=8192)
+def _ip_version(text: str) -> int:
+    """4 or 6; parsed once per destination, not once per probe sent."""
+    return ipaddress.ip_address(text).version
 
 
 def _nonblocking(sock: socket.socket) -> socket.socket:

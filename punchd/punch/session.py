@@ -105,6 +105,7 @@ only once (timestamp window + seen-id cache, :class:`punchd.wire.probe.ReplayGua
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import random
 from collections import deque
@@ -187,6 +188,13 @@ _LAN_NETS = [ipaddress.ip_network(n) for n in (
     "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7", "fe80::/10")]
 
 
+@functools.lru_cache(maxsize=8192)
+def _private(ip_text: str) -> bool:
+    """In private space (RFC 1918, ULA, link-local); parsed once per address."""
+    ip = ipaddress.ip_address(ip_text)
+    return any(ip in net for net in _LAN_NETS if net.version == ip.version)
+
+
 class PathFound(Struct, frozen=True, tag=True):
     addr: Addr
     rtt: float
@@ -266,8 +274,7 @@ class _Pair:
             return True
         if self.kind != "prflx":
             return False
-        ip = ipaddress.ip_address(self.remote[0])
-        return any(ip in net for net in _LAN_NETS if net.version == ip.version)
+        return _private(self.remote[0])
 
 
 class PunchSession:
