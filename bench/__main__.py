@@ -8,7 +8,7 @@ import sys
 def main() -> int:
     choices = {"control": "bench.control_fanout", "dns": "bench.dns_qps",
                "relay": "bench.relay_capacity", "paths": "bench.paths",
-               "cpu": "bench.discovery_cpu",
+               "cpu": "bench.discovery_cpu", "scale": "bench.scale",
                "matrix": "bench.matrix", "dataplane": "bench.dataplane", "all": "bench.run_all",
                "compare": "bench.compare", "fuzz": "bench.fuzz"}
     if len(sys.argv) < 2 or sys.argv[1] not in choices:

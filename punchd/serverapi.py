@@ -20,6 +20,7 @@ from typing import Any, TypeVar, cast
 
 import httpx
 import msgspec
+import trio
 from nacl.signing import SigningKey
 
 from punchd.errors import APIError, ServerUnreachable
@@ -28,6 +29,11 @@ from punchd.wire.signing import b64, sign_request
 from punchd.wire.token import JoinToken
 
 T = TypeVar("T")
+# Requests in flight at once (the event stream aside). With a thousand peers, a
+# thousand relay requests queued inside httpcore's pool cost O(queued * connections)
+# on every state change: most of punchd's CPU at start-up (issue #22). Queued here
+# instead, they wait in a FIFO that costs nothing.
+MAX_IN_FLIGHT = 8
 
 
 class ServerClient:
@@ -37,6 +43,7 @@ class ServerClient:
         self.signing_key = signing_key
         self._http = httpx.AsyncClient(base_url=self.server_url, transport=transport,
                                        timeout=timeout)
+        self._in_flight = trio.CapacityLimiter(MAX_IN_FLIGHT)
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -50,8 +57,9 @@ class ServerClient:
         content = b"" if body is None else msgspec.json.encode(body)
         full = "/api/v1" + path
         try:
-            resp = await self._http.request(method, full, content=content,
-                                            headers=self._headers(method, full, content))
+            async with self._in_flight:
+                resp = await self._http.request(method, full, content=content,
+                                                headers=self._headers(method, full, content))
         except httpx.HTTPError as exc:
             raise ServerUnreachable(f"{self.server_url}: {exc!r}") from exc
         _raise_for_status(resp.status_code, resp.content)

@@ -80,3 +80,10 @@ def test_programs_pass_the_kernels_structural_checks() -> None:
     bpf.validate(V6)
     with pytest.raises(ValueError, match="past the end"):
         bpf.validate([(bpf.JEQ_K, 0, 5, 1), (bpf.RET_K, 0, 0, 0)])
+
+
+@pytest.mark.parametrize("packet", [udp(STUN_REQ), udp(PROBE), b"", b"\x45" + bytes(40)])
+def test_the_send_sockets_filter_drops_everything(packet: bytes) -> None:
+    program = bpf.program_drop_all()
+    bpf.validate(program)
+    assert bpf.run(program, packet) is False

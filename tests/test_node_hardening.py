@@ -267,7 +267,7 @@ class UnreachableSocket:
         self.sent += 1
         raise NetworkDown(f"send to {dest[0]}:{dest[1]}: Network is unreachable")
 
-    async def receive(self) -> tuple[bytes, tuple[str, int]]:
+    async def receive_batch(self) -> list[tuple[bytes, tuple[str, int]]]:
         if self.receive_failures:
             self.receive_failures -= 1
             raise NetworkDown("receive on the shared port: Network is down")

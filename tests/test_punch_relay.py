@@ -84,6 +84,9 @@ def test_a_dead_direct_path_falls_back_to_the_relay_within_two_seconds() -> None
     a.punch(sim.now)
     b.punch(sim.now)
     assert sim.run_until(1.0, stop=lambda: a.s.selected_kind == b.s.selected_kind == "srflx")
+    sim.run_until(9.0)
+    a.s.note_traffic(sim.now)  # the path carries traffic (an idle one is slower to judge)
+    b.s.note_traffic(sim.now)
     sim.run_until(10.0)
     sim.net.block(a.nat.public_ip, b.nat.public_ip)
     died = sim.now

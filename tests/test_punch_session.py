@@ -21,8 +21,11 @@ from punchd.punch.candidates import (
 from punchd.punch.driver import PunchDriver
 from punchd.punch.prediction import SPRAY_BUDGET
 from punchd.punch.session import (
+    FRESH_FOR,
     KEEPALIVE,
+    KEEPALIVE_IDLE,
     LOST_AFTER,
+    LOST_AFTER_IDLE,
     PUNCH_TIMEOUT,
     RETRY_MAX,
     TA,
@@ -305,6 +308,39 @@ def test_keepalive_keeps_the_path_and_the_mappings() -> None:
     assert per_side <= 2 * 300 / KEEPALIVE * 1.1
 
 
+def test_an_idle_direct_path_is_kept_alive_at_the_nats_pace() -> None:
+    """Issue #22's rule: past FRESH_FOR, an idle direct path is pinged every
+    KEEPALIVE_IDLE (not every KEEPALIVE), still well inside a 30 s NAT timeout."""
+    sim, a, b = build_pair("prc", "prc")
+    for n in (a, b):
+        assert n.nat is not None
+        n.nat.timeout = 30.0
+    connected(sim, a, b)
+    sim.run_until(FRESH_FOR + 1.0)
+    sent, start = sim.net.stats.sent, sim.now
+    sim.run_until(start + 300.0)
+    assert kinds(a) == kinds(b) == [PathFound]  # no loss at the slower pace
+    per_side = (sim.net.stats.sent - sent) / 2  # each side's pings and pongs
+    assert per_side <= 2 * 300 / KEEPALIVE_IDLE * 1.1
+    assert per_side >= 2 * 300 / KEEPALIVE_IDLE * 0.9  # and it does keep it alive
+    assert KEEPALIVE_IDLE < 30.0 / 3  # three tries inside the shortest common NAT timeout
+
+
+def test_a_path_carrying_traffic_is_kept_at_the_fast_pace() -> None:
+    sim, a, b = build_pair("prc", "prc")
+    connected(sim, a, b)
+    sim.run_until(FRESH_FOR + 10.0)  # idle by now
+    a.s.note_traffic(sim.now)  # WireGuard's counters moved
+    b.s.note_traffic(sim.now)
+    sent, start = sim.net.stats.sent, sim.now
+    sim.run_until(start + 5.0)
+    assert (sim.net.stats.sent - sent) / 2 >= 2 * 5.0 / KEEPALIVE * 0.9
+    sim.net.down = True
+    died = sim.now
+    assert sim.run_until(died + 10.0, stop=lambda: PathLost in kinds(a))
+    assert sim.now - died <= LOST_AFTER + 0.1  # the ~2 s fallback of a busy path
+
+
 def test_short_outage_is_not_path_loss() -> None:
     sim, a, b = build_pair("prc", "prc")
     connected(sim, a, b)
@@ -323,7 +359,7 @@ def test_path_loss_is_detected_and_repunched() -> None:
     sim.net.down = True
     start = sim.now
     assert sim.run_until(40.0, stop=lambda: PathLost in kinds(a) and PathLost in kinds(b))
-    assert sim.now - start <= LOST_AFTER + KEEPALIVE + 0.1
+    assert sim.now - start <= LOST_AFTER_IDLE + 0.1  # idle: at the NAT's pace
     assert a.s.state == "punching"  # straight into a new attempt
     sent_during = sim.net.stats.sent
     sim.run_until(sim.now + 60.0)  # still down: attempts fail, retries back off
@@ -453,3 +489,60 @@ async def test_driver_survives_garbage_and_send_errors(
         assert s.statistics().rejected == 1
         assert d.send_errors >= 5 and s.state == "failed"
         send_chan.close()
+
+
+@pytest.mark.parametrize("judge_after_draining", [True, False])
+async def test_a_reader_backlog_is_not_a_lost_path(
+        autojump_clock: trio.testing.MockClock, judge_after_draining: bool) -> None:
+    """Issue #22: A's shared-port reader falls behind (its pongs wait in the socket's
+    backlog). Judged only once the reader has caught up, the path stays; judged on the
+    clock alone (no ``caught_up``), the same backlog is a lost path."""
+    addr_a, addr_b = ("192.0.2.1", 51820), ("192.0.2.2", 51820)
+    cands_a, cands_b = [candidate("host", addr_a)], [candidate("host", addr_b)]
+    now = trio.current_time()
+    sa = PunchSession(local_key=A, peer_key=B.public_key, local_candidates=cands_a,
+                      peer_candidates=cands_b, peer_nat=None, now=now, rng=random.Random(1))
+    sb = PunchSession(local_key=B, peer_key=A.public_key, local_candidates=cands_b,
+                      peer_candidates=cands_a, peer_nat=None, now=now, rng=random.Random(2))
+    to_a_send, to_a = trio.open_memory_channel[tuple[bytes, Addr]](1000)
+    to_b_send, to_b = trio.open_memory_channel[tuple[bytes, Addr]](1000)
+    backlog: list[tuple[bytes, Addr]] = []
+    behind = False
+
+    async def a_sends(data: bytes, dest: Addr) -> None:
+        await trio.sleep(0.01)
+        await to_b_send.send((data, addr_a))
+
+    async def b_sends(data: bytes, dest: Addr) -> None:
+        await trio.sleep(0.01)
+        if behind:
+            backlog.append((data, addr_b))  # in the kernel's queue, not read yet
+        else:
+            await to_a_send.send((data, addr_b))
+
+    lost: list[PunchEvent] = []
+    da = PunchDriver(sa, a_sends, lambda e: lost.append(e) if isinstance(e, PathLost) else None,
+                     caught_up=(lambda since: not behind) if judge_after_draining else None)
+    db = PunchDriver(sb, b_sends)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(da.run, to_a)
+        await nursery.start(db.run, to_b)
+        da.punch()
+        db.punch()
+        await trio.sleep(2.0)
+        assert sa.state == "connected" and not lost
+        behind = True
+        for _ in range(200):  # until A's pong is overdue (bounded: the control never waits)
+            if da.catch_up_waits or trio.current_time() - now > 2.0 + LOST_AFTER + 2 * KEEPALIVE:
+                break
+            await trio.sleep(0.05)
+        await trio.sleep(0.2)
+        behind = False  # the reader catches up: the backlog is handed on
+        for item in backlog:
+            to_a_send.send_nowait(item)
+        await trio.sleep(LOST_AFTER)
+        if judge_after_draining:
+            assert da.catch_up_waits >= 1 and not lost and sa.state == "connected"
+        else:
+            assert lost  # the clock alone took the backlog for a lost path
+        nursery.cancel_scope.cancel()  # (closing a channel mid-send would raise)

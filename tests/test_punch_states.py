@@ -7,6 +7,7 @@ and orders come from hypothesis; the peer is hand-played on float time."""
 from __future__ import annotations
 
 import heapq
+import itertools
 import random
 
 import pytest
@@ -16,7 +17,10 @@ from hypothesis import strategies as st
 from punchd.punch import session as sess
 from punchd.punch.candidates import candidate
 from punchd.punch.session import (
-    LOST_AFTER,
+    FRESH_FOR,
+    KEEPALIVE,
+    KEEPALIVE_IDLE,
+    LOST_AFTER_IDLE,
     PAIR_TRANSITIONS,
     PUNCH_TIMEOUT,
     TRANSITIONS,
@@ -128,7 +132,7 @@ def into(way: str, seed: int, t0: float) -> Peer:
 # -- the inputs ---------------------------------------------------------------------------
 
 INPUTS = ["punch", "timer", "ping", "pong", "garbage", "update_peer", "update_local",
-          "relay", "relay-none", "wait", "silence", "hopeless-punch"]
+          "relay", "relay-none", "wait", "silence", "hopeless-punch", "traffic"]
 
 
 def apply(p: Peer, kind: str, data: st.DataObject) -> None:
@@ -167,9 +171,11 @@ def apply(p: Peer, kind: str, data: st.DataObject) -> None:
         s.set_relay(None, p.now)
     elif kind == "wait":  # an attempt's worth of time, the peer answering as before
         p.run(p.now + PUNCH_TIMEOUT + 0.1)
-    elif kind == "silence":  # the peer stops answering, for longer than LOST_AFTER
+    elif kind == "silence":  # the peer stops answering, for longer than any loss time
         p.answering.clear()
-        p.run(p.now + LOST_AFTER + 0.3)
+        p.run(p.now + LOST_AFTER_IDLE + 0.3)
+    elif kind == "traffic":  # WireGuard's counters moved: never a change of state
+        s.note_traffic(p.now)
     elif kind == "hopeless-punch":  # rediscovery: both NATs now symmetric; then punch
         s.update_local(s.local_candidates, SYMMETRIC)
         s.update_peer(s.peer_candidates, SYMMETRIC)
@@ -278,8 +284,48 @@ def test_random_input_sequences_never_raise_and_keep_the_invariants(
         before = p.s.state
         apply(p, kind, data)
         check_invariants(p)
-        if kind in ("garbage", "update_peer", "update_local"):
+        if kind in ("garbage", "update_peer", "update_local", "traffic"):
             assert p.s.state == before  # these never move the state
+
+
+def keepalive_gaps(p: Peer, seconds: float) -> list[float]:
+    """Times between the pings on the selected path over ``seconds``, peer answering."""
+    selected = p.s.selected
+    times: list[float] = []
+    end = p.now + seconds
+    for _ in range(10_000):
+        before = len(p.pings)
+        p.run(min(end, (p.s.next_deadline() or end)))
+        times += [p.now] * sum(1 for _, d in p.pings[before:] if d == selected)
+        if p.now >= end:
+            break
+    return [b - a for a, b in itertools.pairwise(times)]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), t0=st.floats(0.0, 1e6),
+       idle_for=st.floats(0.0, 120.0), traffic=st.booleans())
+def test_keepalive_pace_is_the_nats_for_an_idle_direct_path(
+        seed: int, t0: float, idle_for: float, traffic: bool) -> None:
+    """The rule (issue #22): a connected direct path, past FRESH_FOR and without
+    traffic, is pinged every KEEPALIVE_IDLE; with traffic (or on the relay), every
+    KEEPALIVE. Fails if the idle pace is removed or applied to a busy path."""
+    p = into("connected-direct", seed, t0)
+    p.run(p.now + FRESH_FOR + idle_for)
+    if traffic:
+        p.s.note_traffic(p.now)
+    gaps = keepalive_gaps(p, 30.0 if not traffic else 5.0)
+    assert p.s.state == "connected" and gaps
+    pace = KEEPALIVE if traffic else KEEPALIVE_IDLE
+    assert all(abs(g - pace) < 0.05 for g in gaps[1:]), (pace, gaps)
+
+
+def test_the_relay_path_keeps_the_fast_pace() -> None:
+    p = into("connected-relay", 1, 0.0)
+    p.run(p.now + FRESH_FOR + 30.0)
+    gaps = keepalive_gaps(p, 10.0)
+    # (an attempt's check of the relay pair may come between: never slower)
+    assert gaps and all(g <= KEEPALIVE + 0.05 for g in gaps)
 
 
 # -- the tables and the header -------------------------------------------------------------

@@ -53,11 +53,19 @@ from .tasks import Wakeup
 log = logging.getLogger("punchd.network")
 
 RECONCILE_INTERVAL_S = 2.0
+# Passes woken by events start at most this often: the first event after a quiet spell
+# is served at once (join -> first packet stays fast), the rest of a burst (a thousand
+# PathFound as the sessions connect) shares a pass instead of costing one each (#22).
+RECONCILE_MIN_GAP_S = 0.1
 CANDIDATE_INTERVAL_S = 25.0
 BACKOFF_MIN_S = 0.5
 # Full jitter below this cap: after a server restart every node is back on its stream
 # within ~2 s, and a thousand nodes still arrive spread over that time, not at once.
 BACKOFF_MAX_S = 1.5
+# WireGuard's counters moved by more than its own keepalive (32 bytes) and a handshake
+# (148 + 92) would move them in one pass: the path carries traffic, so its punch
+# session keeps the fast keepalive pace and a dead path falls back within ~2 s.
+TRAFFIC_MIN_BYTES = 256
 REFUSED_RETRY_S = 30.0  # the server said no (401/403/404): asking again soon is no use
 
 
@@ -82,6 +90,7 @@ class NetworkAgent:
         self.cancel_scope = trio.CancelScope()
         self._link_applied: LinkConfig | None = None
         self._dns_applied: api.MeshDns | None = None
+        self._counters: dict[str, int] = {}  # WireGuard rx+tx bytes by public key
         self.dns_outcome: str | None = None
         self.port_mapping = port_mapping
         self.port = PortServices()
@@ -171,6 +180,7 @@ class NetworkAgent:
             await self.backend.set_link(ifname, link)
             self._link_applied = link
         actual = await self.backend.get_device(ifname)
+        self._note_traffic(actual)
         now = time.time()
         network = self.model.network
         for gone in self.policy.update(
@@ -206,9 +216,25 @@ class NetworkAgent:
         self.port.sync_peers(self.model.peers.values())
         return len(ops)
 
+    def _note_traffic(self, actual: WgDeviceState) -> None:
+        """Tell the punch sessions of peers whose WireGuard counters moved (traffic)."""
+        moved = []
+        counters = {}
+        for state in actual.peers:
+            total = counters[state.public_key] = state.rx_bytes + state.tx_bytes
+            if total - self._counters.get(state.public_key, total) >= TRAFFIC_MIN_BYTES:
+                moved.append(state.public_key)
+        self._counters = counters
+        if moved:
+            by_key = {p.wg_public_key: node_id for node_id, p in self.model.peers.items()}
+            for key in moved:
+                if key in by_key:
+                    self.port.note_traffic(by_key[key])
+
     async def _reconcile_loop(self) -> None:
         while True:
             woken = self._reconcile_due.round()
+            started = trio.current_time()
             try:
                 await self.reconcile_once()
             except WireGuardError as exc:
@@ -219,6 +245,8 @@ class NetworkAgent:
             wait = min(RECONCILE_INTERVAL_S, self.policy.next_deadline(time.time()) - time.time())
             with trio.move_on_after(max(wait, 0.0)):
                 await woken.wait()
+            # Events during the gap are coalesced by the Wakeup into the next pass.
+            await trio.sleep_until(started + RECONCILE_MIN_GAP_S)
 
     # -- server ------------------------------------------------------------------------------
 

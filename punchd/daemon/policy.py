@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import ipaddress
 import math
 from collections.abc import Mapping, Sequence
@@ -126,16 +127,28 @@ class _Probation:
 
 def probe_key(node: api.Node) -> bytes:
     """The node's probe public key, raw; empty if it does not decode."""
-    try:
-        return base64.b64decode(node.probe_public_key, validate=True)
-    except (binascii.Error, ValueError):
-        return b""
+    return _decode_probe_key(node.probe_public_key)
 
 
 def allowed_ips(peer: api.Node) -> tuple[str, ...]:
     """The peer's mesh addresses as host routes."""
+    return _host_routes(peer.ipv4, peer.ipv6)
+
+
+# Both run for every peer on every reconcile pass; their inputs change rarely, so they
+# are parsed once (issue #22: a pass over unchanged peers must be cheap).
+@functools.lru_cache(maxsize=8192)
+def _decode_probe_key(text: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return b""
+
+
+@functools.lru_cache(maxsize=8192)
+def _host_routes(ipv4: str | None, ipv6: str | None) -> tuple[str, ...]:
     return tuple(str(ipaddress.ip_interface(a).ip) + ("/128" if ":" in a else "/32")
-                 for a in (peer.ipv4, peer.ipv6) if a)
+                 for a in (ipv4, ipv6) if a)
 
 
 class PathPolicy:

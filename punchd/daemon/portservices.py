@@ -47,7 +47,8 @@ class PortServices:
         self.discovery = Discovery(sock, stun)
         await nursery.start(self.discovery.run)
         if hole_punching:
-            self.punching = Punching(sock, probe_key, on_event)
+            self.punching = Punching(sock, probe_key, on_event,
+                                     caught_up=self.discovery.caught_up)
             await nursery.start(self.punching.run)
             self.discovery.on_probe = self.punching.route
             self.relaying = Relaying(client, sock, self.punching.set_relay)
@@ -82,6 +83,10 @@ class PortServices:
             self.punching.update_local(candidates, nat)
         if moved and self.relaying is not None:
             self.relaying.wake_binds()  # the relay must learn the new mapping
+
+    def note_traffic(self, node_id: str) -> None:
+        if self.punching is not None:
+            self.punching.note_traffic(node_id)
 
     def punch(self, node_id: str) -> None:
         if self.punching is not None:

@@ -70,8 +70,10 @@ class _Peer:
 class Punching(TaskHost):
     def __init__(self, sender: ProbeSender, local_key: PrivateKey,
                  on_event: Callable[[str, PunchEvent], None], *,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None,
+                 caught_up: Callable[[float], bool] | None = None) -> None:
         self._sender = sender
+        self._caught_up = caught_up  # the shared port's reader: has it handed on all?
         self._local_key = local_key
         self._on_event = on_event
         self._rng = rng or random.Random()
@@ -137,6 +139,12 @@ class Punching(TaskHost):
         if peer is not None:
             peer.driver.set_relay(relay)
 
+    def note_traffic(self, node_id: str) -> None:
+        """WireGuard's counters for the peer moved: its path is kept at the fast pace."""
+        peer = self._peers.get(node_id)
+        if peer is not None:
+            peer.driver.note_traffic()
+
     def punch(self, node_id: str) -> bool:
         """Start an attempt with one peer now (rendezvous, or a user's request)."""
         peer = self._peers.get(node_id)
@@ -200,7 +208,8 @@ class Punching(TaskHost):
             session.punch(trio.current_time())  # the driver sends these probes first
         node_id = node.id
         driver = PunchDriver(session, self._send,
-                             lambda event: self._on_event(node_id, event))
+                             lambda event: self._on_event(node_id, event),
+                             caught_up=self._caught_up)
         inbox, receive = trio.open_memory_channel[tuple[bytes, Addr]](INBOX_SIZE)
         peer = _Peer(node_id, bytes(peer_key), driver, inbox, node.candidates, node.nat)
         self._peers[node_id] = peer

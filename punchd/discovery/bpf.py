@@ -52,6 +52,12 @@ def program_ipv4(port: int) -> list[Insn]:
     ]
 
 
+def program_drop_all() -> list[Insn]:
+    """For the raw *send* sockets: they would otherwise get a copy of every UDP datagram
+    on the host, never read, so their full queue cost the kernel work per datagram."""
+    return [(RET_K, 0, 0, DROP)]
+
+
 def program_ipv6(port: int) -> list[Insn]:
     return [
         (LD_H_ABS, 0, 0, 2),            # 0 UDP destination port

@@ -1,6 +1,7 @@
 """The discovery service: the one reader of the shared WireGuard port.
 
-One receive loop sorts what arrives: punch probes go to ``on_probe`` (the punch
+One receive loop sorts what arrives, a batch per wake (every datagram waiting, see
+:mod:`punchd.discovery.sharedsock`): punch probes go to ``on_probe`` (the punch
 sessions), STUN answers to ``on_stun`` first (the relay binds claim theirs) and then
 to the classification in progress. ``netcheck`` drives one
 :class:`~punchd.discovery.classify.NatClassifier` with trio's clock and the shared
@@ -46,7 +47,7 @@ class Discovery:
         try:
             while True:
                 try:
-                    data, source = await self.sock.receive()
+                    batch = await self.sock.receive_batch()
                 except NetworkDown as exc:  # e.g. ENOBUFS, a vanished link: keep listening
                     log.debug("shared port receive: %s", exc)
                     # Back off so an error that repeats does not spin the CPU.
@@ -54,9 +55,15 @@ class Discovery:
                     backoff = min(backoff * 2, RECEIVE_BACKOFF_MAX_S)
                     continue
                 backoff = RECEIVE_BACKOFF_MIN_S
-                self._dispatch(data, source)
+                for data, source in batch:
+                    self._dispatch(data, source)
         finally:
             self.sock.close()
+
+    def caught_up(self, since: float) -> bool:
+        """Everything that reached the port before ``since`` has been dispatched: a
+        session may judge its path by what it has (see PunchDriver)."""
+        return self.sock.caught_up(since)
 
     def _dispatch(self, data: bytes, source: Addr) -> None:
         """Probes to the punch sessions; STUN to the classification in progress."""

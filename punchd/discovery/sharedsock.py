@@ -8,21 +8,35 @@ one, which the kernel fills in (``IPV6_CHECKSUM`` at offset 6).
 Receiving: a raw UDP socket of the same kind, with the classic-BPF filter of
 :mod:`punchd.discovery.bpf` attached, so only STUN and probe datagrams to the
 WireGuard port are copied to punchd; WireGuard still receives them too and drops
-them (their first byte is not a WireGuard message type).
+them (their first byte is not a WireGuard message type). The send sockets get a
+filter that drops everything: a raw socket receives whether or not it is read.
 
 Both families: an IPv4 pair and, where the host has IPv6, an IPv6 pair; one
-``receive()`` yields whichever has a datagram. An IPv4 raw socket delivers the IP
+``receive_batch()`` yields what either has. An IPv4 raw socket delivers the IP
 header, an IPv6 one only the UDP header and payload (the source comes with
 ``recvfrom``).
+
+Reading in batches. A node with hundreds of peers gets hundreds of probes a second on
+this one port. One ``await recvfrom`` per datagram costs a scheduler pass each (and,
+with two families, a nursery of two tasks each): the reader fell behind, the
+socket's buffer filled and the kernel dropped probes, which the sessions then took
+for lost paths (issue #22). So one wake drains every datagram waiting, up to
+``RECEIVE_BATCH``, with plain non-blocking ``recvfrom`` calls; both families are
+waited on at once through one epoll descriptor (no task per family).
+``drained_at`` is when the reader last found both sockets empty: what arrived
+before it has been handed on (see :meth:`caught_up`).
 """
 
 from __future__ import annotations
 
+import errno
+import functools
 import ipaddress
+import select
 import socket
 import struct
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 import trio
 
@@ -33,6 +47,10 @@ from ..wire.addr import Addr
 from . import bpf
 
 IPV6_CHECKSUM = 7
+# Datagrams handed on per wake: enough to empty a busy socket in a few passes, few
+# enough that the sessions they wake run before the next batch.
+RECEIVE_BATCH = 64
+_AGAIN = (errno.EAGAIN, errno.EWOULDBLOCK)
 
 
 class SharedPortSocket:
@@ -42,26 +60,39 @@ class SharedPortSocket:
         self.port = port
         try:
             self._send4 = trio.socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP)
-            self._recv4 = trio.socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP)
-            bpf.attach(self._recv4, bpf.program_ipv4(port))  # type: ignore[arg-type]
+            bpf.attach(self._send4, bpf.program_drop_all())  # type: ignore[arg-type]
+            self._recv4 = _nonblocking(socket.socket(socket.AF_INET, socket.SOCK_RAW,
+                                                     socket.IPPROTO_UDP))
+            bpf.attach(self._recv4, bpf.program_ipv4(port))
         except OSError as exc:
             raise SharedPortError(f"raw sockets for port {port}: {exc.strerror} "
                                   "(punchd needs CAP_NET_RAW)") from exc
         self._send6: trio.socket.SocketType | None = None
-        self._recv6: trio.socket.SocketType | None = None
+        self._recv6: socket.socket | None = None
         try:
             self._send6 = trio.socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_UDP)
             # IPv6 forbids a zero UDP checksum: the kernel computes it at offset 6.
             self._send6.setsockopt(socket.IPPROTO_IPV6, IPV6_CHECKSUM, 6)
-            self._recv6 = trio.socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_UDP)
-            bpf.attach(self._recv6, bpf.program_ipv6(port))  # type: ignore[arg-type]
+            bpf.attach(self._send6, bpf.program_drop_all())  # type: ignore[arg-type]
+            self._recv6 = _nonblocking(socket.socket(socket.AF_INET6, socket.SOCK_RAW,
+                                                     socket.IPPROTO_UDP))
+            bpf.attach(self._recv6, bpf.program_ipv6(port))
         except OSError:  # no IPv6 on this host: IPv4 alone
             for sock in (self._send6, self._recv6):
                 if sock is not None:
                     sock.close()
             self._send6 = self._recv6 = None
-        self._early: deque[tuple[bytes, Addr]] = deque()  # both families answered at once
+        # Both families readable through one descriptor: one wait, no task per family.
+        self._poll: select.epoll | None = None
+        if self._recv6 is not None:
+            self._poll = select.epoll()
+            self._poll.register(self._recv4.fileno(), select.EPOLLIN)
+            self._poll.register(self._recv6.fileno(), select.EPOLLIN)
+        self._early: deque[tuple[bytes, Addr]] = deque()  # for receive(), one at a time
         self.dropped = 0
+        self.batches = 0
+        self.drained_at = float("-inf")
+        self._waiting = False  # blocked on empty sockets: nothing is behind
 
     @property
     def ipv6(self) -> bool:
@@ -71,13 +102,15 @@ class SharedPortSocket:
         for sock in (self._send4, self._recv4, self._send6, self._recv6):
             if sock is not None:
                 sock.close()
+        if self._poll is not None:
+            self._poll.close()
 
     async def send(self, payload: bytes, dest: Addr) -> None:
         """Send from WireGuard's port; a host without a route or address right now (a
         laptop losing its link) raises NetworkDown, never a bare OSError."""
         header = struct.pack("!HHHH", self.port, dest[1], 8 + len(payload), 0)
         try:
-            version = ipaddress.ip_address(dest[0]).version
+            version = _ip_version(dest[0])
         except ValueError as exc:
             raise SharedPortError(f"not an IP address: {dest[0]!r}") from exc
         if version == 6 and self._send6 is None:
@@ -91,51 +124,81 @@ class SharedPortSocket:
 
     async def receive(self) -> tuple[bytes, Addr]:
         """The next STUN or probe datagram sent to the WireGuard port, and its source."""
-        if self._early:
+        if not self._early:
+            self._early.extend(await self.receive_batch())
+        else:
             await trio.lowlevel.checkpoint()
-            return self._early.popleft()
-        if self._recv6 is None:
-            return await self._receive4()
-        async with trio.open_nursery() as nursery:
-            # Whichever family has a datagram first. If both read one before the
-            # cancellation lands, the second is kept for the next call.
-            result: list[tuple[bytes, Addr]] = []
+        return self._early.popleft()
 
-            async def one(receive: Callable[[], Awaitable[tuple[bytes, Addr]]]) -> None:
-                result.append(await receive())
-                nursery.cancel_scope.cancel()
-
-            nursery.start_soon(one, self._receive4)
-            nursery.start_soon(one, self._receive6)
-        self._early.extend(result[1:])
-        return result[0]
-
-    async def _receive4(self) -> tuple[bytes, Addr]:
+    async def receive_batch(self, limit: int = RECEIVE_BATCH) -> list[tuple[bytes, Addr]]:
+        """Every STUN or probe datagram waiting (at least one, at most ``limit``)."""
         while True:
-            packet, _ = await _recvfrom(self._recv4)
-            ihl = 4 * (packet[0] & 0x0F) if packet else 0
-            if len(packet) < ihl + 8:
-                self.dropped += 1
-                continue
-            src_ip = socket.inet_ntoa(packet[12:16])
-            src_port, dst_port = struct.unpack_from("!HH", packet, ihl)
-            payload = packet[ihl + 8:]
-            if not self._ours(dst_port, payload):
-                continue
-            return payload, (src_ip, src_port)
+            self._waiting = False
+            batch = self._drain(limit)
+            if batch:
+                self.batches += 1
+                await trio.lowlevel.checkpoint()
+                return batch
+            self._waiting = True
+            try:
+                await trio.lowlevel.wait_readable(
+                    self._poll if self._poll is not None else self._recv4)
+            finally:
+                self._waiting = False
 
-    async def _receive6(self) -> tuple[bytes, Addr]:
-        assert self._recv6 is not None
-        while True:
-            datagram, source = await _recvfrom(self._recv6)
-            if len(datagram) < 8:
-                self.dropped += 1
-                continue
-            src_port, dst_port = struct.unpack_from("!HH", datagram)
-            payload = datagram[8:]
-            if not self._ours(dst_port, payload):
-                continue
-            return payload, (str(ipaddress.ip_address(str(source[0]).split("%")[0])), src_port)
+    def caught_up(self, since: float) -> bool:
+        """Whether everything that arrived before ``since`` has been handed on: the
+        reader waits on empty sockets, or found them empty after ``since``."""
+        return self._waiting or self.drained_at >= since
+
+    def _drain(self, limit: int) -> list[tuple[bytes, Addr]]:
+        batch: list[tuple[bytes, Addr]] = []
+        empty = self._drain_one(self._recv4, self._parse4, batch, limit)
+        if self._recv6 is not None:
+            empty = self._drain_one(self._recv6, self._parse6, batch, limit) and empty
+        if empty:
+            self.drained_at = trio.current_time()
+        return batch
+
+    def _drain_one(self, sock: socket.socket,
+                   parse: Callable[[bytes, tuple[object, ...]], tuple[bytes, Addr] | None],
+                   batch: list[tuple[bytes, Addr]], limit: int) -> bool:
+        """Read into ``batch`` until ``sock`` is empty (True) or the batch is full."""
+        while len(batch) < limit:
+            try:
+                data, source = sock.recvfrom(65535)
+            except OSError as exc:
+                if exc.errno in _AGAIN:
+                    return True
+                if batch:  # hand on what was read; the error comes back next call
+                    return False
+                raise NetworkDown(f"receive on the shared port: {exc.strerror or exc}") from exc
+            got = parse(data, source)
+            if got is not None:
+                batch.append(got)
+        return False
+
+    def _parse4(self, packet: bytes, _source: tuple[object, ...]) -> tuple[bytes, Addr] | None:
+        ihl = 4 * (packet[0] & 0x0F) if packet else 0
+        if len(packet) < ihl + 8:
+            self.dropped += 1
+            return None
+        src_ip = socket.inet_ntoa(packet[12:16])
+        src_port, dst_port = struct.unpack_from("!HH", packet, ihl)
+        payload = packet[ihl + 8:]
+        if not self._ours(dst_port, payload):
+            return None
+        return payload, (src_ip, src_port)
+
+    def _parse6(self, datagram: bytes, source: tuple[object, ...]) -> tuple[bytes, Addr] | None:
+        if len(datagram) < 8:
+            self.dropped += 1
+            return None
+        src_port, dst_port = struct.unpack_from("!HH", datagram)
+        payload = datagram[8:]
+        if not self._ours(dst_port, payload):
+            return None
+        return payload, (str(ipaddress.ip_address(str(source[0]).split("%")[0])), src_port)
 
     def _ours(self, dst_port: int, payload: bytes) -> bool:
         if dst_port != self.port or not (stun.is_stun(payload) or payload[:4] == b"PNCH"):
@@ -144,9 +207,12 @@ class SharedPortSocket:
         return True
 
 
-async def _recvfrom(sock: trio.socket.SocketType) -> tuple[bytes, Addr]:
-    try:
-        data, source = await sock.recvfrom(65535)
-    except OSError as exc:
-        raise NetworkDown(f"receive on the shared port: {exc.strerror or exc}") from exc
-    return data, (str(source[0]), int(source[1]))
+@functools.lru_cache(maxsize=8192)
+def _ip_version(text: str) -> int:
+    """4 or 6; parsed once per destination, not once per probe sent."""
+    return ipaddress.ip_address(text).version
+
+
+def _nonblocking(sock: socket.socket) -> socket.socket:
+    sock.setblocking(False)
+    return sock

@@ -6,6 +6,13 @@ feeds the session, and then sends what the session wants sent and hands its even
 to the owner. The owner (the daemon) demultiplexes the shared WireGuard port by the
 probe's sender key (:func:`punchd.wire.probe.peek_sender`) into each peer's receive
 channel, and integrates the events (set the WireGuard endpoint, fall back to relay).
+
+Under load. Probes already in the inbox are fed in one go (no wait, no cancel scope
+for each), so a burst costs one flush. And a path is judged lost only on what has
+arrived: when the session's pong is overdue but the shared port's reader has not yet
+caught up (``caught_up``: its backlog holds datagrams older than now), the verdict
+waits for the reader, at most ``CATCH_UP_MAX`` — a backlog is load, not a lost path
+(issue #22).
 """
 
 from __future__ import annotations
@@ -26,14 +33,21 @@ log = logging.getLogger(__name__)
 
 SendFn = Callable[[bytes, Addr], Awaitable[None]]
 EventFn = Callable[[PunchEvent], None]
+CaughtUpFn = Callable[[float], bool]
+INBOX_BATCH = 64  # queued probes fed per pass; bounded so a flood still flushes
+CATCH_UP_MAX = 1.0  # how long a lost-path verdict waits for a reader that is behind
+CATCH_UP_POLL = 0.01
 
 
 class PunchDriver:
     def __init__(self, session: PunchSession, send: SendFn,
-                 on_event: EventFn | None = None) -> None:
+                 on_event: EventFn | None = None, *, caught_up: CaughtUpFn | None = None) -> None:
         self.session = session
         self._send = send
         self._on_event = on_event
+        self._caught_up = caught_up
+        self._closed = False
+        self.catch_up_waits = 0
         self._wait: trio.CancelScope | None = None
         self._dirty = False
         self.send_errors = 0
@@ -48,6 +62,11 @@ class PunchDriver:
         txids = self.session.ping_now(trio.current_time())
         self._wake()
         return txids
+
+    def note_traffic(self) -> None:
+        """WireGuard carried traffic with the peer (see :meth:`PunchSession.note_traffic`)."""
+        self.session.note_traffic(trio.current_time())
+        self._wake()
 
     def set_relay(self, relay: Addr | None) -> None:
         self.session.set_relay(relay, trio.current_time())
@@ -75,15 +94,44 @@ class PunchDriver:
                 self.send_errors += 1
                 log.debug("probe to %s failed: %s", dest, exc)
 
-    async def run(self, receive: trio.abc.ReceiveChannel[tuple[bytes, Addr]], *,
+    def _feed_queued(self, receive: trio.MemoryReceiveChannel[tuple[bytes, Addr]]) -> bool:
+        """Feed what the inbox holds now, without waiting; True if anything was fed."""
+        fed = False
+        for _ in range(INBOX_BATCH):
+            try:
+                data, src = receive.receive_nowait()
+            except trio.WouldBlock:
+                break
+            except (trio.EndOfChannel, trio.ClosedResourceError):
+                self._closed = True
+                break
+            self.session.handle_datagram(data, src, trio.current_time())
+            fed = True
+        return fed
+
+    async def _wait_caught_up(self, receive: trio.MemoryReceiveChannel[tuple[bytes, Addr]],
+                              since: float) -> None:
+        """The pong is overdue and the reader is behind: let it hand on its backlog."""
+        assert self._caught_up is not None
+        self.catch_up_waits += 1
+        for _ in range(math.ceil(CATCH_UP_MAX / CATCH_UP_POLL)):
+            await trio.sleep(CATCH_UP_POLL)
+            self._feed_queued(receive)
+            if self._closed or self._caught_up(since) \
+                    or not self.session.path_overdue(trio.current_time()):
+                return
+
+    async def run(self, receive: trio.MemoryReceiveChannel[tuple[bytes, Addr]], *,
                   task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Drive the session until ``receive`` is closed by its sender."""
         self.session.wall_offset = time.time() - trio.current_time()
         task_status.started()
-        while True:
+        while not self._closed:
             self._dirty = False
             await self._flush()
             if self._dirty:  # punch() while we were sending: flush its probes too
+                continue
+            if self._feed_queued(receive):  # a burst arrived meanwhile: one more flush
                 continue
             deadline = self.session.next_deadline()
             with trio.CancelScope(deadline=math.inf if deadline is None else deadline) as wait:
@@ -95,8 +143,14 @@ class PunchDriver:
                 finally:
                     self._wait = None
                 self.session.handle_datagram(data, src, trio.current_time())
+                self._feed_queued(receive)
                 continue
             now = trio.current_time()
             deadline = self.session.next_deadline()
-            if deadline is not None and now >= deadline:
-                self.session.handle_timer(now)
+            if deadline is None or now < deadline:
+                continue
+            self._feed_queued(receive)
+            if (self._caught_up is not None and self.session.path_overdue(now)
+                    and not self._caught_up(now)):
+                await self._wait_caught_up(receive, now)
+            self.session.handle_timer(trio.current_time())

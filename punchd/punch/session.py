@@ -82,9 +82,21 @@ that ends without a direct pair schedules the next with the usual backoff, forev
 
 Failure and retry. No pair within ``PUNCH_TIMEOUT`` -> PunchFailed(reason) and a
 retry after a backoff (10 s doubling to 5 min; 60 s first when it cannot work); never
-a tight loop. Keepalive: once connected, a ping on the selected path every
-``KEEPALIVE`` keeps the NAT mappings alive; no pong for ``LOST_AFTER`` -> PathLost
-and a new attempt.
+a tight loop. Keepalive: once connected, a ping on the selected path keeps the NAT
+mappings alive and proves the path; no pong for the pace's loss time -> PathLost and
+a new attempt.
+
+Keepalive pace. A fresh path (for ``FRESH_FOR`` after it is selected), a path that
+carries traffic (``note_traffic``: WireGuard's counters moved, for ``TRAFFIC_FOR``)
+and the relay path are pinged every ``KEEPALIVE`` and lost after ``LOST_AFTER``
+without a pong: a dead path carrying traffic falls back within ~2 s. An idle direct
+path needs far less: NATs keep a UDP mapping for 30 s or more (RFC 4787 REQ-5 asks
+2 min), and WireGuard's own keepalives and handshakes refresh it too; so it is pinged
+every ``KEEPALIVE_IDLE`` (Tailscale's 3 s heartbeat) and lost after
+``LOST_AFTER_IDLE``: the same one-second grace after the keepalive that went
+unanswered (retried every ``KEEPALIVE_RETRY`` meanwhile). At a thousand peers that
+is ~330 pings a second instead of 2,000 (issue #22). First contact is not slowed:
+checks run at ``TA`` pacing with their own retransmits.
 
 Replays and spoofing: probes are NaCl boxes between the two probe keys; a pong counts
 only for an outstanding transaction id from the address the ping went to; a ping
@@ -93,6 +105,7 @@ only once (timestamp window + seen-id cache, :class:`punchd.wire.probe.ReplayGua
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import random
 from collections import deque
@@ -119,9 +132,15 @@ PUNCH_TIMEOUT = 5.0  # an attempt without any successful pair fails after this
 LAN_TIMEOUT = 1.0  # when only LAN pairs can work: their answer comes fast or never
 # RFC 4787 REQ-5 allows NATs 2 min; many use 30 s. Cheap (one ~100-byte probe), and
 # it is also how a dead path is noticed: fall back to the relay within ~2 s.
-KEEPALIVE = 0.5
-LOST_AFTER = 1.5  # no pong on the selected path for this long -> lost
+KEEPALIVE = 0.5  # a fresh path, one carrying traffic, the relay path
+LOST_AFTER = 1.5  # at that pace: no pong on the selected path for this long -> lost
 KEEPALIVE_RETRY = 0.25  # keepalive pace while a pong is overdue
+# An idle direct path (see the header): Tailscale's heartbeat, and the same grace
+# after an unanswered keepalive as at the fast pace.
+KEEPALIVE_IDLE = 3.0
+LOST_AFTER_IDLE = KEEPALIVE_IDLE + (LOST_AFTER - KEEPALIVE)
+FRESH_FOR = 5.0  # a newly selected path is kept at the fast pace this long
+TRAFFIC_FOR = 10.0  # after note_traffic(), the fast pace this long
 RETRY_FIRST = 10.0
 RETRY_FIRST_HOPELESS = 60.0
 RETRY_MAX = 300.0
@@ -167,6 +186,13 @@ PAIR_TRANSITIONS: dict[tuple[PairState, PairInput], PairState] = {
 
 _LAN_NETS = [ipaddress.ip_network(n) for n in (
     "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7", "fe80::/10")]
+
+
+@functools.lru_cache(maxsize=8192)
+def _private(ip_text: str) -> bool:
+    """In private space (RFC 1918, ULA, link-local); parsed once per address."""
+    ip = ipaddress.ip_address(ip_text)
+    return any(ip in net for net in _LAN_NETS if net.version == ip.version)
 
 
 class PathFound(Struct, frozen=True, tag=True):
@@ -248,8 +274,7 @@ class _Pair:
             return True
         if self.kind != "prflx":
             return False
-        ip = ipaddress.ip_address(self.remote[0])
-        return any(ip in net for net in _LAN_NETS if net.version == ip.version)
+        return _private(self.remote[0])
 
 
 class PunchSession:
@@ -280,6 +305,8 @@ class PunchSession:
         self._hopeless: str | None = None  # assess()'s verdict for this attempt
         self._last_switch = float("-inf")
         self._last_pong = 0.0
+        self._fast_until = 0.0  # the selected path is at KEEPALIVE's pace until then
+        self._lost_floor = 0.0  # not judged lost before (the pace just turned fast)
         self._next_keepalive: float | None = None
         self._ka_sent = 0.0
         self._next_pace: float | None = None
@@ -358,9 +385,27 @@ class PunchSession:
             times.append(self._next_pace)
         if self._next_keepalive is not None:
             times.append(self._next_keepalive)
-            times.append(self._last_pong + LOST_AFTER)
+            times.append(self._lost_at())
         times.extend(p.next_tx for p in self._pairs.values() if p.state == "in-progress")
         return min(times, default=None)
+
+    def path_overdue(self, now: float) -> bool:
+        """Connected, and the selected path's pong is overdue: the next timer loses it."""
+        return (self._state == "connected" and self.selected is not None
+                and now >= self._lost_at())
+
+    def note_traffic(self, now: float) -> None:
+        """WireGuard carried traffic with the peer (its counters moved): keep the path at
+        the fast pace for ``TRAFFIC_FOR``, so its loss is noticed within ~2 s."""
+        if self._state != "connected" or self.selected is None:
+            return
+        was_idle = self._idle(now)
+        self._fast_until = max(self._fast_until, now + TRAFFIC_FOR)
+        if was_idle:
+            # The last pong may be ~3 s old: ask now, and judge by this answer.
+            self._lost_floor = now + LOST_AFTER
+            if self._next_keepalive is not None:
+                self._next_keepalive = min(self._next_keepalive, now)
 
     def handle_timer(self, now: float) -> None:
         if self._retry_at is not None and now >= self._retry_at:
@@ -388,7 +433,7 @@ class PunchSession:
                 self._fail(now, "no candidate pair answered both ways within "
                            f"{PUNCH_TIMEOUT:g} s", RETRY_FIRST)
         if self._state == "connected" and self.selected is not None:
-            if now >= self._last_pong + LOST_AFTER:
+            if now >= self._lost_at():
                 lost = self.selected
                 self._events.append(PathLost(lost))
                 self.selected = self.selected_rtt = None
@@ -397,10 +442,11 @@ class PunchSession:
                 self._start_attempt(now)
             elif self._next_keepalive is not None and now >= self._next_keepalive:
                 # The timer fires KEEPALIVE_RETRY after each keepalive: answered -> the
-                # next one KEEPALIVE after it; unanswered -> ask again at once, so a
+                # next one a pace after it; unanswered -> ask again at once, so a
                 # lost datagram or two is not mistaken for a lost path.
-                if self._last_pong >= self._ka_sent and now < self._ka_sent + KEEPALIVE:
-                    self._next_keepalive = self._ka_sent + KEEPALIVE
+                pace = KEEPALIVE_IDLE if self._idle(now) else KEEPALIVE
+                if self._last_pong >= self._ka_sent and now < self._ka_sent + pace:
+                    self._next_keepalive = self._ka_sent + pace
                 else:
                     self._send_ping(self._pairs[self.selected], now)
                     self._ka_sent = now
@@ -614,7 +660,27 @@ class PunchSession:
             self._backoff = 0.0
             self._retry_at = None
         self._last_pong = self._ka_sent = now
+        self._fast_until = now + FRESH_FOR
+        self._lost_floor = 0.0
         self._next_keepalive = now + KEEPALIVE
+
+    # -- keepalive pace (see the header) ---------------------------------------------
+
+    def _direct(self) -> bool:
+        kind = self.selected_kind
+        return kind is not None and kind != "relay"
+
+    def _idle(self, now: float) -> bool:
+        """An idle direct path: kept alive at KEEPALIVE_IDLE's pace."""
+        return now >= self._fast_until and self._direct()
+
+    def _lost_at(self) -> float:
+        """When the selected path counts as lost without another pong: at the fast
+        pace's loss time while that pace holds, else at the idle pace's."""
+        fast = max(self._last_pong + LOST_AFTER, self._lost_floor)
+        if fast < self._fast_until or not self._direct():
+            return fast
+        return max(self._last_pong + LOST_AFTER_IDLE, self._lost_floor)
 
     def _prflx_priority(self) -> int:
         local = candidate_priority("host")

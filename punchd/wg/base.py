@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import ipaddress
 from typing import Protocol
 
@@ -95,6 +96,14 @@ def public_key(private_key: str) -> str:
 
 
 def normalise_cidrs(cidrs: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """Sorted, deduplicated, canonical CIDRs; WireGuardError for a bad one."""
+    return _normalise_cidrs(tuple(cidrs))
+
+
+# Every reconcile pass compares every peer's allowed IPs: parsed once per distinct
+# list, not once per peer per pass (issue #22: ipaddress parsing was most of a pass).
+@functools.lru_cache(maxsize=8192)
+def _normalise_cidrs(cidrs: tuple[str, ...]) -> tuple[str, ...]:
     try:
         nets = sorted({ipaddress.ip_network(c, strict=False) for c in cidrs},
                       key=lambda n: (n.version, n))

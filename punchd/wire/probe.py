@@ -27,6 +27,7 @@ accepted only for an outstanding transaction id, and a ping only through
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 import struct
@@ -82,8 +83,16 @@ def peek_sender(data: bytes) -> bytes:
 
 
 def _encode_addr(addr: Addr) -> bytes:
-    ip = ipaddress.ip_address(addr[0])
-    return _ADDR.pack(ip.version, addr[1]) + ip.packed
+    version, packed = _ip_bytes(addr[0])
+    return _ADDR.pack(version, addr[1]) + packed
+
+
+# Every pong carries the address it answers: parsed once per peer address, not once
+# per pong (issue #22: ipaddress was a tenth of punchd's CPU at 300 peers).
+@functools.lru_cache(maxsize=8192)
+def _ip_bytes(text: str) -> tuple[int, bytes]:
+    ip = ipaddress.ip_address(text)
+    return ip.version, ip.packed
 
 
 def _decode_addr(data: bytes) -> Addr:
