@@ -319,7 +319,8 @@ async def run_size(n: int, seconds: float, workdir: Path, *,
                 wrap = ["-m", "cProfile", "-o", f"{prof}/punchd-{n}.prof"] if prof else []
                 proc = await trio.lowlevel.open_process(
                     [sys.executable, *wrap, "-m", "punchd.daemon.main", "--state-dir",
-                     str(work / "state"), "--socket", str(ctl), "--wg-backend", "fake"],
+                     str(work / "state"), "--socket", str(ctl), "--wg-backend", "fake",
+                     "--no-port-mapping"],
                     stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
             pid = proc.pid
             for _ in range(int(READY_TIMEOUT_S / 0.05)):
