@@ -1,6 +1,12 @@
 """``punchctl``: talks to punchd's control socket. Tables for people, ``--json`` for scripts.
 
 Every failure is one line on stderr and a non-zero exit, never a traceback.
+
+punchctl answers at once: the commands users run all day (status, list, netcheck, ping,
+pull, push, join, leave) import only msgspec, the pure protocol and the blocking client
+(:mod:`punchd.daemon.client`), never trio, httpx, rich, nacl or the daemon; ``install``
+and ``uninstall`` import what they need when they run (tests/test_cli_imports.py holds
+this).
 """
 
 from __future__ import annotations
@@ -9,19 +15,17 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
-from importlib import resources
+from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import msgspec
-import trio
 
 from punchd import __version__
-from punchd.daemon import control, results
-from punchd.daemon.control import ask, main_error
-from punchd.errors import PunchdError, TokenError
+from punchd.daemon import client, commands, results
+from punchd.errors import PunchdError, TokenError, main_error
 from punchd.wire.token import decode_token
 
 DEFAULT_SOCKET = Path("/run/punchd.sock")
@@ -44,22 +48,37 @@ def _bytes(n: Any) -> str:
     return str(n)
 
 
-def print_status(status: results.StatusResult) -> None:
-    from rich.console import Console
-    from rich.table import Table
+PEER_COLUMNS = ("peer", "address", "endpoint", "path", "rtt", "handshake", "rx", "tx")
 
-    console = Console(width=140)
+
+def _bold(text: str) -> str:
+    """Bold on a terminal (as rich drew it), plain text in pipes and files."""
+    if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb" or \
+            not sys.stdout.isatty():
+        return text
+    return f"\x1b[1m{text}\x1b[0m"
+
+
+def table_lines(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """Left-aligned columns two spaces apart, every cell padded to its column's width
+    (the layout rich's ``Table(box=None, pad_edge=False)`` printed, byte for byte)."""
+    widths = [max([len(col), *(len(row[i]) for row in rows)]) for i, col in enumerate(columns)]
+    header = "  ".join(col.ljust(w) for col, w in zip(columns, widths, strict=True))
+    return [_bold(header)] + [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+
+
+def print_status(status: results.StatusResult) -> None:
     if not status.networks and not status.broken:
-        console.print("not joined to any network (punchctl join --token T)")
+        print("not joined to any network (punchctl join --token T)")
     for b in status.broken:
-        # Plain print: the reason is file text and may hold rich markup brackets.
         print(f"{b.name}  broken, not started: {b.error}")
     for net in status.networks:
         nat = net.nat
         nat_text = (f"mapping {nat.mapping}, filtering {nat.filtering}"
                     if nat is not None and nat.mapping else "not measured")
-        console.print(
-            f"[bold]{net.name}[/bold]  node {net.node}  interface {net.interface}"
+        print(
+            f"{_bold(net.name)}  node {net.node}  interface {net.interface}"
             f"  address {net.address}  port {net.listen_port}\n"
             f"  server {net.server} ({'connected' if net.server_connected else 'disconnected'})"
             f"  NAT: {nat_text}"
@@ -67,14 +86,12 @@ def print_status(status: results.StatusResult) -> None:
                if net.dns else "")
             + (f"\n  last error: {net.last_error}" if net.last_error else "")
         )
-        table = Table(box=None, pad_edge=False)
-        for col in ("peer", "address", "endpoint", "path", "rtt", "handshake", "rx", "tx"):
-            table.add_column(col)
-        for p in net.peers:
-            table.add_row(p.name, p.address or "-", p.endpoint or "-", p.path,
-                          f"{p.rtt_ms:.1f}ms" if p.rtt_ms is not None else "-",
-                          _age(p.last_handshake_age_s), _bytes(p.rx_bytes), _bytes(p.tx_bytes))
-        console.print(table)
+        rows = [(p.name, p.address or "-", p.endpoint or "-", p.path,
+                 f"{p.rtt_ms:.1f}ms" if p.rtt_ms is not None else "-",
+                 _age(p.last_handshake_age_s), _bytes(p.rx_bytes), _bytes(p.tx_bytes))
+                for p in net.peers]
+        for line in table_lines(PEER_COLUMNS, rows):
+            print(line)
 
 
 def print_netcheck(r: results.NetcheckResult) -> None:
@@ -110,10 +127,14 @@ def print_json(result: object) -> None:
 
 
 def unit_source() -> str:
+    from importlib import resources  # install only: 20 ms punchctl's hot commands skip
+
     return resources.files("punchd").joinpath("systemd", UNIT_NAME).read_text()
 
 
 def install(unit_dir: Path, *, start: bool) -> str:
+    import subprocess  # install only
+
     unit_dir.mkdir(parents=True, exist_ok=True)
     target = unit_dir / UNIT_NAME
     text = unit_source()
@@ -159,10 +180,12 @@ def removal_plan(prefix: Path, state_dir: Path, unit_dir: Path) -> list[Path]:
 
 async def leave_all(socket: Path) -> list[str]:
     """Leave every network (the daemon says goodbye to each server); none if not running."""
+    from punchd.daemon.control import ask
+
     left: list[str] = []
     try:
-        for net in await ask(socket, control.List(), list[results.NetworkSummary]):
-            await ask(socket, control.Leave(network=net.name), results.LeaveResult)
+        for net in await ask(socket, commands.List(), list[results.NetworkSummary]):
+            await ask(socket, commands.Leave(network=net.name), results.LeaveResult)
             left.append(net.name)
     except PunchdError as exc:
         if "not running" not in str(exc):
@@ -173,6 +196,8 @@ async def leave_all(socket: Path) -> list[str]:
 async def uninstall(socket: Path, unit_dir: Path, prefix: Path, state_dir: Path, *,
                     yes: bool) -> tuple[list[str], list[Path]]:
     """Leave the networks, stop and remove the unit, then the state and the venv."""
+    import trio  # uninstall only: the hot commands never load it
+
     plan = removal_plan(prefix, state_dir, unit_dir)  # refused before anything changes
     if not yes:
         what = ", ".join(map(str, plan)) or "nothing on disk"
@@ -237,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     sock: Path = args.socket
     cmd = args.command
     if cmd == "join":
@@ -245,25 +270,25 @@ async def run(args: argparse.Namespace) -> int:
             decode_token(args.token)
         except TokenError as exc:
             raise PunchdError(f"bad token: {exc}") from exc
-        joined = await ask(sock, control.Join(token=args.token, name=args.name,
+        joined = client.ask(sock, commands.Join(token=args.token, name=args.name,
                                               ifname=args.ifname), results.JoinResult)
         pending = "" if joined.approved else " (pending approval)"
         print(f"joined {joined.network} as {joined.node}: {joined.address} on "
               f"{joined.interface}{pending}")
     elif cmd == "leave":
-        await ask(sock, control.Leave(network=args.network), results.LeaveResult)
+        client.ask(sock, commands.Leave(network=args.network), results.LeaveResult)
         print(f"left {args.network}")
     elif cmd == "list":
-        networks = await ask(sock, control.List(), list[results.NetworkSummary])
+        networks = client.ask(sock, commands.List(), list[results.NetworkSummary])
         print_json(networks) if args.json else print_list(networks)
     elif cmd == "status":
-        status = await ask(sock, control.Status(network=args.network), results.StatusResult)
+        status = client.ask(sock, commands.Status(network=args.network), results.StatusResult)
         print_json(status) if args.json else print_status(status)
     elif cmd == "netcheck":
-        report = await ask(sock, control.Netcheck(network=args.network), results.NetcheckResult)
+        report = client.ask(sock, commands.Netcheck(network=args.network), results.NetcheckResult)
         print_json(report) if args.json else print_netcheck(report)
     elif cmd == "ping":
-        ping = await ask(sock, control.Ping(peer=args.peer, network=args.network,
+        ping = client.ask(sock, commands.Ping(peer=args.peer, network=args.network,
                                             count=args.count, icmp=args.icmp), results.PingResult)
         if args.json:
             print_json(ping)
@@ -275,16 +300,18 @@ async def run(args: argparse.Namespace) -> int:
         if not ping.replies:
             raise PunchdError(f"no answer from {ping.peer} ({ping.address})")
     elif cmd == "pull":
-        pulled = await ask(sock, control.Pull(network=args.network), results.PullResult)
+        pulled = client.ask(sock, commands.Pull(network=args.network), results.PullResult)
         print(f"pull: {', '.join(pulled.pulled) or 'no networks'}")
     elif cmd == "push":
-        pushed = await ask(sock, control.Push(network=args.network), results.PushResult)
+        pushed = client.ask(sock, commands.Push(network=args.network), results.PushResult)
         print(f"push: {', '.join(pushed.pushed) or 'no networks'}")
     elif cmd == "install":
         print(f"installed {install(args.unit_dir, start=not args.no_start)}")
     elif cmd == "uninstall":
-        left, removed = await uninstall(sock, args.unit_dir, args.prefix, args.state_dir,
-                                        yes=args.yes)
+        import trio
+
+        left, removed = trio.run(partial(uninstall, sock, args.unit_dir, args.prefix,
+                                         args.state_dir, yes=args.yes))
         print(f"left {', '.join(left) or 'no networks'}; removed "
               f"{', '.join(map(str, removed)) or 'nothing (not installed)'}")
     return 0
@@ -293,7 +320,7 @@ async def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return trio.run(run, args)
+        return run(args)
     except BaseException as group:  # the top level: one line, never a traceback
         exc = main_error(group)
         if isinstance(exc, KeyboardInterrupt):

@@ -221,3 +221,21 @@ class TooManyStreams(Unavailable):
     def __init__(self, limit: int) -> None:
         super().__init__(f"too many open streams on this server (limit {limit})")
         self.limit = limit
+
+
+def leaf_errors(exc: BaseException) -> list[BaseException]:
+    """The exceptions inside (trio's strict) ExceptionGroups, flattened, so a program's
+    top level can report the one that matters as one line."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in leaf_errors(inner)]
+    return [exc]
+
+
+def main_error(exc: BaseException) -> BaseException:
+    """The error a top level reports: KeyboardInterrupt first, then ours, then any."""
+    leaves = leaf_errors(exc)
+    for kind in (KeyboardInterrupt, PunchdError, OSError):
+        for leaf in leaves:
+            if isinstance(leaf, kind):
+                return leaf
+    return leaves[0]

@@ -16,7 +16,7 @@ import msgspec
 
 from punchd.wire import api
 
-from . import control
+from . import commands as control
 from .paths import PathKind
 
 

@@ -27,9 +27,8 @@ from nacl.public import PrivateKey
 from nacl.signing import SigningKey
 
 from punchd.errors import ConfigError
-from punchd.wire.api import Name
+from punchd.wire.api import IfName, Name
 
-IfName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]{1,15}$")]
 # Written by older versions, read by none: ``last_seq`` was never used to resume the
 # event stream (that would need the peer model persisted too; a restart takes a fresh
 # snapshot instead).

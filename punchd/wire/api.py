@@ -17,6 +17,9 @@ from msgspec import Meta, Struct
 
 # A DNS label: nodes and networks are named in the mesh's DNS (<node>.<network>.mesh).
 Name = Annotated[str, Meta(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", max_length=63)]
+# A Linux interface name: IFNAMSIZ (16) less the NUL; the daemon's state and its control
+# commands both name interfaces, and punchctl must read this without the daemon's imports.
+IfName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]{1,15}$")]
 Port = Annotated[int, Meta(ge=1, le=65535)]
 # A 32-byte key in standard base64 (WireGuard's own notation): 43 chars + "=".
 Key = Annotated[str, Meta(pattern=r"^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$")]
