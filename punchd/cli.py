@@ -79,19 +79,46 @@ def print_status(status: results.StatusResult) -> None:
                     if nat is not None and nat.mapping else "not measured")
         print(
             f"{_bold(net.name)}  node {net.node}  interface {net.interface}"
-            f"  address {net.address}  port {net.listen_port}\n"
+            f"  address {net.address}"
+            + (f"  address6 {net.address6}" if net.address6 else "")
+            + f"  port {net.listen_port}  state {net.node_state}"
+            + (f" ({net.state_reason})" if net.state_reason else "") + "\n"
             f"  server {net.server} ({'connected' if net.server_connected else 'disconnected'})"
             f"  NAT: {nat_text}"
             + (f"\n  DNS: *.{net.dns.domain} -> {net.dns.address} ({net.dns.resolver})"
                if net.dns else "")
             + (f"\n  last error: {net.last_error}" if net.last_error else "")
         )
-        rows = [(p.name, p.address or "-", p.endpoint or "-", p.path,
+        rows = [(p.name, " ".join(a for a in (p.address, p.address6) if a) or "-",
+                 p.endpoint or "-", p.path,
                  f"{p.rtt_ms:.1f}ms" if p.rtt_ms is not None else "-",
                  _age(p.last_handshake_age_s), _bytes(p.rx_bytes), _bytes(p.tx_bytes))
                 for p in net.peers]
         for line in table_lines(PEER_COLUMNS, rows):
             print(line)
+
+
+def print_checkin(r: results.CheckinResult) -> None:
+    for n in r.networks:
+        reason = f" ({n.state_reason})" if n.state_reason else ""
+        print(f"{n.network}: node {n.node_state}{reason}")
+        if n.error:
+            print(f"  failed: {n.error}")
+        if n.pushed:
+            print(f"  pushed {len(n.pushed)} candidate(s)"
+                  + (" (the server had others)" if n.push_changed else ""))
+        for name in n.peers_added:
+            print(f"  peer {name} added")
+        for name in n.peers_removed:
+            print(f"  peer {name} removed")
+        for p in n.peers_changed:
+            print(f"  peer {p.name} changed: {', '.join(p.fields)}")
+        for c in (*n.settings_changed, *n.node_changed):
+            print(f"  {c.field}: {c.old} -> {c.new}")
+        if not (n.peers_added or n.peers_removed or n.peers_changed or n.settings_changed
+                or n.node_changed):
+            print("  nothing changed on the server")
+        print(f"  {n.wireguard_changes} WireGuard change(s) applied")
 
 
 def print_netcheck(r: results.NetcheckResult) -> None:
@@ -249,6 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--network")
     for name in ("pull", "push"):
         sub.add_parser(name).add_argument("--network")
+    p = sub.add_parser("checkin", help="push local changes, pull the server's, say what changed")
+    p.add_argument("network", nargs="?")
+    p.add_argument("--json", action="store_true")
     for name in ("install", "uninstall"):
         q = sub.add_parser(name)
         q.add_argument("--unit-dir", type=Path, default=Path("/etc/systemd/system"))
@@ -305,6 +335,11 @@ def run(args: argparse.Namespace) -> int:
     elif cmd == "push":
         pushed = client.ask(sock, commands.Push(network=args.network), results.PushResult)
         print(f"push: {', '.join(pushed.pushed) or 'no networks'}")
+    elif cmd == "checkin":
+        checked = client.ask(sock, commands.Checkin(network=args.network), results.CheckinResult)
+        print_json(checked) if args.json else print_checkin(checked)
+        if any(n.error for n in checked.networks):
+            return 1
     elif cmd == "install":
         print(f"installed {install(args.unit_dir, start=not args.no_start)}")
     elif cmd == "uninstall":

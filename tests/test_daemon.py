@@ -241,3 +241,52 @@ async def test_ping_unknown_peer_is_one_clear_error(signal_server: RunningServer
     await a.call("join", token=token, name="alpha", ifname="pdta")
     with pytest.raises(ControlError, match="no peer named 'ghost'"):
         await a.call("ping", peer="ghost")
+
+
+async def test_checkin_reports_changes_and_removal_drops_the_peers(
+        signal_server: RunningServer, tmp_path: Path, nursery: trio.Nursery) -> None:
+    a, _, _, _ = await joined_pair(signal_server, tmp_path, nursery)
+    with trio.fail_after(10):
+        await wait_until(lambda: len(a.peer_keys("pdta")) == 1)
+    (net,) = (await a.call("checkin", network="net"))["networks"]  # type: ignore[index]
+    assert net["node_state"] == "approved" and net["error"] is None
+    assert net["peers_added"] == [] and net["peers_removed"] == []
+    res = await trio.to_thread.run_sync(punchctl, "--socket", str(a.socket), "checkin",
+                                        "--json")
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert {"network", "node_state", "state_reason", "pushed", "peers_added", "peers_removed",
+            "peers_changed", "settings_changed", "node_changed", "wireguard_changes",
+            "error"} <= doc["networks"][0].keys()
+    res = await trio.to_thread.run_sync(punchctl, "--socket", str(a.socket), "checkin")
+    assert res.returncode == 0 and "node approved" in res.stdout, res.stdout
+
+    # The admin deletes alpha: it drops beta from WireGuard and says why.
+    resp = await signal_server.admin.delete("/networks/net/nodes/alpha")
+    assert resp.status_code == 204, resp.text
+    with trio.fail_after(10):
+        await wait_until(lambda: not a.peer_keys("pdta"))
+    (st,) = (await a.call("status"))["networks"]  # type: ignore[index]
+    assert st["node_state"] == "removed" and st["peers"] == [] and st["state_reason"]
+    (net,) = (await a.call("checkin"))["networks"]  # type: ignore[index]
+    assert net["node_state"] == "removed" and net["error"] and net["pushed"] == []
+
+
+async def test_pending_node_has_no_peers_and_says_so(
+        signal_server: RunningServer, tmp_path: Path, nursery: trio.Nursery) -> None:
+    await signal_server.create_network("net", require_approval=True)
+    token = await signal_server.create_token("net")
+    a = await start_node(nursery, tmp_path, "a")
+    b = await start_node(nursery, tmp_path, "b")
+    await a.call("join", token=token, name="alpha", ifname="pdta")
+    await b.call("join", token=token, name="beta", ifname="pdtb")
+    (net,) = (await a.call("checkin"))["networks"]  # type: ignore[index]
+    assert net["node_state"] == "pending" and "approval" in net["state_reason"]
+    assert not a.peer_keys("pdta")
+    for name in ("alpha", "beta"):
+        resp = await signal_server.admin.post(f"/networks/net/nodes/{name}/approve")
+        assert resp.status_code < 300, resp.text
+    with trio.fail_after(10):
+        await wait_until(lambda: len(a.peer_keys("pdta")) == 1)
+    (st,) = (await a.call("status"))["networks"]  # type: ignore[index]
+    assert st["node_state"] == "approved"

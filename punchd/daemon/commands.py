@@ -72,6 +72,10 @@ class Push(_Command, frozen=True, tag="push"):
     network: Name | None = None
 
 
+class Checkin(_Command, frozen=True, tag="checkin"):
+    network: Name | None = None
+
+
 class Netcheck(_Command, frozen=True, tag="netcheck"):
     network: Name | None = None
 
@@ -84,10 +88,10 @@ class Ping(_Command, frozen=True, tag="ping"):
     icmp: bool = False
 
 
-Command = Join | Leave | List | Status | Pull | Push | Netcheck | Ping
+Command = Join | Leave | List | Status | Pull | Push | Checkin | Netcheck | Ping
 COMMANDS: dict[str, type[_Command]] = {
     c.__struct_config__.tag: c  # type: ignore[misc]
-    for c in (Join, Leave, List, Status, Pull, Push, Netcheck, Ping)
+    for c in (Join, Leave, List, Status, Pull, Push, Checkin, Netcheck, Ping)
 }
 
 

@@ -24,6 +24,7 @@ from .commands import (
     CALL_TIMEOUT_S,
     COMMANDS,
     MAX_LINE,
+    Checkin,
     Command,
     Count,
     Join,
@@ -48,7 +49,7 @@ from .commands import (
 )
 
 __all__ = [
-    "CALL_TIMEOUT_S", "COMMANDS", "MAX_LINE", "Command", "ControlServer", "Count", "Join",
+    "CALL_TIMEOUT_S", "COMMANDS", "MAX_LINE", "Checkin", "Command", "ControlServer", "Count", "Join",
     "Leave", "List", "Netcheck", "Ping", "Pull", "Push", "Request", "Response", "Status",
     "_Command", "ask", "call", "decode_request", "leaf_errors", "main_error",
     "parse_request",

@@ -194,6 +194,8 @@ class Daemon:
                 return await self.cmd_pull(req.network)
             case control.Push():
                 return await self.cmd_push(req.network)
+            case control.Checkin():
+                return await self.cmd_checkin(req.network)
             case control.Netcheck():
                 return await self.cmd_netcheck(req.network)
             case control.Ping():
@@ -314,6 +316,10 @@ class Daemon:
         for agent in agents:
             await agent.publish_candidates(force=True)
         return results.PushResult(pushed=tuple(a.name for a in agents))
+
+    async def cmd_checkin(self, network: str | None = None) -> results.CheckinResult:
+        agents = [self._agent(network)] if network else list(self.agents.values())
+        return results.CheckinResult(networks=tuple([await a.checkin() for a in agents]))
 
     async def cmd_netcheck(self, network: str | None = None) -> results.NetcheckResult:
         agent = self._agent(network)

@@ -41,11 +41,13 @@ from punchd.wg.base import LinkConfig, WgDeviceState, WireGuardBackend, public_k
 from punchd.wire import api
 from punchd.wire.addr import parse_host_port
 
+from .checkin import View, compare, node_state
 from .model import NetworkModel
 from .policy import PathPolicy
 from .portservices import PortServices
 from .publishing import CandidatePublisher
 from .reconcile import RemovePeer, SetDevice, SetPeer, desired_link, plan
+from .results import NetworkCheckin
 from .state import NetworkConfig, NetworkKeys, StateDir
 from .status import NetworkStatus, describe, network_status
 from .tasks import Wakeup
@@ -83,7 +85,12 @@ class NetworkAgent:
         self._reconcile_due = Wakeup()
         self._publish_due = Wakeup()
         self.server_connected = False
+        # The server ended this node's membership (its stream said so): no reconnecting.
         self.removed = False
+        # Why the server no longer has this node, final or a refusal (401/404) that a
+        # later pull may lift; None while it does. Peers are dropped while it is set.
+        self.removed_reason: str | None = None
+        self._revived = trio.Event()  # a pull succeeded after the stream said removed
         self.last_error: str | None = None
         self._exclude = set(exclude_ifnames) | {config.interface}
         self._rng = random.Random()
@@ -251,10 +258,35 @@ class NetworkAgent:
     # -- server ------------------------------------------------------------------------------
 
     async def pull(self) -> None:
-        """Resync the whole model from the server now."""
-        snap = await self.client.get_state()
+        """Resync the whole model from the server now. A refusal (401: our key is
+        unknown; 404: our network is gone) drops the network's peers, then is raised."""
+        try:
+            snap = await self.client.get_state()
+        except APIError as exc:
+            if exc.status in (401, 404):
+                self._drop_membership(f"the server refused this node: {exc}", final=False)
+            raise
         self.model.apply_snapshot(snap)
+        if self.removed_reason is not None:
+            log.warning("%s: the server knows this node again; peers restored", self.name)
+            self.removed_reason = None
+            if self.removed:
+                self.removed = False
+                self._revived.set()
         await self.configure_resolver()
+        self.wake_reconcile()
+
+    def _drop_membership(self, reason: str, *, final: bool) -> None:
+        """The server no longer has this node: WireGuard is reconciled to no peers (the
+        mesh must not outlive the admin's removal), and status says why. ``final``:
+        the stream said so, so it is not reopened."""
+        self.removed = self.removed or final
+        if self.removed_reason is None:
+            log.warning("%s: %s; dropping %d peer(s)", self.name, reason,
+                        len(self.model.peers))
+        self.removed_reason = reason
+        self.last_error = reason
+        self.model.peers = {}
         self.wake_reconcile()
 
     async def configure_resolver(self) -> None:
@@ -271,7 +303,10 @@ class NetworkAgent:
 
     async def _stream_loop(self) -> None:
         backoff = BACKOFF_MIN_S
-        while not self.removed:
+        while True:
+            if self.removed:
+                await self._revived.wait()  # only a checkin's successful pull ends this
+                self._revived = trio.Event()
             try:
                 if self.model.node is None:
                     await self.pull()
@@ -283,8 +318,10 @@ class NetworkAgent:
                             self._stream_closed(event)
                             break
                         if isinstance(event, api.PeerRemoved) and self.model.is_self(event.node_id):
-                            self.removed = True
-                            log.warning("%s: this node was deleted on the server", self.name)
+                            # The stream ends after this event: the server's last word.
+                            self._drop_membership("this node was deleted on the server",
+                                                  final=True)
+                            break
                         self.model.apply(event)
                         if isinstance(event, api.PunchRequest):
                             partner = self.model.rendezvous_partner(event)
@@ -295,6 +332,9 @@ class NetworkAgent:
                 self.last_error = str(exc)
                 if isinstance(exc, APIError) and exc.status in (401, 403, 404):
                     log.warning("%s: server refused us: %s", self.name, exc)
+                    if exc.status != 403:  # 403 is a pending node's refusal, not removal
+                        self._drop_membership(f"the server refused this node: {exc}",
+                                              final=False)
                     backoff = REFUSED_RETRY_S
             finally:
                 self.server_connected = False
@@ -306,22 +346,22 @@ class NetworkAgent:
     def _stream_closed(self, event: api.StreamClosed) -> None:
         """The server ended our stream: removed from the network, or superseded."""
         if event.removed:
-            self.removed = True
-            self.last_error = f"removed by the server: {event.reason}"
-            log.warning("%s: %s; no longer connecting", self.name, event.reason)
+            self._drop_membership(f"removed by the server: {event.reason}", final=True)
         else:
             log.info("%s: stream closed by the server: %s", self.name, event.reason)
 
     async def _publish_loop(self) -> None:
         """Gather and publish every ~25 s (jittered), and at once on an address change."""
-        while not self.removed:
+        while True:
             woken = self._publish_due.round()
             try:
-                await self.publish_candidates()
+                if self.removed_reason is None:  # a removed node has no one to tell
+                    await self.publish_candidates()
             except (ServerUnreachable, APIError) as exc:
                 self.last_error = str(exc)
             with trio.move_on_after(CANDIDATE_INTERVAL_S * self._rng.uniform(0.8, 1.2) if
-                                    self.publisher.published is not None else 1.0):
+                                    self.publisher.published is not None
+                                    or self.removed_reason is not None else 1.0):
                 await woken.wait()
 
     async def _watch_addresses(self) -> None:
@@ -332,6 +372,39 @@ class NetworkAgent:
 
     async def publish_candidates(self, *, force: bool = False) -> None:
         await self.publisher.publish(self.model.stun, force=force)
+
+    async def checkin(self) -> NetworkCheckin:
+        """Push our candidates, pull the server's view, reconcile, and say what moved.
+
+        A removed node still pulls (the server may know it again) but pushes nothing.
+        A failure (the server away, or refusing) is the result's ``error``: the other
+        networks' checkins go on."""
+        before = self._view()
+        told = before.node.candidates if before.node else None
+        pushed: tuple[str, ...] = ()
+        error: str | None = None
+        try:
+            if self.removed_reason is None:
+                await self.publish_candidates(force=True)
+                pushed = tuple(f"{c.kind} {c.address}" for c in self.publisher.published or ())
+            await self.pull()
+        except (ServerUnreachable, APIError) as exc:
+            error = self.last_error = str(exc)
+        ops = await self.reconcile_once()
+        after = self._view()
+        changes = compare(before, after)
+        state, reason = node_state(self.model.node, self.removed_reason, time.time())
+        return NetworkCheckin(
+            network=self.name, node_state=state, state_reason=reason, pushed=pushed,
+            push_changed=bool(pushed) and told is not None
+            and told != self.publisher.published,
+            peers_added=changes.peers_added, peers_removed=changes.peers_removed,
+            peers_changed=changes.peers_changed, settings_changed=changes.settings_changed,
+            node_changed=changes.node_changed, wireguard_changes=ops, error=error)
+
+    def _view(self) -> View:
+        return View(network=self.model.network, node=self.model.node,
+                    peers=dict(self.model.peers))
 
     async def netcheck(self, on_endpoint: Callable[[str], None] | None = None) -> api.NatReport:
         return await self.port.netcheck(self.model.stun, on_endpoint)
@@ -348,7 +421,8 @@ class NetworkAgent:
             self.config, self.model, self.policy, device, now,
             public_key=public_key(self.keys.wireguard), server_connected=self.server_connected,
             nat=self.publisher.nat, resolver=self.dns_outcome, last_error=self.last_error,
-            punch=self.port.punch_statuses(self.model.peers), relay=self.port.relay_statuses())
+            punch=self.port.punch_statuses(self.model.peers), relay=self.port.relay_statuses(),
+            removed=self.removed_reason)
 
     async def leave(self) -> None:
         """Deregister, then remove the interface and the state."""

@@ -10,7 +10,7 @@ call and must start fast.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -18,6 +18,9 @@ from punchd.wire import api
 
 from . import commands as control
 from .paths import PathKind
+
+# Where this node stands with its network's server (punchd.daemon.checkin.node_state).
+NodeState = Literal["approved", "pending", "expired", "removed", "unknown"]
 
 
 class PunchStatus(msgspec.Struct, frozen=True):
@@ -76,8 +79,9 @@ class NetworkStatus(msgspec.Struct, frozen=True):
     dns: DnsStatus | None
     last_error: str | None
     peers: tuple[PeerStatus, ...]
-
-
+    node_state: NodeState = "unknown"
+    state_reason: str | None = None  # the server's reason (removed, expired) or what waits
+    expires_at: float | None = None  # when the server will remove this node (epoch s)
 
 class BrokenNetwork(msgspec.Struct, frozen=True):
     name: str
@@ -124,6 +128,40 @@ class PushResult(msgspec.Struct, frozen=True):
     pushed: tuple[str, ...]
 
 
+class FieldChange(msgspec.Struct, frozen=True):
+    """One setting or own-node field the pull changed, as short text."""
+
+    field: str
+    old: str | None
+    new: str | None
+
+
+class PeerChange(msgspec.Struct, frozen=True):
+    name: str
+    fields: tuple[str, ...]  # which of the peer's fields changed
+
+
+class NetworkCheckin(msgspec.Struct, frozen=True):
+    """One network's checkin: what was pushed, what the pull changed, where we stand."""
+
+    network: str
+    node_state: NodeState
+    state_reason: str | None = None
+    pushed: tuple[str, ...] = ()  # the candidates sent to the server ("kind address")
+    push_changed: bool = False  # the server held other candidates before
+    peers_added: tuple[str, ...] = ()
+    peers_removed: tuple[str, ...] = ()
+    peers_changed: tuple[PeerChange, ...] = ()
+    settings_changed: tuple[FieldChange, ...] = ()
+    node_changed: tuple[FieldChange, ...] = ()
+    wireguard_changes: int = 0  # operations the reconcile after the pull applied
+    error: str | None = None  # why the push or the pull failed (then nothing was pulled)
+
+
+class CheckinResult(msgspec.Struct, frozen=True):
+    networks: tuple[NetworkCheckin, ...]
+
+
 class NetcheckResult(msgspec.Struct, frozen=True):
     """The NAT report of one network (the fields of :class:`api.NatReport`, flat)."""
 
@@ -164,6 +202,7 @@ RESULTS: dict[type[msgspec.Struct], Any] = {
     control.Status: StatusResult,
     control.Pull: PullResult,
     control.Push: PushResult,
+    control.Checkin: CheckinResult,
     control.Netcheck: NetcheckResult,
     control.Ping: PingResult,
 }

@@ -16,6 +16,7 @@ from punchd.wg.base import WgDeviceState
 from punchd.wire import api
 from punchd.wire.addr import Addr, format_addr
 
+from .checkin import node_state
 from .model import NetworkModel
 from .policy import PathPolicy
 from .results import DnsStatus, NetworkStatus, PeerStatus, PunchStatus, RelayStatus
@@ -67,10 +68,12 @@ def network_status(config: NetworkConfig, model: NetworkModel, policy: PathPolic
                    device: WgDeviceState | None, now: float, *, public_key: str,
                    server_connected: bool, nat: api.NatReport | None,
                    resolver: str | None, last_error: str | None,
-                   punch: Mapping[str, PunchStatus], relay: Mapping[str, RelayStatus]
-                   ) -> NetworkStatus:
-    """One joined network; ``device`` None when WireGuard's interface cannot be read."""
+                   punch: Mapping[str, PunchStatus], relay: Mapping[str, RelayStatus],
+                   removed: str | None = None) -> NetworkStatus:
+    """One joined network; ``device`` None when WireGuard's interface cannot be read;
+    ``removed``: why the server no longer has this node (None while it does)."""
     node, dns = model.node, model.dns
+    state, reason = node_state(node, removed, now)
     return NetworkStatus(
         name=config.name, interface=config.interface, node=config.node_name,
         address=host(node.ipv4) if node else None,
@@ -81,7 +84,8 @@ def network_status(config: NetworkConfig, model: NetworkModel, policy: PathPolic
         dns=DnsStatus(address=dns.address, domain=dns.domain, resolver=resolver)
         if dns else None,
         last_error=last_error,
-        peers=peer_statuses(model.peers, policy, device, now, punch=punch, relay=relay))
+        peers=peer_statuses(model.peers, policy, device, now, punch=punch, relay=relay),
+        node_state=state, state_reason=reason, expires_at=node.expires_at if node else None)
 
 
 def describe(event: PunchEvent, peer: str, *, relayed: bool) -> str:
