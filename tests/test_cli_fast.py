@@ -145,7 +145,7 @@ def test_status_text_shows_the_peer_row(canned_socket: Path) -> None:
     out, report = run_child("--socket", str(canned_socket), "status")
     assert report["rc"] == 0
     assert out.splitlines()[0] == ("lab  node a  interface pd-lab  address 10.77.0.1  "
-                                   "port 51820")
+                                   "port 51820  state unknown")
     assert out.splitlines()[-1].split() == ["b", "10.77.0.2", "[fd00::2]:51820", "direct",
                                             "1.2ms", "3s", "ago", "2.0KiB", "10B"]
 
