@@ -233,3 +233,18 @@ async def test_submissions_need_the_node_signature_and_a_valid_key(tmp_path: Pat
         assert replay.status_code == 401 and "replayed" in replay.json()["error"]
         assert store.get_node("net", "alpha").next_wg_public_key is None
     store.close()
+
+
+def test_the_agent_model_takes_a_whole_batch_at_once() -> None:
+    from punchd.daemon.model import NetworkModel
+
+    def node(name: str) -> api.Node:
+        return api.Node(id=name, network="net", name=name, signing_key=key32(),
+                        wg_public_key=key32(), probe_public_key=key32(), listen_port=51820)
+
+    me, peer = node("alpha"), node("beta")
+    model = NetworkModel(node=me, peers={"beta": peer}, seq=1)
+    me2 = msgspec.structs.replace(me, wg_public_key=key32())
+    peer2 = msgspec.structs.replace(peer, wg_public_key=key32())
+    model.apply(api.KeysRotated(seq=2, peers=(me2, peer2)))
+    assert model.node == me2 and model.peers == {"beta": peer2} and model.seq == 2
