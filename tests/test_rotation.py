@@ -248,3 +248,23 @@ def test_the_agent_model_takes_a_whole_batch_at_once() -> None:
     peer2 = msgspec.structs.replace(peer, wg_public_key=key32())
     model.apply(api.KeysRotated(seq=2, peers=(me2, peer2)))
     assert model.node == me2 and model.peers == {"beta": peer2} and model.seq == 2
+
+
+def test_next_keys_wait_beside_the_current_ones_and_promote_one_by_one(tmp_path: Path) -> None:
+    from punchd.daemon.state import StateDir
+    from punchd.errors import ConfigError
+
+    state = StateDir(tmp_path)
+    state.ensure()
+    old = state.create_keys("net")
+    wg, probe = state.create_next_keys("net")
+    assert state.load_keys("net") == old  # nothing switched yet
+    state.promote_next_key("net", "wireguard")
+    keys = state.load_keys("net")
+    assert keys.wireguard == wg and bytes(keys.probe) == bytes(old.probe)
+    state.promote_next_key("net", "probe")
+    assert bytes(state.load_keys("net").probe) == bytes(probe)
+    with pytest.raises(ConfigError, match="cannot switch"):
+        state.promote_next_key("net", "probe")  # nothing left to promote
+    with pytest.raises(ConfigError, match="no such key"):
+        state.promote_next_key("net", "../node")
