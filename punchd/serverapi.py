@@ -86,6 +86,12 @@ class ServerClient:
     async def update_self(self, update: api.NodeUpdate) -> api.Node:
         return await self._request("PATCH", "/node", update, api.Node)
 
+    async def submit_keys(self, wg_public_key: str, probe_public_key: str) -> api.Node:
+        """This node's new public keys, for the rotation the admin asked."""
+        return await self._request("POST", "/node/keys",
+                                   api.KeyRotation(wg_public_key=wg_public_key,
+                                                   probe_public_key=probe_public_key), api.Node)
+
     async def request_punch(self, peer: str) -> api.PunchRequest:
         return await self._request("POST", "/punch", api.PunchCreate(peer=peer), api.PunchRequest)
 

@@ -183,6 +183,10 @@ def _admin_command(args: argparse.Namespace, admin: Admin, net_seg: str, node_se
                     if v is not None}
             net = admin.request("PATCH", f"/networks/{net_seg}", body)
             print(f"network {net['name']} updated: {net['ipv4_cidr']}")
+        elif verb == "rotate-keys":
+            asked = admin.request("POST", f"/networks/{net_seg}/rotate-keys")
+            print(f"network {args.name}: {len(asked)} node(s) asked for new keys; each "
+                  "switches when the batch's keys are in")
         elif verb == "delete":
             members = admin.request("GET", f"/networks/{net_seg}/nodes")
             if members and not args.yes:
@@ -218,6 +222,9 @@ def _admin_command(args: argparse.Namespace, admin: Admin, net_seg: str, node_se
         elif verb == "approve":
             admin.request("POST", f"/networks/{net_seg}/nodes/{node_seg}/approve")
             print(f"node {args.name} approved")
+        elif verb == "rotate-key":
+            admin.request("POST", f"/networks/{net_seg}/nodes/{node_seg}/rotate-key")
+            print(f"node {args.name} asked for new keys")
         elif verb == "expire":
             seconds = None if args.never else parse_duration(args.duration or "")
             node = admin.request("PATCH", f"/networks/{net_seg}/nodes/{node_seg}",
@@ -374,6 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb(net, "delete")
     p.add_argument("name")
     p.add_argument("--yes", action="store_true", help="delete it even when it has nodes")
+    verb(net, "rotate-keys").add_argument("name")
 
     key = objects.add_parser("key").add_subparsers(dest="verb", required=True)
     p = verb(key, "create")
@@ -387,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     node = objects.add_parser("node").add_subparsers(dest="verb", required=True)
     verb(node, "list", listing=True).add_argument("network")
-    for name in ("approve", "delete"):
+    for name in ("approve", "delete", "rotate-key"):
         p = verb(node, name)
         p.add_argument("network")
         p.add_argument("name")

@@ -222,10 +222,12 @@ class Service:
 
     async def expire_nodes(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                            ) -> None:
-        """Removes nodes past their expiry, like a delete by the admin."""
+        """Removes nodes past their expiry, like a delete by the admin; switches key
+        rotation batches whose slowest node is late."""
         task_status.started()
         while True:
             await self.write(_each, self.store.remove_expired_nodes)
+            await self.write(_each, self.store.commit_due_rotations)
             await trio.sleep(EXPIRY_SWEEP_S)
 
 

@@ -57,6 +57,9 @@ EVENT_RETENTION = 2000
 NONCES_PER_KEY = 2048
 # How stale a node's last_seen may get before a request writes it again (touch_node).
 TOUCH_EVERY_S = 30.0
+# A rotation batch waits this long for its slowest node's new keys; then the nodes that
+# sent theirs switch, and each late one switches alone when its keys come.
+ROTATION_WAIT_S = 10.0
 
 
 def _hash_secret(secret: str) -> str:
@@ -536,6 +539,109 @@ class Store:
             node = self.get_node(network, name)
             self.db.execute("DELETE FROM nodes WHERE id = ?", (node.id,))
             self._emit(network, api.PeerRemoved(seq=0, node_id=node.id, name=node.name))
+
+    # -- key rotation -------------------------------------------------------------------
+    #
+    # The admin asks (request_rotation): each asked node sees itself changed on its
+    # stream, makes new WireGuard and probe keys and sends the public halves, signed with
+    # its signing key (submit_keys). They wait as next_* keys until every asked node of
+    # the network has sent its own, or ROTATION_WAIT_S passed (commit_due_rotations);
+    # then one KeysRotated event switches the whole batch. The signing key stays: it is
+    # what authenticates the request, so a thief holding it could rotate just as well;
+    # recovering from a stolen signing key is delete and re-join, not rotation.
+
+    def request_rotation(self, network: str, name: str | None = None,
+                         now: float | None = None) -> list[api.Node]:
+        """Ask one node (``name``) or every node of ``network`` for new keys."""
+        now = time.time() if now is None else now
+        with self._tx():
+            self.get_network(network)
+            nodes = [self.get_node(network, name)] if name is not None else self._nodes(network)
+            asked = []
+            for node in nodes:
+                node = msgspec.structs.replace(node, rotation_requested_at=now,
+                                               next_wg_public_key=None,
+                                               next_probe_public_key=None)
+                self._put_node(node)
+                self._emit(network, api.PeerChanged(seq=0, peer=node))
+                asked.append(node)
+        return asked
+
+    def submit_keys(self, signer: str, req: api.KeyRotation,
+                    now: float | None = None) -> api.Node:
+        """A node's new public keys; commits its batch when it was the last one."""
+        now = time.time() if now is None else now
+        if req.wg_public_key == req.probe_public_key:
+            raise Invalid("the WireGuard and probe keys must differ", "probe_public_key")
+        with self._tx():
+            node = self.node_by_signing_key(signer)
+            if node.rotation_requested_at is None:
+                raise Conflict("no key rotation was asked of this node", "wg_public_key")
+            for field, new, old in (("wg_public_key", req.wg_public_key, node.wg_public_key),
+                                    ("probe_public_key", req.probe_public_key,
+                                     node.probe_public_key)):
+                if new == old:
+                    raise Invalid(f"{field} is the node's current key, not a new one", field)
+            # Unique against every key a peer has or will have: a batch switches several
+            # rows in one transaction, and the v2 constraints hold after each one.
+            for other in self._nodes(node.network):
+                if other.id == node.id:
+                    continue
+                taken = {other.wg_public_key, other.probe_public_key,
+                         other.next_wg_public_key, other.next_probe_public_key}
+                for field, new in (("wg_public_key", req.wg_public_key),
+                                   ("probe_public_key", req.probe_public_key)):
+                    if new in taken:
+                        raise Conflict(f"that {field} is in use in this network", field)
+            node = msgspec.structs.replace(node, next_wg_public_key=req.wg_public_key,
+                                           next_probe_public_key=req.probe_public_key,
+                                           last_seen=now)
+            self._put_node(node)
+            committed = self._commit_rotation(node.network, now, due=False)
+        return next((n for n in committed if n.id == node.id), node)
+
+    def commit_due_rotations(self, now: float | None = None) -> list[str]:
+        """Switch batches whose wait ran out; returns the networks that changed."""
+        now = time.time() if now is None else now
+        # A read first: this runs every sweep, and most sweeps find no batch waiting.
+        due = [net.name for net in self._networks()
+               if any(n.rotation_requested_at is not None
+                      and now - n.rotation_requested_at >= ROTATION_WAIT_S
+                      for n in self._nodes(net.name))]
+        if not due:
+            return []
+        with self._tx():
+            return [name for name in due if self._commit_rotation(name, now, due=True)]
+
+    def _commit_rotation(self, network: str, now: float, *, due: bool) -> list[api.Node]:
+        nodes = self._nodes(network)
+        ready = [n for n in nodes if n.rotation_requested_at is not None
+                 and n.next_wg_public_key is not None and n.next_probe_public_key is not None]
+        waiting = [n for n in nodes if n.rotation_requested_at is not None
+                   and n.next_wg_public_key is None]
+        if not ready:
+            return []
+        if waiting and not (due and any(now - n.rotation_requested_at >= ROTATION_WAIT_S
+                                        for n in waiting if n.rotation_requested_at)):
+            return []
+        switched = []
+        for node in ready:
+            assert node.next_wg_public_key is not None and node.next_probe_public_key is not None
+            node = msgspec.structs.replace(
+                node, wg_public_key=node.next_wg_public_key,
+                probe_public_key=node.next_probe_public_key, next_wg_public_key=None,
+                next_probe_public_key=None, rotation_requested_at=None)
+            self._put_node(node)
+            switched.append(node)
+        # A node awaiting approval learns nothing of its peers, so it hears of its own
+        # switch alone.
+        members = tuple(n for n in switched if n.approved)
+        if members:
+            self._emit(network, api.KeysRotated(seq=0, peers=members))
+        for node in switched:
+            if not node.approved:
+                self._emit(network, api.KeysRotated(seq=0, peers=(node,)))
+        return switched
 
     def punch(self, signer: str, peer_name: str, now: float | None = None) -> api.PunchRequest:
         now = time.time() if now is None else now

@@ -58,6 +58,7 @@ async def server() -> AsyncIterator[Server]:
         store.join(api.JoinRequest(access_key=secret, signing_key=signer, wg_public_key=key32(),
                                    probe_public_key=key32(), name=name), signer)
     store.add_dns_record("net", api.DnsRecord(name="www", rtype="A", value="198.19.0.99"))
+    store.request_rotation("net", "alpha")  # so alpha may send new keys
     key, secret = store.create_access_key("net", api.AccessKeyCreate())
     service = Service(store, public_url="http://test")
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=build_app(service, ADMIN)),
@@ -105,6 +106,13 @@ WRITES: dict[tuple[str, str], tuple[str, object, SigningKey | None, set[str]]] =
     ("PATCH", "/api/v1/node"): ("/api/v1/node", {"listen_port": 51821}, ALPHA, {"net"}),
     ("DELETE", "/api/v1/node"): ("/api/v1/node", None, ALPHA, {"net"}),
     ("POST", "/api/v1/punch"): ("/api/v1/punch", {"peer": "beta"}, ALPHA, {"net"}),
+    ("POST", "/api/v1/networks/{network}/rotate-keys"): (
+        "/api/v1/networks/net/rotate-keys", None, None, {"net"}),
+    ("POST", "/api/v1/networks/{network}/nodes/{node}/rotate-key"): (
+        "/api/v1/networks/net/nodes/beta/rotate-key", None, None, {"net"}),
+    ("POST", "/api/v1/node/keys"): (
+        "/api/v1/node/keys", {"wg_public_key": b64(bytes(range(1, 33))),
+                              "probe_public_key": b64(bytes(range(2, 34)))}, ALPHA, {"net"}),
 }
 # Calls that change no state of the store: a relay allocation lives in the relay (and
 # this server has none, so it answers 503).

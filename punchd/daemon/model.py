@@ -28,6 +28,9 @@ class NetworkModel:
                 self._upsert(node)
         elif isinstance(event, api.PeerAdded | api.PeerChanged):
             self._upsert(event.peer)
+        elif isinstance(event, api.KeysRotated):  # the whole batch, in one change
+            for node in event.peers:
+                self._upsert(node)
         elif isinstance(event, api.PeerRemoved):
             self.peers.pop(event.node_id, None)
         elif isinstance(event, api.NetworkChanged):

@@ -6,6 +6,8 @@ Layout (all files 0600, written atomically: temp file, fsync, rename)::
     STATE_DIR/networks/NAME/wireguard.key WireGuard private key (base64)
     STATE_DIR/networks/NAME/probe.key     X25519 probe key (base64)
     STATE_DIR/networks/NAME/node.key      Ed25519 signing key seed (base64)
+    STATE_DIR/networks/NAME/*.key.next    a rotation's new WireGuard / probe key, kept
+                                          until the server switches the node to it
 
 A config that does not decode refuses to start and names the file and field; a field
 this version no longer has (:data:`RETIRED_FIELDS`) is dropped, so old files still load.
@@ -145,6 +147,33 @@ class StateDir:
             return NetworkKeys(wireguard=wg, probe=PrivateKey(probe), signing=SigningKey(seed))
         except (OSError, ValueError) as exc:
             raise ConfigError(f"{directory}: keys unreadable: {exc}") from exc
+
+    def create_next_keys(self, name: str) -> tuple[str, PrivateKey]:
+        """New WireGuard and probe keys for a rotation, kept beside the current ones:
+        the node uses them only once the server says its peers have them."""
+        directory = self.network_dir(name)
+        wg = base64.b64encode(bytes(PrivateKey.generate())).decode()
+        probe = PrivateKey.generate()
+        write_private(directory / "wireguard.key.next", wg.encode() + b"\n")
+        write_private(directory / "probe.key.next", base64.b64encode(bytes(probe)) + b"\n")
+        return wg, probe
+
+    def promote_next_key(self, name: str, which: str) -> None:
+        """``wireguard`` or ``probe``: the next key becomes the key. One rename each, so
+        a crash between the two leaves each file whole; a restart compares each with
+        the server's word and promotes what is left."""
+        if which not in ("wireguard", "probe"):
+            raise ConfigError(f"no such key: {which!r}")
+        directory = self.network_dir(name)
+        try:
+            os.replace(directory / f"{which}.key.next", directory / f"{which}.key")
+            dir_fd = os.open(directory, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as exc:
+            raise ConfigError(f"{directory}: cannot switch the {which} key: {exc}") from exc
 
     def remove(self, name: str) -> None:
         shutil.rmtree(self.network_dir(name), ignore_errors=True)

@@ -137,6 +137,12 @@ class Node(Struct, frozen=True):
     last_seen: float = 0.0
     expires_at: float | None = None
     created_at: float = 0.0
+    # Key rotation (:meth:`signal_server.store.Store.submit_keys`): when the admin asked
+    # this node for new keys (None: not asked), and the public keys it sent, which become
+    # its keys when its batch commits (one :class:`KeysRotated` for the batch).
+    rotation_requested_at: float | None = None
+    next_wg_public_key: str | None = None
+    next_probe_public_key: str | None = None
 
 
 class JoinRequest(Struct, frozen=True, forbid_unknown_fields=True):
@@ -173,6 +179,13 @@ class NodeUpdate(Struct, frozen=True, forbid_unknown_fields=True):
     listen_port: Port | None = None
     # No wg_public_key: a key change goes through the rotation flow (a later issue), so
     # a member cannot claim another node's key and have peers route its address to it.
+
+
+class KeyRotation(Struct, frozen=True, forbid_unknown_fields=True):
+    """A node's new public keys, sent signed with its (unchanged) signing key."""
+
+    wg_public_key: Key
+    probe_public_key: Key
 
 
 class NodeExpiry(Struct, frozen=True, forbid_unknown_fields=True):
@@ -267,6 +280,19 @@ class PunchRequest(Struct, frozen=True, tag="punch_request", tag_field="kind"):
     start_at: float  # server's wall clock when probing should begin
 
 
+class KeysRotated(Struct, frozen=True, tag="keys_rotated", tag_field="kind"):
+    """Nodes whose new keys are now their keys, all at once.
+
+    One event for the batch so every node applies every change in one reconcile pass:
+    each rotated node switches its private key when it sees itself here, its peers
+    switch to its new public key at the same moment, and WireGuard's next handshake
+    meets a peer that knows the key it carries.
+    """
+
+    seq: int
+    peers: tuple[Node, ...]
+
+
 class StreamClosed(Struct, frozen=True, tag="stream_closed", tag_field="kind"):
     """The server's last word on a stream, and why.
 
@@ -281,7 +307,7 @@ class StreamClosed(Struct, frozen=True, tag="stream_closed", tag_field="kind"):
 
 
 Event = (Snapshot | PeerAdded | PeerChanged | PeerRemoved | NetworkChanged | PunchRequest
-         | StreamClosed)
+         | KeysRotated | StreamClosed)
 
 event_encoder = msgspec.json.Encoder()
 event_decoder: msgspec.json.Decoder[Event] = msgspec.json.Decoder(Event)

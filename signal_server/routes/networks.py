@@ -11,6 +11,7 @@ from .common import Call, Operation, json_response, network_read, no_content
 
 NETWORKS = "/api/v1/networks"
 NETWORK = "/api/v1/networks/{network}"
+ROTATE = "/api/v1/networks/{network}/rotate-keys"
 
 
 async def list_networks(call: Call) -> Response:
@@ -36,6 +37,12 @@ async def delete_network(call: Call) -> Response:
     return no_content()
 
 
+async def rotate_keys(call: Call) -> Response:
+    name = call.path("network")
+    return json_response(await call.service.write(name, call.service.store.request_rotation,
+                                                  name), 202)
+
+
 OPERATIONS = [
     Operation("GET", NETWORKS, "list networks", "admin", list_networks,
               response=list[api.Network]),
@@ -47,4 +54,6 @@ OPERATIONS = [
               request=api.NetworkUpdate, response=api.Network),
     Operation("DELETE", NETWORK, "delete a network and its nodes", "admin", delete_network,
               status=204),
+    Operation("POST", ROTATE, "ask every node for new WireGuard and probe keys (after a "
+              "compromise)", "admin", rotate_keys, response=list[api.Node], status=202),
 ]

@@ -18,6 +18,7 @@ from .common import Call, Operation, json_response, no_content
 
 JOIN = "/api/v1/join"
 NODE = "/api/v1/node"
+NODE_KEYS = "/api/v1/node/keys"
 PUNCH = "/api/v1/punch"
 RELAY = "/api/v1/relay"
 
@@ -58,6 +59,14 @@ def _its_network(node: api.Node) -> tuple[str]:
 async def update_me(call: Call) -> Response:
     req = await call.body(api.NodeUpdate)
     return json_response(await call.service.write(_its_network, call.service.store.update_node,
+                                                  call.signer, req))
+
+
+async def submit_keys(call: Call) -> Response:
+    # Signed with the node's current key (node security), which is the proof the server
+    # asks for: only that node could have asked for this node's keys to change.
+    req = await call.body(api.KeyRotation)
+    return json_response(await call.service.write(_its_network, call.service.store.submit_keys,
                                                   call.signer, req))
 
 
@@ -109,6 +118,8 @@ OPERATIONS = [
     Operation("PATCH", NODE, "update candidates / NAT report / key", "node", update_me,
               request=api.NodeUpdate, response=api.Node),
     Operation("DELETE", NODE, "leave", "node", leave, status=204),
+    Operation("POST", NODE_KEYS, "this node's new public keys, when a rotation was asked",
+              "node", submit_keys, request=api.KeyRotation, response=api.Node),
     Operation("POST", PUNCH, "rendezvous with a peer", "node", punch,
               request=api.PunchCreate, response=api.PunchRequest, status=202),
     Operation("GET", RELAY, "what the relay is doing", "admin", relay_status,

@@ -12,6 +12,7 @@ from .common import Call, Operation, json_response, network_read, no_content
 NODES = "/api/v1/networks/{network}/nodes"
 NODE = "/api/v1/networks/{network}/nodes/{node}"
 APPROVE = "/api/v1/networks/{network}/nodes/{node}/approve"
+ROTATE = "/api/v1/networks/{network}/nodes/{node}/rotate-key"
 
 
 async def get_node(call: Call) -> Response:
@@ -38,6 +39,12 @@ async def approve_node(call: Call) -> Response:
                                                   net, name))
 
 
+async def rotate_key(call: Call) -> Response:
+    net, name = call.path("network"), call.path("node")
+    asked = await call.service.write(net, call.service.store.request_rotation, net, name)
+    return json_response(asked[0], 202)
+
+
 OPERATIONS = [
     Operation("GET", NODES, "list nodes", "admin", network_read(Store.list_nodes),
               response=list[api.Node]),
@@ -47,4 +54,6 @@ OPERATIONS = [
     Operation("DELETE", NODE, "remove a node", "admin", delete_node, status=204),
     Operation("POST", APPROVE, "approve a waiting node", "admin", approve_node,
               response=api.Node),
+    Operation("POST", ROTATE, "ask the node for new WireGuard and probe keys", "admin",
+              rotate_key, response=api.Node, status=202),
 ]
