@@ -140,6 +140,29 @@ def _listing(args: argparse.Namespace, rows: list[dict[str, Any]],
         print(tables.render(rows, columns, time.time()))
 
 
+def _given(args: argparse.Namespace, **fields: str) -> dict[str, Any]:
+    """The API fields (keys) whose options (values) were given on the command line."""
+    return {field: getattr(args, option) for field, option in fields.items()
+            if getattr(args, option) is not None}
+
+
+def _settings_line(net: dict[str, Any]) -> str:
+    return (f"{net['ipv4_cidr']}" + (f" {net['ipv6_cidr']}" if net.get("ipv6_cidr") else "")
+            + f", port {net['listen_port']}, keepalive {net['keepalive']} s, mtu {net['mtu']}"
+            + (", local only" if net["local_only"] else "")
+            + ("" if net["hole_punching"] else ", no hole punching")
+            + (", approval required" if net["require_approval"] else ""))
+
+
+def _node_line(node: dict[str, Any]) -> str:
+    """A node's name-independent settings; "network's" where it follows the network."""
+    addresses = " ".join(a for a in (node.get("ipv4"), node.get("ipv6")) if a) or "no address"
+    keepalive, mtu = node.get("keepalive"), node.get("mtu")
+    return (f"{addresses}, port {node['listen_port']}, keepalive "
+            + ("network's" if keepalive is None else f"{keepalive} s")
+            + ", mtu " + ("network's" if mtu is None else str(mtu)))
+
+
 def _segments(args: argparse.Namespace) -> tuple[str, str]:
     """The network and node path segments the command names ("" where none)."""
     obj, verb = args.object, args.verb
@@ -171,7 +194,7 @@ def _admin_command(args: argparse.Namespace, admin: Admin, net_seg: str, node_se
                     "require_approval": args.require_approval}
             if args.ipv6:
                 body["ipv6_cidr"] = args.ipv6
-            if args.listen_port:
+            if args.listen_port is not None:
                 body["listen_port"] = args.listen_port
             net = admin.request("POST", "/networks", body)
             print(f"network {net['name']} created: {net['ipv4_cidr']}"
@@ -179,10 +202,13 @@ def _admin_command(args: argparse.Namespace, admin: Admin, net_seg: str, node_se
         elif verb == "list":
             _listing(args, admin.request("GET", "/networks"), tables.NETWORK_COLUMNS)
         elif verb == "update":
-            body = {k: v for k, v in (("ipv4_cidr", args.cidr), ("ipv6_cidr", args.ipv6))
-                    if v is not None}
+            body = _given(args, ipv4_cidr="cidr", ipv6_cidr="ipv6", local_only="local_only",
+                          hole_punching="hole_punching", require_approval="require_approval",
+                          listen_port="listen_port", keepalive="keepalive", mtu="mtu")
+            if not body:
+                raise CliError("nothing to update: give at least one option (see --help)")
             net = admin.request("PATCH", f"/networks/{net_seg}", body)
-            print(f"network {net['name']} updated: {net['ipv4_cidr']}")
+            print(f"network {net['name']} updated: " + _settings_line(net))
         elif verb == "rotate-keys":
             asked = admin.request("POST", f"/networks/{net_seg}/rotate-keys")
             print(f"network {args.name}: {len(asked)} node(s) asked for new keys; each "
@@ -234,6 +260,20 @@ def _admin_command(args: argparse.Namespace, admin: Admin, net_seg: str, node_se
         elif verb == "delete":
             admin.request("DELETE", f"/networks/{net_seg}/nodes/{node_seg}")
             print(f"node {args.name} deleted")
+        elif verb == "update":
+            body = _given(args, name="new_name", ipv4="address", ipv6="address6",
+                          listen_port="listen_port", keepalive="keepalive", mtu="mtu")
+            if not body:
+                raise CliError("nothing to update: give at least one option (see --help)")
+            node = admin.request("PATCH", f"/networks/{net_seg}/nodes/{node_seg}", body)
+            print(f"node {args.name} updated: " + _node_line(node))
+        elif verb == "get":
+            node = admin.request("GET", f"/networks/{net_seg}/nodes/{node_seg}")
+            if args.json:
+                print(json.dumps(node, indent=2))
+            else:
+                print(f"node {node['name']} ({node['id']}) in {node['network']}: "
+                      + _node_line(node))
     elif obj == "dns":
         if verb == "add":
             admin.request("POST", f"/networks/{net_seg}/dns",
@@ -306,6 +346,14 @@ def secondaries_options(args: argparse.Namespace) -> Secondaries:
     return Secondaries(notify=notify, transfer_allow=allow, tsig_key=key)
 
 
+def _setting_options(p: argparse.ArgumentParser, port_help: str) -> None:
+    """Options that a network and a node both have (the node's own win)."""
+    p.add_argument("--listen-port", type=int, metavar="P", help=port_help)
+    p.add_argument("--keepalive", type=int, metavar="S",
+                   help="WireGuard persistent keepalive in seconds (0: off)")
+    p.add_argument("--mtu", type=int, metavar="M", help="the interface MTU (1280-9000)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="signal-server", description="punchd's control plane")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -376,8 +424,15 @@ def build_parser() -> argparse.ArgumentParser:
     verb(net, "list", listing=True)
     p = verb(net, "update")
     p.add_argument("name")
-    p.add_argument("--cidr")
+    p.add_argument("--cidr", help="a new IPv4 range: renumbers every node")
     p.add_argument("--ipv6")
+    flag = argparse.BooleanOptionalAction
+    p.add_argument("--local-only", action=flag, default=None,
+                   help="LAN paths only: no STUN candidate, no relay")
+    p.add_argument("--hole-punching", action=flag, default=None,
+                   help="off: no probes, endpoints from the server only")
+    p.add_argument("--require-approval", action=flag, default=None)
+    _setting_options(p, "every node moves to this port")
     p = verb(net, "delete")
     p.add_argument("name")
     p.add_argument("--yes", action="store_true", help="delete it even when it has nodes")
@@ -399,6 +454,16 @@ def build_parser() -> argparse.ArgumentParser:
         p = verb(node, name)
         p.add_argument("network")
         p.add_argument("name")
+    p = verb(node, "update")
+    p.add_argument("network")
+    p.add_argument("name")
+    p.add_argument("--name", dest="new_name", metavar="N", help="rename (its DNS name follows)")
+    p.add_argument("--address", metavar="IP", help="a free address of the network's range")
+    p.add_argument("--address6", metavar="IP")
+    _setting_options(p, "this node's WireGuard port")
+    p = verb(node, "get", listing=True)
+    p.add_argument("network")
+    p.add_argument("name")
     p = verb(node, "expire")
     p.add_argument("network")
     p.add_argument("name")

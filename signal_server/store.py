@@ -96,6 +96,37 @@ def _parse_net(text: str, version: int, field: str) -> ipaddress.IPv4Network | i
     return net
 
 
+def _node_address(text: str, cidr: str, version: int, field: str,
+                  taken: Iterable[tuple[str, str | None]]) -> str:
+    """``text`` (an IP, or IP/prefix of the range's own prefix) as a node's address
+    "ip/prefix"; refused, with the reason, outside the range or taken."""
+    net = ipaddress.ip_network(cidr)
+    ip_text, _, prefix = text.partition("/")
+    try:
+        ip = ipaddress.ip_address(ip_text)
+    except ValueError as exc:
+        raise Invalid(f"{text!r} is not an IP address", field) from exc
+    if ip.version != version:
+        raise Invalid(f"{text!r} is not an IPv{version} address", field)
+    if prefix and prefix != str(net.prefixlen):
+        raise Invalid(f"{text!r}: the network's prefix is /{net.prefixlen}", field)
+    if ip not in net:
+        raise Invalid(f"{ip} is outside the network's range {cidr}", field)
+    # The range's first and last addresses are its network and broadcast addresses
+    # (RFC 919 §7): hosts() leaves them out, and so does the join's allocation.
+    if version == 4 and net.num_addresses > 2 and ip in (net.network_address,
+                                                          net.broadcast_address):
+        raise Invalid(f"{ip} is the range's {'network' if ip == net.network_address else 'broadcast'}"
+                      " address, not a host address", field)
+    if version == 6 and ip == net.network_address:
+        raise Invalid(f"{ip} is the range's subnet-router anycast address (RFC 4291 §2.6.1)",
+                      field)
+    for owner, other in taken:
+        if other and ipaddress.ip_interface(other).ip == ip:
+            raise Conflict(f"{ip} is taken by node {owner!r}", field)
+    return f"{ip}/{net.prefixlen}"
+
+
 def _check_candidates(candidates: Iterable[api.Candidate]) -> None:
     for i, cand in enumerate(candidates):
         try:
@@ -221,7 +252,18 @@ class Store:
             self._emit(name, api.NetworkChanged(seq=0, network=net))
             if net.ipv4_cidr != old.ipv4_cidr or net.ipv6_cidr != old.ipv6_cidr:
                 self._renumber(net)
+            if "listen_port" in changes:
+                self._move_port(net)
         return net
+
+    def _move_port(self, net: api.Network) -> None:
+        """The network's port is every node's: each one not on it yet moves (its daemon
+        rebinds on the PeerChanged), and peers hear of it."""
+        for node in self._nodes(net.name):
+            if node.listen_port != net.listen_port:
+                moved = msgspec.structs.replace(node, listen_port=net.listen_port)
+                self._put_node(moved)
+                self._emit(net.name, api.PeerChanged(seq=0, peer=moved))
 
     def _renumber(self, net: api.Network) -> None:
         """A new CIDR: every node gets a new address, in join order, and peers hear of it."""
@@ -453,7 +495,11 @@ class Store:
             node = api.Node(
                 id=uuid.uuid4().hex[:16], network=net.name, name=name,
                 signing_key=req.signing_key, wg_public_key=req.wg_public_key,
-                probe_public_key=req.probe_public_key, listen_port=req.listen_port,
+                probe_public_key=req.probe_public_key,
+                # A node asking for the default port has no preference: the network's
+                # port is the admin's word (``network create --listen-port``).
+                listen_port=net.listen_port if req.listen_port == api.DEFAULT_LISTEN_PORT
+                else req.listen_port,
                 ipv4=self._allocate(net.ipv4_cidr, (n.ipv4 for n in nodes)),
                 ipv6=self._allocate(net.ipv6_cidr, (n.ipv6 for n in nodes)),
                 candidates=req.candidates, approved=not net.require_approval,
@@ -481,6 +527,46 @@ class Store:
             self._put_node(updated)
             if changes:
                 self._emit(node.network, api.PeerChanged(seq=0, peer=updated))
+        return updated
+
+    def admin_update_node(self, network: str, name: str, req: api.NodeAdminUpdate,
+                          now: float | None = None) -> api.Node:
+        """The admin's change of a node's settings: validated whole, one PeerChanged.
+
+        An address must be a free host address of the network's range; a new name must
+        be free and not a CNAME's (RFC 1034 §3.6.2: a CNAME owns its name alone)."""
+        now = time.time() if now is None else now
+        changes = {k: v for k, v in msgspec.structs.asdict(req).items()
+                   if v is not None and k not in ("expires_in",)}
+        if not changes and req.expires_in is msgspec.UNSET:
+            raise Invalid("nothing to change: give at least one field")
+        with self._tx():
+            net = self.get_network(network)
+            node = self.get_node(network, name)
+            others = [n for n in self._nodes(network) if n.id != node.id]
+            if req.name is not None and req.name != node.name:
+                if any(n.name == req.name for n in others):
+                    raise Conflict(f"a node named {req.name!r} is in {network!r} already",
+                                   "name")
+                if self.db.execute("SELECT 1 FROM dns_records WHERE network = ? AND name = ? "
+                                   "AND rtype = 'CNAME'", (network, req.name)).fetchone():
+                    raise Conflict(f"{req.name!r} has a CNAME record; a node cannot share "
+                                   "its name", "name")
+            if req.ipv4 is not None:
+                changes["ipv4"] = _node_address(req.ipv4, net.ipv4_cidr, 4, "ipv4",
+                                                [(n.name, n.ipv4) for n in others])
+            if req.ipv6 is not None:
+                if net.ipv6_cidr is None:
+                    raise Invalid(f"network {network!r} has no IPv6 range", "ipv6")
+                changes["ipv6"] = _node_address(req.ipv6, net.ipv6_cidr, 6, "ipv6",
+                                                [(n.name, n.ipv6) for n in others])
+            if not isinstance(req.expires_in, msgspec.UnsetType):
+                changes["expires_at"] = now + req.expires_in \
+                    if req.expires_in is not None else None
+            updated = msgspec.structs.replace(node, **changes)
+            if updated != node:
+                self._put_node(updated)
+                self._emit(network, api.PeerChanged(seq=0, peer=updated))
         return updated
 
     def touch_node(self, signer: str, now: float | None = None) -> api.Node:

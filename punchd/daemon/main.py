@@ -247,7 +247,9 @@ class Daemon:
             )
             config = NetworkConfig(name=tok.network, server=tok.server, interface=ifname,
                                    node_id=joined.node.id, node_name=joined.node.name,
-                                   listen_port=listen_port)
+                                   # the server's word: the network's port, unless
+                                   # this host needed another one
+                                   listen_port=joined.node.listen_port)
             self.state.save_config(config)
             await self._start_agent(config)
         except BaseException as exc:

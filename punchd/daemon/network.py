@@ -15,7 +15,16 @@ tasks change or use them, each woken early through a :class:`~punchd.daemon.task
   few seconds, which also repairs drift and a restarted wireguard-go;
 * the *publish* task gathers this node's candidates every ~25 s and at once when
   netlink reports a local address or link change, and sends them to the server when
-  they change (:mod:`punchd.daemon.publishing`).
+  they change (:mod:`punchd.daemon.publishing`);
+* the *port services* task runs discovery, punching and relay binds on WireGuard's
+  port in a nursery of its own (:mod:`punchd.daemon.portservices`).
+
+Settings (``network update``, ``node update``) arrive as events like any other and are
+applied live by :meth:`NetworkAgent._apply_settings`: keepalive and MTU by the next
+reconcile; a new listen port is saved to the config, set on WireGuard by reconcile,
+and, like a change of "local only" or "hole punching", restarts the port services
+from scratch (a new socket, discovery and punch sessions against the new facts) rather
+than patching each service; the candidates are then gathered and published again.
 
 With discovery running and hole punching enabled for the network
 (:mod:`punchd.daemon.portservices`), a punch session per peer finds the direct path;
@@ -29,12 +38,13 @@ import random
 import time
 from collections.abc import Callable, Iterable
 
+import msgspec
 import trio
 
 from punchd import resolver
 from punchd.discovery.addrwatch import watch_addresses
 from punchd.discovery.sharedsock import SharedPortSocket
-from punchd.errors import APIError, PunchdError, ServerUnreachable, WireGuardError
+from punchd.errors import APIError, ConfigError, PunchdError, ServerUnreachable, WireGuardError
 from punchd.punch.session import PathFound, PunchEvent
 from punchd.serverapi import ServerClient
 from punchd.wg.base import LinkConfig, WgDeviceState, WireGuardBackend, public_key
@@ -101,6 +111,9 @@ class NetworkAgent:
         self.dns_outcome: str | None = None
         self.port_mapping = port_mapping
         self.port = PortServices()
+        # What the running port services were started for, and the way to restart them.
+        self._port_key: tuple[int, bool, bool, str | None] | None = None
+        self._port_restart = trio.Event()
         self.publisher = CandidatePublisher(self.client, self.port, listen_port=config.listen_port,
                                             exclude_ifnames=self._exclude,
                                             on_error=self._set_error)
@@ -125,8 +138,13 @@ class NetworkAgent:
         with self.cancel_scope:
             try:
                 await self.ensure_interface()
+                try:
+                    if self.model.node is None:
+                        await self.pull()
+                except (ServerUnreachable, APIError) as exc:
+                    self.last_error = str(exc)
                 async with trio.open_nursery() as nursery:
-                    await self._start_discovery(nursery)
+                    await nursery.start(self._port_services_loop)
                     nursery.start_soon(self._stream_loop)
                     nursery.start_soon(self._reconcile_loop)
                     nursery.start_soon(self._publish_loop)
@@ -136,12 +154,60 @@ class NetworkAgent:
                 with trio.CancelScope(shield=True):
                     await self.client.aclose()
 
+    def _port_settings(self) -> tuple[int, bool, bool, str | None]:
+        """What the port services depend on: (listen port, hole punching, local only,
+        the server's STUN address: a first pull that failed at start gave none)."""
+        network = self.model.network
+        return (self.config.listen_port, network is None or network.hole_punching,
+                bool(network and network.local_only), self.model.stun)
+
+    async def _port_services_loop(self, *, task_status: trio.TaskStatus[None] =
+                                  trio.TASK_STATUS_IGNORED) -> None:
+        """The port services, started afresh whenever :meth:`_port_settings` changes."""
+        first = True
+        while True:
+            self._port_restart = trio.Event()
+            self._port_key = self._port_settings()
+            self.publisher.local_only = self._port_key[2]
+            async with trio.open_nursery() as nursery:
+                await self._start_discovery(nursery)
+                if first:
+                    task_status.started()
+                    first = False
+                else:  # new facts: gather, publish and reconcile against them now
+                    self._publish_due.wake()
+                    self.wake_reconcile()
+                await self._port_restart.wait()
+                nursery.cancel_scope.cancel()
+            port, punching, local_only, _ = self._port_settings()
+            log.info("%s: port services restart (port %d, hole punching %s, local only %s)",
+                     self.name, port, punching, local_only)
+            self.port = PortServices()
+            self.publisher.port = self.port
+
+    def _apply_settings(self) -> None:
+        """The server's settings for this node, after every model change (see the
+        theory of operation): only what changed is acted on."""
+        node, network = self.model.node, self.model.network
+        if node is None or network is None:
+            return
+        settings = node.settings(network)
+        config = msgspec.structs.replace(self.config, listen_port=settings.listen_port,
+                                         node_name=node.name)
+        if config != self.config:
+            if config.listen_port != self.config.listen_port:
+                log.info("%s: listen port %d -> %d", self.name, self.config.listen_port,
+                         config.listen_port)
+            self.config = config
+            self.publisher.listen_port = config.listen_port
+            try:
+                self.state.save_config(config)  # a restart keeps the new port
+            except (ConfigError, OSError) as exc:
+                self.last_error = f"cannot save {self.name}'s config: {exc}"
+        if self._port_key is not None and self._port_settings() != self._port_key:
+            self._port_restart.set()
+
     async def _start_discovery(self, nursery: trio.Nursery) -> None:
-        try:
-            if self.model.node is None:
-                await self.pull()
-        except (ServerUnreachable, APIError) as exc:
-            self.last_error = str(exc)
         if self.model.stun is None:
             return
         try:
@@ -151,10 +217,10 @@ class NetworkAgent:
             self.last_error = str(exc)
             log.warning("%s: no discovery: %s", self.name, exc)
             return
-        network = self.model.network
-        await self.port.start(nursery, sock, stun=stun,
-                              hole_punching=network is None or network.hole_punching,
-                              port_mapping=self.port_mapping and not (network and network.local_only),
+        _, hole_punching, local_only, _ = self._port_settings()
+        await self.port.start(nursery, sock, stun=stun, hole_punching=hole_punching,
+                              local_only=local_only,
+                              port_mapping=self.port_mapping and not local_only,
                               on_mapped=self._publish_due.wake,
                               probe_key=self.keys.probe, client=self.client,
                               on_event=self._on_punch_event)
@@ -199,9 +265,12 @@ class NetworkAgent:
             log.warning("%s: WireGuard gets nothing back on %s from %s although probes "
                         "pass; using the relay for %d s", self.name, gone.endpoint,
                         peer.name, gone.seconds)
+        node = self.model.node
+        keepalive = node.settings(network).keepalive if node and network else \
+            network.keepalive if network else 25
         desired = self.policy.desired(
             self.model.peers, actual, now, private_key_public=public_key(self.keys.wireguard),
-            listen_port=self.config.listen_port, keepalive=network.keepalive if network else 25)
+            listen_port=self.config.listen_port, keepalive=keepalive)
         ops = plan(desired, actual, now)
         for op in ops:
             if isinstance(op, SetDevice):
@@ -273,6 +342,7 @@ class NetworkAgent:
             if self.removed:
                 self.removed = False
                 self._revived.set()
+        self._apply_settings()
         await self.configure_resolver()
         self.wake_reconcile()
 
@@ -323,6 +393,7 @@ class NetworkAgent:
                                                   final=True)
                             break
                         self.model.apply(event)
+                        self._apply_settings()
                         if isinstance(event, api.PunchRequest):
                             partner = self.model.rendezvous_partner(event)
                             if partner is not None:

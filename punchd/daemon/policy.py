@@ -207,10 +207,12 @@ class PathPolicy:
                                                    source="pending")
                 continue
             current = self.paths.get(peer.id)
-            if current is not None and current.source == "candidate" and current.endpoint \
-                    and any(c.address == current.endpoint for c in peer.candidates):
-                continue  # keep a chosen endpoint while the peer still offers it (rule 3)
             guess = choose_endpoint(peer, local_networks, local_only=local_only)
+            if current is not None and current.source == "candidate" and current.endpoint \
+                    and any(c.address == current.endpoint for c in peer.candidates) \
+                    and (not local_only or current.endpoint == guess):
+                continue  # keep a chosen endpoint while the peer still offers it (rule 3),
+                # unless the network went local only and it is not a LAN one
             self.paths[peer.id] = PathDecision(endpoint=guess, kind="direct")
         for gone in set(self.paths) - set(peers):
             del self.paths[gone]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
+import msgspec
 import trio
 from nacl.public import PrivateKey
 
@@ -38,12 +39,17 @@ class PortServices:
         self.punching: Punching | None = None
         self.relaying: Relaying | None = None
         self.mapper: PortMapper | None = None
+        self.local_only = False
 
     async def start(self, nursery: trio.Nursery, sock: SharedPortSocket, *, stun: Addr,
                     hole_punching: bool, port_mapping: bool, probe_key: PrivateKey,
                     client: ServerClient, on_event: Callable[[str, PunchEvent], None],
-                    on_mapped: Callable[[], None]) -> None:
-        """Start the services on ``sock`` (WireGuard's port) into the agent's nursery."""
+                    on_mapped: Callable[[], None], local_only: bool = False) -> None:
+        """Start the services on ``sock`` (WireGuard's port) into ``nursery``.
+
+        ``local_only``: LAN paths only, so no relay and no port mapping, and the punch
+        sessions are given the peers' host candidates alone (:meth:`sync_peers`)."""
+        self.local_only = local_only
         self.discovery = Discovery(sock, stun)
         await nursery.start(self.discovery.run)
         if hole_punching:
@@ -51,6 +57,8 @@ class PortServices:
                                      caught_up=self.discovery.caught_up)
             await nursery.start(self.punching.run)
             self.discovery.on_probe = self.punching.route
+            if local_only:
+                return
             self.relaying = Relaying(client, sock, self.punching.set_relay)
             await nursery.start(self.relaying.run)
             self.discovery.on_stun = self.relaying.handle_stun
@@ -72,7 +80,8 @@ class PortServices:
         """The approved peers: one punch session and one relay link each."""
         approved = [p for p in peers if p.approved]
         if self.punching is not None:
-            self.punching.sync_peers(approved)
+            self.punching.sync_peers([lan_only(p) for p in approved] if self.local_only
+                                     else approved)
         if self.relaying is not None:
             self.relaying.sync_peers(approved)
 
@@ -122,3 +131,12 @@ class PortServices:
         if self.discovery is None:
             raise PunchdError("discovery is not running (raw sockets need CAP_NET_RAW)")
         return await self.discovery.netcheck(on_endpoint)
+
+
+def lan_only(peer: api.Node) -> api.Node:
+    """The peer as a local-only network's sessions see it: its host candidates alone,
+    and no NAT report (predictions from it would be public addresses too)."""
+    host = tuple(c for c in peer.candidates if c.kind == "host")
+    if host == peer.candidates and peer.nat == api.NatReport():
+        return peer
+    return msgspec.structs.replace(peer, candidates=host, nat=api.NatReport())

@@ -36,12 +36,17 @@ class CandidatePublisher:
         self.published: tuple[api.Candidate, ...] | None = None
         self.nat: api.NatReport | None = None
         self.local_networks: list[LocalNetwork] = []
+        self.local_only = False  # the network's "local only": host candidates alone
         self._on_error = on_error  # a netcheck failure, for the agent's status
 
     async def publish(self, stun: str | None, *, force: bool = False) -> None:
-        """Host candidates, plus the server-reflexive one when discovery works."""
+        """Host candidates, plus the server-reflexive one when discovery works (and the
+        network is not local only)."""
         addresses = await hostaddrs.local_addresses(self.exclude)
         self.local_networks = [ipaddress.ip_interface(a).network for a in addresses]
+        if self.local_only:  # no STUN (nor port-mapped) candidate is published at all
+            await self._send(host_candidates(addresses, self.listen_port), None, force=force)
+            return
         host = with_portmap(host_candidates(addresses, self.listen_port),
                             self.port.mapped_endpoint)
         early: list[str] = []

@@ -52,10 +52,12 @@ Op = SetDevice | SetPeer | RemovePeer
 
 
 def desired_link(node: api.Node | None, network: api.Network | None) -> LinkConfig | None:
-    """The interface's mesh addresses and MTU; None until the server has said both."""
+    """The interface's mesh addresses and MTU (the node's own, else its network's); None
+    until the server has said both."""
     if node is None or network is None:
         return None
-    return LinkConfig(addresses=tuple(a for a in (node.ipv4, node.ipv6) if a), mtu=network.mtu)
+    return LinkConfig(addresses=tuple(a for a in (node.ipv4, node.ipv6) if a),
+                      mtu=node.settings(network).mtu)
 
 
 def plan(desired: DesiredDevice, actual: WgDeviceState, now: float) -> list[Op]:

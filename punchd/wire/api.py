@@ -24,6 +24,11 @@ Port = Annotated[int, Meta(ge=1, le=65535)]
 # A 32-byte key in standard base64 (WireGuard's own notation): 43 chars + "=".
 Key = Annotated[str, Meta(pattern=r"^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$")]
 Seconds = Annotated[int, Meta(ge=0)]
+# WireGuard persistent keepalive (0: off) and the interface MTU: IPv6 needs 1280
+# (RFC 8200 §5); 9000 is a jumbo frame, the most any link here carries.
+Keepalive = Annotated[int, Meta(ge=0, le=3600)]
+Mtu = Annotated[int, Meta(ge=1280, le=9000)]
+DEFAULT_LISTEN_PORT = 51820
 
 CandidateKind = Literal["host", "srflx", "prflx", "portmap", "predicted", "relay"]
 Behaviour = Literal["endpoint-independent", "address-dependent", "address-and-port-dependent"]
@@ -81,13 +86,14 @@ class NetworkCreate(Struct, frozen=True, forbid_unknown_fields=True):
     local_only: bool = False
     hole_punching: bool = True
     require_approval: bool = False
-    listen_port: Port = 51820
-    keepalive: Annotated[int, Meta(ge=0, le=3600)] = 25
-    mtu: Annotated[int, Meta(ge=1280, le=9000)] = 1420
+    listen_port: Port = DEFAULT_LISTEN_PORT
+    keepalive: Keepalive = 25
+    mtu: Mtu = 1420
 
 
 class NetworkUpdate(Struct, frozen=True, forbid_unknown_fields=True):
-    """Only the fields given change; a new ``ipv4_cidr`` renumbers every node."""
+    """Only the fields given change; a new ``ipv4_cidr`` renumbers every node, a new
+    ``listen_port`` moves every node to it (each node's own port stays settable)."""
 
     ipv4_cidr: str | None = None
     ipv6_cidr: str | None = None
@@ -95,8 +101,8 @@ class NetworkUpdate(Struct, frozen=True, forbid_unknown_fields=True):
     hole_punching: bool | None = None
     require_approval: bool | None = None
     listen_port: Port | None = None
-    keepalive: Annotated[int, Meta(ge=0, le=3600)] | None = None
-    mtu: Annotated[int, Meta(ge=1280, le=9000)] | None = None
+    keepalive: Keepalive | None = None
+    mtu: Mtu | None = None
 
 
 class AccessKey(Struct, frozen=True):
@@ -143,6 +149,27 @@ class Node(Struct, frozen=True):
     rotation_requested_at: float | None = None
     next_wg_public_key: str | None = None
     next_probe_public_key: str | None = None
+    # The admin's settings for this node alone; None: the network's.
+    keepalive: int | None = None
+    mtu: int | None = None
+
+    def settings(self, network: Network) -> NodeSettings:
+        """What this node runs with: its own settings, else its network's."""
+        return NodeSettings(
+            listen_port=self.listen_port,
+            keepalive=self.keepalive if self.keepalive is not None else network.keepalive,
+            mtu=self.mtu if self.mtu is not None else network.mtu,
+            local_only=network.local_only, hole_punching=network.hole_punching)
+
+
+class NodeSettings(Struct, frozen=True):
+    """A node's effective settings (:meth:`Node.settings`), as the daemon applies them."""
+
+    listen_port: int
+    keepalive: int
+    mtu: int
+    local_only: bool
+    hole_punching: bool
 
 
 class JoinRequest(Struct, frozen=True, forbid_unknown_fields=True):
@@ -152,7 +179,9 @@ class JoinRequest(Struct, frozen=True, forbid_unknown_fields=True):
     signing_key: Key
     wg_public_key: Key
     probe_public_key: Key
-    listen_port: Port = 51820
+    # The port this node would listen on. The default means "no preference": the node
+    # gets its network's port (``network create --listen-port``) and moves to it.
+    listen_port: Port = DEFAULT_LISTEN_PORT
     name: Name | None = None
     candidates: Candidates = ()
 
@@ -192,6 +221,20 @@ class NodeExpiry(Struct, frozen=True, forbid_unknown_fields=True):
     """Admin: the node is removed this many seconds from now; null clears the expiry."""
 
     expires_in: Annotated[int, Meta(ge=1)] | None
+
+
+class NodeAdminUpdate(Struct, frozen=True, forbid_unknown_fields=True):
+    """Admin (PATCH a node): fields left out stay as they are. ``expires_in`` as in
+    :class:`NodeExpiry` (null clears it; left out, the expiry stays). An address is
+    the bare IP or IP/prefix of the network's range; a rename moves its DNS name."""
+
+    name: Name | None = None
+    ipv4: str | None = None
+    ipv6: str | None = None
+    listen_port: Port | None = None
+    keepalive: Keepalive | None = None
+    mtu: Mtu | None = None
+    expires_in: Annotated[int, Meta(ge=1)] | msgspec.UnsetType | None = msgspec.UNSET
 
 
 class PunchCreate(Struct, frozen=True, forbid_unknown_fields=True):

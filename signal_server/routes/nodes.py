@@ -20,10 +20,10 @@ async def get_node(call: Call) -> Response:
                                                  call.path("network"), call.path("node")))
 
 
-async def set_expiry(call: Call) -> Response:
+async def update_node(call: Call) -> Response:
     net, name = call.path("network"), call.path("node")
-    req = await call.body(api.NodeExpiry)
-    return json_response(await call.service.write(net, call.service.store.set_node_expiry,
+    req = await call.body(api.NodeAdminUpdate)
+    return json_response(await call.service.write(net, call.service.store.admin_update_node,
                                                   net, name, req))
 
 
@@ -49,8 +49,8 @@ OPERATIONS = [
     Operation("GET", NODES, "list nodes", "admin", network_read(Store.list_nodes),
               response=list[api.Node]),
     Operation("GET", NODE, "one node", "admin", get_node, response=api.Node),
-    Operation("PATCH", NODE, "set or clear the node's expiry", "admin", set_expiry,
-              request=api.NodeExpiry, response=api.Node),
+    Operation("PATCH", NODE, "change the node's settings, address, name or expiry", "admin",
+              update_node, request=api.NodeAdminUpdate, response=api.Node),
     Operation("DELETE", NODE, "remove a node", "admin", delete_node, status=204),
     Operation("POST", APPROVE, "approve a waiting node", "admin", approve_node,
               response=api.Node),
