@@ -95,7 +95,7 @@ def requirement_closure(root: str) -> list[md.Distribution]:
             continue
         done.add((name, extras))
         try:
-            dist = md.distribution(name)
+            dist = installed(name)
         except md.PackageNotFoundError as exc:
             raise DistUnavailable(f"{name} is needed by {root} but not installed here") from exc
         if canonicalize_name(name) != canonicalize_name(root):
@@ -115,6 +115,19 @@ def requirement_closure(root: str) -> list[md.Distribution]:
 def _record_line(arcname: str, data: bytes) -> str:
     digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
     return f"{arcname},sha256={digest},{len(data)}"
+
+
+def installed(name: str) -> md.Distribution:
+    """The installed distribution ``name``, preferring one installed from a wheel: an
+    editable install's build leaves a ``NAME.egg-info`` in the checkout, which shadows
+    the real ``.dist-info`` when the checkout is on sys.path."""
+    found = [d for d in md.distributions(name=name)]
+    for dist in found:
+        if any(f.name == "WHEEL" for f in dist.files or []):
+            return dist
+    if not found:
+        raise md.PackageNotFoundError(name)
+    return found[0]
 
 
 def repack(dist: md.Distribution, out_dir: Path, *, tree: Path | None = None) -> Path:
@@ -184,7 +197,7 @@ def build_own_wheel(out_dir: Path) -> Path:
     Not ``pip wheel``: offline, pip can only use the setuptools installed here, and an
     older one than pyproject.toml's build requirement refuses its metadata.
     """
-    return repack(md.distribution("punchd"), out_dir, tree=source_tree())
+    return repack(installed("punchd"), out_dir, tree=source_tree())
 def build_wheelhouse(root: Path) -> Path:
     """``root/VERSION`` with every wheel install.sh needs; built once per version."""
     final = root / __version__

@@ -472,6 +472,9 @@ class PunchSession:
         self._retry_at = None
         self.failure = None
         spray_delta, hopeless = assess(self.local_nat, self.peer_nat)
+        if hopeless and any(c.kind == "portmap"
+                            for c in (*self.local_candidates, *self.peer_candidates)):
+            hopeless = None  # a mapped port takes anyone's first packet (punch/why.py)
         self._hopeless = hopeless
         keep = {a: p for a, p in self._pairs.items() if p.kind == "prflx"}
         self._pairs = {}
